@@ -1,0 +1,3 @@
+from dlm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""Run configuration: typed dataclasses, one loader, strict keys.
+
+A run config is built from a preset (`dlm.presets`), then `key=value` overrides. A key is either
+dotted (`train.lr=3e-4`) or a bare field name that is unique across sections (`lr=3e-4`).
+Unknown keys and values of the wrong type are one-line errors. The resolved config is written
+to the run folder as config.json and read back from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+
+from dlm.errors import DlmError
+from dlm.model.transformer import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    data: str = "tinyshakespeare"
+    """Corpus: 'tinyshakespeare' (downloaded once, cached), a file, a folder or a glob."""
+    tokenizer: str = "char"
+    """'char' (one id per character) or 'bpe' (byte-level BPE trained on the corpus)."""
+    vocab_size: int = 8192
+    """BPE vocabulary size, special tokens included (ignored for 'char')."""
+    val_fraction: float = 0.1
+    """The last this-fraction of the token stream is the validation split."""
+
+
+@dataclass
+class DiffusionConfig:
+    schedule: str = "linear"
+    """Noise schedule for training: linear, cosine, loglinear, sqrt, clipped-cosine, sigmoid."""
+    antithetic: bool = True
+    """Stratify the per-sequence noise levels of a batch (lower-variance, still unbiased)."""
+
+
+@dataclass
+class TrainConfig:
+    objective: str = "mdlm"
+    """'mdlm' (masked diffusion, bidirectional) or 'ar' (the causal twin, next-token loss)."""
+    batch_size: int = 64
+    """Sequences per optimizer step (split into grad_accum micro-batches)."""
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr × min_lr_ratio."""
+    warmup_steps: int = 100
+    max_steps: int = 5000
+    max_time: float = 0.0
+    """Stop (after saving) when this many seconds have passed; 0 = no limit."""
+    lr_decay_time: bool = True
+    """With max_time, decay the LR over the time budget instead of over max_steps."""
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_interval: int = 250
+    eval_batches: int = 20
+    log_interval: int = 10
+    ckpt_interval: int = 500
+    keep_last: int = 2
+    """Checkpoints kept in RUN/checkpoints (older ones are deleted)."""
+    ema_decay: float = 0.999
+    """EMA of the weights (0 = off); the average is used for validation, eval and sampling."""
+    max_bad_steps: int = 10
+    """Non-finite loss or gradients skip the step; this many in a row stops the run."""
+    seed: int = 1337
+    dtype: str = "auto"
+    """'auto' (bf16 on CUDA and on CPUs with bf16 units, else fp32), 'bf16' or 'fp32'."""
+    compile: str = "auto"
+    """torch.compile the model: 'auto' (when a C compiler is present), 'yes' or 'no'."""
+    device: str = "auto"
+    """'auto' (cuda if available), 'cpu' or 'cuda'."""
+
+
+@dataclass
+class RunConfig:
+    preset: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunConfig:
+        cfg = cls()
+        for section, values in data.items():
+            if section == "preset":
+                cfg.preset = values
+                continue
+            if section not in SECTIONS:
+                raise DlmError(f"config has an unknown section {section!r}; known: {', '.join(SECTIONS)}")
+            sub = getattr(cfg, section)
+            for key, value in values.items():
+                set_field(sub, key, value, f"{section}.{key}")
+        return cfg
+
+    def validate(self) -> None:
+        try:
+            self.model.validate()
+        except ValueError as e:
+            raise DlmError(f"bad model config: {e}") from None
+        choices = {"train.objective": ("mdlm", "ar"), "train.dtype": ("auto", "bf16", "fp32"),
+                   "train.compile": ("auto", "yes", "no"), "train.device": ("auto", "cpu", "cuda"),
+                   "data.tokenizer": ("char", "bpe")}
+        for key, allowed in choices.items():
+            section, name = key.split(".")
+            value = getattr(getattr(self, section), name)
+            if value not in allowed:
+                raise DlmError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+        from dlm.diffusion.schedules import SCHEDULES
+
+        if self.diffusion.schedule not in SCHEDULES:
+            raise DlmError(f"diffusion.schedule={self.diffusion.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        t = self.train
+        if t.batch_size < 1 or t.grad_accum < 1 or t.batch_size % t.grad_accum:
+            raise DlmError(f"train.batch_size={t.batch_size} must be a positive multiple of "
+                           f"train.grad_accum={t.grad_accum}")
+        if not 0 <= t.ema_decay < 1:
+            raise DlmError(f"train.ema_decay={t.ema_decay} must be in [0, 1) (0 turns EMA off)")
+        if t.lr <= 0 or t.max_steps < 1 or t.max_time < 0:
+            raise DlmError("train.lr and train.max_steps must be positive and train.max_time ≥ 0")
+        if not 0 < self.data.val_fraction < 1:
+            raise DlmError(f"data.val_fraction={self.data.val_fraction} must be between 0 and 1")
+
+
+SECTIONS = ("model", "data", "diffusion", "train")
+
+
+def _parse(text: str, typ, key: str):
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if text.lower() in ("none", "null"):
+            return None
+        return _parse(text, args[0], key)
+    if typ is bool:
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise DlmError(f"{key}={text!r}: expected true or false")
+    if typ in (int, float):
+        try:
+            number = float(text)
+        except ValueError:
+            raise DlmError(f"{key}={text!r}: expected {typ.__name__}") from None
+        if typ is int:
+            if not number.is_integer():
+                raise DlmError(f"{key}={text!r}: expected an integer")
+            return int(number)
+        return number
+    return text
+
+
+def set_field(obj, name: str, value, key: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    if name not in hints:
+        known = ", ".join(f.name for f in fields(obj))
+        raise DlmError(f"unknown config key {key!r}; {type(obj).__name__} has: {known}")
+    typ = hints[name]
+    if isinstance(value, str) and typ is not str:
+        value = _parse(value, typ, key)
+    elif typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    elif typ in (int, float, bool, str) and not isinstance(value, typ):
+        raise DlmError(f"{key}={value!r}: expected {typ.__name__}")
+    setattr(obj, name, value)
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply `key=value` strings to cfg (in place) and return it."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise DlmError(f"override {item!r} is not of the form key=value (e.g. train.lr=3e-4)")
+        key, value = item.split("=", 1)
+        key = key.strip().lstrip("-").replace("-", "_")
+        if "." in key:
+            section, name = key.split(".", 1)
+            if section not in SECTIONS:
+                raise DlmError(f"unknown config section {section!r} in {item!r}; known: {', '.join(SECTIONS)}")
+        else:
+            owners = [s for s in SECTIONS if name_in(getattr(cfg, s), key)]
+            if not owners:
+                raise DlmError(f"unknown config key {key!r}; see `dlm config --preset NAME` for all keys")
+            if len(owners) > 1:
+                raise DlmError(f"config key {key!r} is ambiguous; write one of "
+                               + ", ".join(f"{s}.{key}" for s in owners))
+            section, name = owners[0], key
+        set_field(getattr(cfg, section), name, value, f"{section}.{name}")
+    return cfg
+
+
+def name_in(obj, name: str) -> bool:
+    return any(f.name == name for f in fields(obj))

@@ -1,0 +1,1 @@
+"""Absorbing-state diffusion: schedules, the forward process, the MDLM bound."""

@@ -1,0 +1,1 @@
+"""Evaluation: likelihood bounds with standard errors."""

@@ -1,0 +1,1 @@
+"""Training: optimizer and LR schedule, checkpoints, the loop."""

@@ -1,0 +1,192 @@
+"""Training that survives real runs: exact resume, signals, kill -9, accumulation, EMA, NaN guard, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dlm.presets import tiny
+from dlm.train.checkpoint import latest_checkpoint, list_checkpoints, load_trainer_state, verify_checkpoint
+from dlm.train.ema import EMA
+from dlm.train.trainer import train
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_cfg(corpus: Path, steps: int, **train_overrides):
+    cfg = tiny()
+    cfg.data.data = str(corpus)
+    cfg.train.max_steps, cfg.train.dtype, cfg.train.ckpt_interval = steps, "fp32", 10
+    cfg.train.eval_interval, cfg.train.log_interval = 1000, 1
+    for key, value in train_overrides.items():
+        setattr(cfg.train, key, value)
+    return cfg
+
+
+def losses(run: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(latest_checkpoint(run) / "model.safetensors"))
+
+
+@pytest.mark.parametrize("objective", ["mdlm", "ar"])
+def test_resume_gives_the_same_loss_curve_bit_for_bit(corpus_file: Path, tmp_path: Path, objective: str):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(tiny_cfg(corpus_file, 20, objective=objective), straight, quiet=True)
+    train(tiny_cfg(corpus_file, 10, objective=objective), resumed, quiet=True)
+    train(tiny_cfg(corpus_file, 20, objective=objective), resumed, resume=True, quiet=True)
+    assert losses(straight) == losses(resumed)  # every logged step, exactly
+    a, b = final_weights(straight), final_weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert load_trainer_state(latest_checkpoint(resumed))["step"] == 20
+
+
+def test_gradient_accumulation_matches_the_large_batch(tiny_model_config):
+    from dlm.diffusion.loss import ar_loss
+    from dlm.model import Transformer
+
+    tiny_model_config.causal = True
+    model = Transformer(tiny_model_config)
+    x = torch.randint(0, 16, (8, tiny_model_config.block_size))
+
+    def grads(micro_batches: int) -> list[torch.Tensor]:
+        model.zero_grad()
+        for chunk in x.chunk(micro_batches):
+            out = ar_loss(model, chunk, bos_id=17)
+            (out.nll_sum / x.numel()).backward()  # the trainer's normalisation
+        return [p.grad.clone() for p in model.parameters()]
+
+    for g_big, g_acc in zip(grads(1), grads(4), strict=True):
+        torch.testing.assert_close(g_big, g_acc, rtol=1e-5, atol=1e-7)
+
+
+def test_ema_update_arithmetic():
+    model = torch.nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema = EMA(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    ema.update(model)  # first update: decay min(0.9, 2/11)
+    d = 2 / 11
+    torch.testing.assert_close(ema.shadow["weight"], torch.full((2, 3), d * 1.0 + (1 - d) * 3.0))
+    for _ in range(200):
+        ema.update(model)
+    torch.testing.assert_close(ema.shadow["weight"], torch.full((2, 3), 3.0))
+    with ema.swapped_in(model):
+        model.weight.data.fill_(-1)  # changes inside the swap are discarded
+    assert torch.all(model.weight == 3.0)
+
+
+def test_nan_guard_skips_bad_steps_then_stops_naming_them(corpus_file: Path, tmp_path: Path, monkeypatch):
+    from dlm import objectives
+    from dlm.errors import DlmError
+
+    real = objectives.make_objective
+
+    def poisoned(*args):
+        objective = real(*args)
+
+        def run(model, x, gen):
+            out = objective(model, x, gen)
+            out.nll_sum = out.nll_sum * float("nan")
+            return out
+        return run
+
+    monkeypatch.setattr("dlm.train.trainer.make_objective", poisoned)
+    with pytest.raises(DlmError, match=r"3 steps in a row had non-finite .* steps 0–2"):
+        train(tiny_cfg(corpus_file, 20, max_bad_steps=3), tmp_path / "run", quiet=True)
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "skipped" in r] == [0, 1, 2]
+
+
+def _launch(args: list[str], env_extra: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "dlm", "train", *args], env=env, cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not list_checkpoints(run):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
+def test_sigterm_saves_and_exits_zero(corpus_file: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    proc = _launch(["--preset", "tiny", "--data", str(corpus_file), "--out", str(run), "--quiet",
+                    "max_steps=1000000", "ckpt_interval=50"])
+    _wait_for_checkpoint(run, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "(SIGTERM)" in out
+    state = load_trainer_state(latest_checkpoint(run))
+    assert f"stopped at step {state['step']} " in out  # the step it stopped at was saved
+
+
+def test_kill_9_anytime_leaves_a_loadable_newest_checkpoint(corpus_file: Path, tmp_path: Path):
+    """Kill the trainer repeatedly while it checkpoints every step; each time the newest intact
+    checkpoint loads and training resumes from it."""
+    import dlm
+
+    run = tmp_path / "run"
+    common = ["--preset", "tiny", "--data", str(corpus_file), "--out", str(run), "--quiet",
+              "max_steps=1000000", "ckpt_interval=1", "keep_last=3"]
+    proc = _launch(common)
+    for delay in (0.05, 0.13, 0.21):
+        _wait_for_checkpoint(run, proc)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        ckpt = latest_checkpoint(run, quiet=True)
+        assert ckpt is not None
+        dlm.load(ckpt)  # loads: not torn
+        proc = _launch([*common, "--resume"])
+    proc.kill()
+    proc.wait()
+    # Whatever the kill interrupted (a write, or the deletion of an old checkpoint), every folder
+    # under a checkpoint's name is complete: partial work only ever lives under a .tmp name.
+    assert list_checkpoints(run)
+    assert all(verify_checkpoint(ckpt) is None for ckpt in list_checkpoints(run))
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+                    reason="torchrun not on PATH")
+def test_ddp_two_processes_match_single_process_and_resume(corpus_file: Path, tmp_path: Path):
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The AR objective has no masking noise, so DDP over 2 ranks must match 1 process (same global batches).
+    args = ["--preset", "tiny", "--data", str(corpus_file), "--quiet", "--objective", "ar", "dtype=fp32",
+            "log_interval=5", "eval_interval=1000", "ckpt_interval=10"]
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29731", "-m", "dlm", "train",
+                    "--out", str(ddp), "--max-steps", "20", *args], env=env, cwd=REPO_ROOT, check=True,
+                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "dlm", "train", "--out", str(single), "--max-steps", "30", *args],
+                   env=env, cwd=REPO_ROOT, check=True, capture_output=True)
+    ddp_losses, single_losses = losses(ddp), losses(single)
+    for step in (5, 10, 15, 20):
+        assert ddp_losses[step] == pytest.approx(single_losses[step], abs=1e-4)
+    # Resume the 2-rank run on 1 process: the data stream does not depend on the number of ranks.
+    subprocess.run([sys.executable, "-m", "dlm", "train", "--out", str(ddp), "--resume", "--max-steps", "30",
+                    "--quiet"], env=env, cwd=REPO_ROOT, check=True, capture_output=True)
+    resumed = losses(ddp)
+    for step in (25, 30):
+        assert resumed[step] == pytest.approx(single_losses[step], abs=1e-4)
