@@ -52,15 +52,16 @@ class Pipeline:
             raise DlmError(f"--temperature={temperature} must be ≥ 0")
         prompt_ids = self.encode_prompt(prompt, length).expand(num_samples, -1)
         generator = torch.Generator().manual_seed(seed)
+        tok = self.tokenizer
         self.model.eval()
         with autocast(self.device, self.dtype):
             if self.is_autoregressive:
-                return ar_generate(self.model, prompt_ids, length, self.tokenizer.bos_id, temperature,
-                                   top_k, top_p, generator)
+                return ar_generate(self.model, prompt_ids, length, tok.bos_id, temperature,
+                                   top_k, top_p, generator, suppress_ids=(tok.mask_id, tok.pad_id, tok.bos_id))
             if sampler not in DIFFUSION_SAMPLERS:
                 raise DlmError(f"unknown sampler {sampler!r}; choose one of {', '.join(DIFFUSION_SAMPLERS)}")
-            return diffusion_generate(self.model, prompt_ids, length, steps, self.tokenizer.mask_id, sampler,
-                                      temperature, top_k, top_p, generator)
+            return diffusion_generate(self.model, prompt_ids, length, steps, tok.mask_id, sampler,
+                                      temperature, top_k, top_p, generator, suppress_ids=(tok.pad_id, tok.bos_id))
 
     def generate(self, prompt: str = "", **kwargs) -> list[str]:
         """Sample `num_samples` continuations of `prompt`; each string includes the prompt."""

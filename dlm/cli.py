@@ -35,10 +35,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dlm.train.trainer import train
 
     overrides = list(args.overrides)
-    for flag, key in (("data", "data.data"), ("max_steps", "train.max_steps"),
-                      ("max_time", "train.max_time"), ("objective", "train.objective")):
+    for flag, key in (("data", "data.data"), ("max_steps", "train.max_steps"), ("max_time", "train.max_time"),
+                      ("objective", "train.objective"), ("compile", "train.compile")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
+    if args.wandb:
+        overrides.append("train.wandb=true")
     run_dir = Path(args.out) if args.out else None
     if args.resume:
         if run_dir is None:
@@ -46,7 +48,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         config_path = run_dir / "config.json"
         if not config_path.is_file():
             raise DlmError(f"cannot resume: {config_path} not found; check --out or train without --resume")
-        cfg = RunConfig.from_dict(json.loads(config_path.read_text()))
+        try:
+            cfg = RunConfig.from_dict(json.loads(config_path.read_text()))
+        except json.JSONDecodeError as e:
+            raise DlmError(f"cannot resume: {config_path} is not valid JSON ({e}); restore it from a backup") from None
     else:
         cfg = get_preset(args.preset or _default_preset())
     cfg = apply_overrides(cfg, overrides)
@@ -140,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-time", type=float, help="stop (after saving) after this many seconds")
     p.add_argument("--objective", choices=("mdlm", "ar"), help="mdlm (diffusion) or ar (the causal twin)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--compile", choices=("auto", "yes", "no"),
+                   help="torch.compile the model (auto: when a C++ compiler or CUDA is present)")
+    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (if installed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=cmd_train)

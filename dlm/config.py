@@ -67,6 +67,10 @@ class TrainConfig:
     """EMA of the weights (0 = off); the average is used for validation, eval and sampling."""
     max_bad_steps: int = 10
     """Non-finite loss or gradients skip the step; this many in a row stops the run."""
+    tensorboard: bool = True
+    """Also log to RUN/tensorboard when the tensorboard package is installed."""
+    wandb: bool = False
+    """Also log to Weights & Biases (a no-op with a message when wandb is not installed)."""
     seed: int = 1337
     dtype: str = "auto"
     """'auto' (bf16 on CUDA and on CPUs with bf16 units, else fp32), 'bf16' or 'fp32'."""
@@ -119,6 +123,8 @@ class RunConfig:
         if self.diffusion.schedule not in SCHEDULES:
             raise DlmError(f"diffusion.schedule={self.diffusion.schedule!r} is not one of {', '.join(SCHEDULES)}")
         t = self.train
+        if self.model.time_conditioning and t.objective == "ar":
+            raise DlmError("model.time_conditioning=true is for diffusion runs; the AR twin has no noise level")
         if t.batch_size < 1 or t.grad_accum < 1 or t.batch_size % t.grad_accum:
             raise DlmError(f"train.batch_size={t.batch_size} must be a positive multiple of "
                            f"train.grad_accum={t.grad_accum}")
@@ -131,6 +137,8 @@ class RunConfig:
 
 
 SECTIONS = ("model", "data", "diffusion", "train")
+# Set by the trainer from the tokenizer and the objective; a bare key never means these.
+DERIVED = ("model.vocab_size", "model.causal")
 
 
 def _parse(text: str, typ, key: str):
@@ -188,7 +196,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             if section not in SECTIONS:
                 raise DlmError(f"unknown config section {section!r} in {item!r}; known: {', '.join(SECTIONS)}")
         else:
-            owners = [s for s in SECTIONS if name_in(getattr(cfg, s), key)]
+            owners = [s for s in SECTIONS if name_in(getattr(cfg, s), key) and f"{s}.{key}" not in DERIVED]
             if not owners:
                 raise DlmError(f"unknown config key {key!r}; see `dlm config --preset NAME` for all keys")
             if len(owners) > 1:

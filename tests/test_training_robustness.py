@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -108,7 +109,7 @@ def test_nan_guard_skips_bad_steps_then_stops_naming_them(corpus_file: Path, tmp
         return run
 
     monkeypatch.setattr("dlm.train.trainer.make_objective", poisoned)
-    with pytest.raises(DlmError, match=r"3 steps in a row had non-finite .* steps 0–2"):
+    with pytest.raises(DlmError, match=r"3 steps in a row had non-finite .*\(steps 0–2\)"):
         train(tiny_cfg(corpus_file, 20, max_bad_steps=3), tmp_path / "run", quiet=True)
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "skipped" in r] == [0, 1, 2]
@@ -173,8 +174,9 @@ def test_ddp_two_processes_match_single_process_and_resume(corpus_file: Path, tm
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # The AR objective has no masking noise, so DDP over 2 ranks must match 1 process (same global batches).
+    # A constant LR keeps the update independent of max_steps, so a 20-step run is a prefix of a 30-step one.
     args = ["--preset", "tiny", "--data", str(corpus_file), "--quiet", "--objective", "ar", "dtype=fp32",
-            "log_interval=5", "eval_interval=1000", "ckpt_interval=10"]
+            "log_interval=5", "eval_interval=1000", "ckpt_interval=10", "warmup_steps=0", "min_lr_ratio=1"]
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29731", "-m", "dlm", "train",
                     "--out", str(ddp), "--max-steps", "20", *args], env=env, cwd=REPO_ROOT, check=True,
@@ -190,3 +192,21 @@ def test_ddp_two_processes_match_single_process_and_resume(corpus_file: Path, tm
     resumed = losses(ddp)
     for step in (25, 30):
         assert resumed[step] == pytest.approx(single_losses[step], abs=1e-4)
+
+
+@pytest.mark.parametrize("preset, params_millions", [("owt-124m", 123.55), ("fineweb-124m", 123.55),
+                                                     ("joey-170m", 167.80)])
+def test_large_presets_count_their_parameters_and_train_a_step_on_cpu(preset, params_millions, corpus_file,
+                                                                      tmp_path):
+    from dlm.model import Transformer
+    from dlm.presets import get_preset
+
+    cfg = get_preset(preset)
+    with torch.device("meta"):  # count without allocating
+        assert Transformer(cfg.model).num_params() / 1e6 == pytest.approx(params_millions, abs=0.01)
+    # The real model (full width, depth and context) takes one optimizer step at batch 1 on CPU.
+    cfg.data.data, cfg.data.tokenizer, cfg.data.val_fraction = str(corpus_file), "char", 0.1
+    cfg.train.batch_size = cfg.train.grad_accum = 1
+    cfg.train.max_steps, cfg.train.eval_batches, cfg.train.compile = 1, 1, "no"
+    result = train(cfg, tmp_path / preset, quiet=True)
+    assert result.step == 1 and math.isfinite(result.last_loss) and result.last_loss > 0

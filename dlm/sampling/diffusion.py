@@ -25,8 +25,11 @@ DIFFUSION_SAMPLERS = ("ancestral", "confidence")
 def diffusion_generate(model: torch.nn.Module, prompt: torch.Tensor, length: int, steps: int, mask_id: int,
                        sampler: str = "confidence", temperature: float = 1.0, top_k: int = 0,
                        top_p: float = 1.0, generator: torch.Generator | None = None,
-                       schedule: Schedule | None = None) -> torch.Tensor:
-    """prompt: (B, P) ids (P may be 0). Returns (B, P + length) ids with no [MASK]."""
+                       schedule: Schedule | None = None, suppress_ids: tuple[int, ...] = ()) -> torch.Tensor:
+    """prompt: (B, P) ids (P may be 0). Returns (B, P + length) ids with no [MASK].
+
+    `suppress_ids` are never drawn (e.g. [PAD] and [BOS]); [MASK] never is, in any case (SUBS).
+    """
     if sampler not in DIFFUSION_SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(DIFFUSION_SAMPLERS)}")
     if steps < 1 or length < 1:
@@ -45,7 +48,7 @@ def diffusion_generate(model: torch.nn.Module, prompt: torch.Tensor, length: int
             break
         t = torch.full((B,), float(times[k]), device=device)
         logits = model(x, t=t if time_conditioned else None).float()
-        logits[..., mask_id] = float("-inf")  # SUBS: never predict [MASK]
+        logits[..., [mask_id, *suppress_ids]] = float("-inf")  # SUBS: never predict [MASK]
         proposal, log_conf = sample_categorical(logits, temperature, top_k, top_p, generator)
         alpha_t, alpha_s = float(alphas[k]), float(alphas[k + 1])
         if sampler == "ancestral":

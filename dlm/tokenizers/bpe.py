@@ -17,6 +17,9 @@ class BPETokenizer(Tokenizer):
 
     def __init__(self, hf: HFTokenizer):
         self.hf = hf
+        # Text that spells "[MASK]" etc. must encode as text, never as the reserved ids (a literal
+        # "[MASK]" in a corpus would otherwise become an absorbing-state target: NaN loss).
+        self.hf.encode_special_tokens = True
         missing = [t for t in SPECIAL_TOKENS if hf.token_to_id(t) is None]
         if missing:
             raise DlmError(f"BPE tokenizer lacks the special tokens {missing}; train it with dlm")

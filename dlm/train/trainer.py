@@ -5,7 +5,6 @@ on a time budget or a signal."""
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import signal
 import time
@@ -34,6 +33,7 @@ from dlm.train.checkpoint import (
 )
 from dlm.train.distributed import all_reduce_sum, barrier, cleanup, init_distributed, wrap_model
 from dlm.train.ema import EMA
+from dlm.train.logging import RunLogger
 from dlm.train.optim import lr_at, make_optimizer
 
 
@@ -74,7 +74,11 @@ class StopFlag:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # Plain Python types only: trainer_state.pt is loaded with weights_only=True, which refuses
+    # numpy arrays (np.random.get_state() holds one).
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = (name, keys.tolist(), int(pos), int(has_gauss), float(cached))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -82,7 +86,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -138,7 +143,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     saved_tokenizer = load_tokenizer(run_dir / "tokenizer.json") if ckpt is not None else None
     if dist_info.is_main:  # tokenize once, then the other ranks read the cache
         corpus = prepare_corpus(cfg.data.data, cfg.data.tokenizer, cfg.data.vocab_size, cfg.data.val_fraction,
-                                tokenizer_override=saved_tokenizer)
+                                tokenizer_override=saved_tokenizer, progress=not quiet)
     barrier(dist_info)
     if not dist_info.is_main:
         corpus = prepare_corpus(cfg.data.data, cfg.data.tokenizer, cfg.data.vocab_size, cfg.data.val_fraction,
@@ -207,12 +212,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
             return quick_val_loss(model, objective, val_tokens, cfg.model.block_size, global_micro,
                                   tc.eval_batches, device, dtype)
 
-    log_file = open(run_dir / "log.jsonl", "a", encoding="utf-8") if dist_info.is_main else None
-
-    def log(record: dict) -> None:
-        if log_file is not None:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
+    logger = RunLogger(run_dir, dist_info.is_main, tensorboard=tc.tensorboard, wandb=tc.wandb,
+                       config=cfg.to_dict())
+    log = logger.log
 
     start = time.time()
     window_loss, window_tokens, window_start = torch.zeros((), device=device), 0, time.time()
@@ -306,7 +308,6 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
                     bar.write(f"dlm: {stopped_by} received; saved step {step}, exiting")
                 break
     bar.close()
-    if log_file is not None:
-        log_file.close()
+    logger.close()
     cleanup(dist_info)
     return TrainResult(run_dir, step, last_loss, val_loss, stopped_by)

@@ -1,0 +1,159 @@
+"""Checkpoints: loading, exact resume, retention, damage detection, and refusing to overwrite a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import dlm
+from dlm.config import RunConfig
+from dlm.errors import DlmError
+from dlm.model import Transformer
+from dlm.presets import tiny
+from dlm.train.checkpoint import latest_checkpoint, list_checkpoints, load_trainer_state
+from dlm.train.trainer import train
+
+
+def tiny_config(corpus: Path, max_steps: int = 20, **train_fields) -> RunConfig:
+    cfg = tiny()
+    cfg.data.data = str(corpus)
+    cfg.train.max_steps, cfg.train.ckpt_interval, cfg.train.compile = max_steps, 10, "no"
+    cfg.train.log_interval, cfg.train.eval_batches = 5, 2
+    for name, value in train_fields.items():
+        setattr(cfg.train, name, value)
+    return cfg
+
+
+def weights(ckpt: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
+    return load_file(str(ckpt / name))
+
+
+def log_records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_run_layout_and_load(corpus_file: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = train(tiny_config(corpus_file), run, quiet=True)
+    assert result.step == 20 and result.stopped_by == "max_steps"
+    assert result.val_loss is not None and result.val_loss > 0
+    assert (run / "config.json").is_file() and (run / "tokenizer.json").is_file()
+    assert [c.name for c in list_checkpoints(run)] == ["step-00000010", "step-00000020"]
+
+    x = torch.randint(0, 40, (2, 32), generator=torch.Generator().manual_seed(0))
+    pipe = dlm.load(run)
+    assert pipe.checkpoint.name == "step-00000020"
+    assert not pipe.model.training and pipe.dtype == torch.float32
+    with torch.no_grad():
+        logits = pipe.model(x)
+        # Loading again, or loading the checkpoint folder itself, gives the same model.
+        assert torch.equal(dlm.load(run).model(x), logits)
+        assert torch.equal(dlm.load(pipe.checkpoint).model(x), logits)
+        # The same weights put into a fresh model by hand (EMA weights are the default when saved).
+        name = "ema.safetensors" if pipe.weights == "ema" else "model.safetensors"
+        fresh = Transformer(pipe.config.model).eval()
+        fresh.load_state_dict(weights(pipe.checkpoint, name), strict=False)
+        assert torch.equal(fresh(x), logits)
+        # And the raw weights are the ones the optimizer produced.
+        raw = dlm.load(run, weights="raw")
+        fresh.load_state_dict(weights(pipe.checkpoint), strict=False)
+        assert torch.equal(raw.model(x), fresh(x))
+    ids = pipe.generate_ids("The ", length=8, steps=4, seed=0)
+    assert ids.shape == (1, 12) and ids[0, :4].tolist() == pipe.tokenizer.encode("The ")
+    assert pipe.generate("The ", length=8, steps=4, seed=0)[0] == pipe.tokenizer.decode(ids[0].tolist())
+
+
+def test_exact_resume(corpus_file: Path, tmp_path: Path) -> None:
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(tiny_config(corpus_file, 20, dtype="fp32"), straight, quiet=True)
+
+    first = train(tiny_config(corpus_file, 10, dtype="fp32"), resumed, quiet=True)
+    assert first.step == 10
+    n_first = len(log_records(resumed))
+    second = train(tiny_config(corpus_file, 20, dtype="fp32"), resumed, resume=True, quiet=True)
+    assert second.step == 20
+
+    # The log continues: the resumed part starts after step 10.
+    records = log_records(resumed)
+    loss_steps = [r["step"] for r in records if "loss" in r]
+    assert loss_steps == [5, 10, 15, 20]
+    assert all(r["step"] > 10 for r in records[n_first:])
+    assert load_trainer_state(latest_checkpoint(resumed))["step"] == 20
+
+    # Same data order, noise, optimizer state and LR schedule: bit-identical weights on CPU.
+    a, b = latest_checkpoint(straight), latest_checkpoint(resumed)
+    for name in ("model.safetensors", "ema.safetensors"):
+        if (a / name).is_file():
+            wa, wb = weights(a, name), weights(b, name)
+            assert wa.keys() == wb.keys()
+            for key in wa:
+                torch.testing.assert_close(wb[key], wa[key], rtol=0, atol=1e-6, msg=f"{name}:{key}")
+    straight_losses = [r["loss"] for r in log_records(straight) if "loss" in r]
+    resumed_losses = [r["loss"] for r in records if "loss" in r]
+    assert resumed_losses == pytest.approx(straight_losses, rel=1e-5)
+
+
+def test_keep_last(corpus_file: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(corpus_file, 20, ckpt_interval=5, keep_last=1), run, quiet=True)
+    assert [c.name for c in list_checkpoints(run)] == ["step-00000020"]
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_truncated_checkpoint_is_skipped(corpus_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(corpus_file), run, quiet=True)
+    older, newest = list_checkpoints(run)
+    path = newest / "model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    assert latest_checkpoint(run) == older
+    assert "truncated" in capsys.readouterr().err
+    assert dlm.load(run).checkpoint == older
+    with pytest.raises(DlmError, match="damaged"):
+        dlm.load(newest)
+
+
+def test_corrupted_bytes_are_detected(corpus_file: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(corpus_file, 10), run, quiet=True)
+    (ckpt,) = list_checkpoints(run)
+    path = ckpt / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 16] = bytes(16)  # same size, different content
+    path.write_bytes(bytes(data))
+    assert latest_checkpoint(run, quiet=True) is None
+    with pytest.raises(DlmError, match="sha256"):
+        dlm.load(ckpt)
+    with pytest.raises(DlmError, match="no intact checkpoint"):
+        dlm.load(run)
+
+
+def test_resume_after_damage_uses_the_older_checkpoint(corpus_file: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(corpus_file, 20), run, quiet=True)
+    older, newest = list_checkpoints(run)
+    (newest / "manifest.json").unlink()  # as if the write had been cut short
+    result = train(tiny_config(corpus_file, 20), run, resume=True, quiet=True)
+    assert result.step == 20
+    records = log_records(run)
+    assert [r["step"] for r in records if "loss" in r][-2:] == [15, 20]  # steps 11–20 were redone
+
+
+def test_existing_run_without_resume_is_refused(corpus_file: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(corpus_file, 10), run, quiet=True)
+    with pytest.raises(DlmError, match="resume"):
+        train(tiny_config(corpus_file, 10), run, quiet=True)
+
+
+def test_load_errors(tmp_path: Path) -> None:
+    with pytest.raises(DlmError, match="not found"):
+        dlm.load(tmp_path / "missing")
+    with pytest.raises(DlmError, match="not a dlm run folder"):
+        dlm.load(tmp_path)

@@ -1,0 +1,183 @@
+"""The `dlm` command: help, the train → sample → eval path for both objectives, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dlm.cli import main
+from dlm.train.checkpoint import list_checkpoints
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("args", [[], ["train"], ["sample"], ["eval"], ["presets"]],
+                         ids=["dlm", "train", "sample", "eval", "presets"])
+def test_help_exits_zero(args: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "dlm", *args, "--help"], capture_output=True, text=True,
+                          cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: dlm" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_presets_lists_and_shows(capsys: pytest.CaptureFixture) -> None:
+    assert main(["presets"]) == 0
+    assert "tiny" in capsys.readouterr().out
+    assert main(["presets", "--show", "tiny"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["block_size"] == 32
+
+
+def train_run(corpus: Path, out: Path, *extra: str) -> int:
+    return main(["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out), "--max-steps", "30",
+                 "--quiet", *extra])
+
+
+@pytest.mark.parametrize("objective", ["mdlm", "ar"])
+def test_train_sample_eval(objective: str, corpus_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / objective
+    assert train_run(corpus_file, run, "--objective", objective) == 0
+    assert "stopped at step 30" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["model"]["causal"] == (objective == "ar")
+
+    for sampler in ("confidence", "ancestral"):
+        args = ["sample", "--ckpt", str(run), "--length", "16", "--steps", "8", "--sampler", sampler,
+                "--prompt", "The ", "--seed", "1"]
+        assert main(args) == 0
+        text = capsys.readouterr().out
+        assert text.startswith("The ") and len(text) > 4 + 1
+        assert main(args) == 0 and capsys.readouterr().out == text  # same seed, same sample
+
+    assert main(["sample", "--ckpt", str(run), "--length", "8", "--num-samples", "2"]) == 0
+    assert capsys.readouterr().out.count("sample 2/2") == 1
+
+    report = tmp_path / f"{objective}.json"
+    assert main(["eval", "--ckpt", str(run), "--json", str(report), "--max-passes", "8", "--quiet"]) == 0
+    assert "nats/char" in capsys.readouterr().out
+    result = json.loads(report.read_text())
+    for key in ("nats_per_token", "mc_standard_error", "bits_per_token"):
+        assert isinstance(result[key], float)
+    assert 0 < result["nats_per_token"] < 6
+    if objective == "ar":
+        assert result["kind"] == "exact_nll" and result["mc_standard_error"] == 0
+    else:
+        assert result["kind"] == "nelbo_bound" and result["mc_standard_error"] > 0
+
+
+def test_eval_of_a_single_window_split(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # A val split of one window has no spread over windows; eval must still report.
+    small = tmp_path / "small.txt"
+    small.write_text("hello world, this is text. " * 20, encoding="utf-8")
+    run = tmp_path / "run"
+    assert train_run(small, run, "max_steps=3") == 0
+    report = tmp_path / "r.json"
+    assert main(["eval", "--ckpt", str(run), "--json", str(report), "--max-passes", "4", "--quiet"]) == 0
+    assert "n/a" in capsys.readouterr().out
+    assert json.loads(report.read_text())["windows"] == 1
+
+
+def test_resume_from_the_command_line(corpus_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    assert train_run(corpus_file, run) == 0
+    assert main(["train", "--out", str(run), "--resume", "--quiet", "max_steps=40"]) == 0
+    assert "stopped at step 40" in capsys.readouterr().out
+
+
+def assert_one_line_error(capsys: pytest.CaptureFixture, *fragments: str) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("dlm: error:")]
+    assert len(errors) == 1, err
+    # Anything else on stderr is a dlm notice (e.g. a skipped checkpoint), not a stack trace.
+    assert all(line.startswith("dlm: ") for line in err.splitlines()), err
+    for fragment in fragments:
+        assert fragment in err, err
+    return errors[0]
+
+
+@pytest.fixture
+def trained_run(corpus_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> Path:
+    run = tmp_path / "trained"
+    assert main(["train", "--preset", "tiny", "--data", str(corpus_file), "--out", str(run), "--max-steps", "5",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    return run
+
+
+def test_missing_data_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert train_run(tmp_path / "nope.txt", tmp_path / "run") == 2
+    assert_one_line_error(capsys, "nope.txt", "not found")
+
+
+def test_empty_corpus(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert train_run(empty, tmp_path / "run") == 2
+    assert_one_line_error(capsys, "empty")
+
+
+def test_unknown_preset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--preset", "huge", "--out", str(tmp_path / "run")]) == 2
+    assert_one_line_error(capsys, "unknown preset 'huge'")
+
+
+def test_unknown_override_key(corpus_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert train_run(corpus_file, tmp_path / "run", "learning_rate=1e-3") == 2
+    assert_one_line_error(capsys, "learning_rate")
+
+
+def test_bad_override_value(corpus_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert train_run(corpus_file, tmp_path / "run", "n_layer=abc") == 2
+    assert_one_line_error(capsys, "n_layer", "abc")
+
+
+def test_prompt_longer_than_context(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["sample", "--ckpt", str(trained_run), "--prompt", "the " * 10, "--length", "16"]) == 2
+    assert_one_line_error(capsys, "context of 32")
+
+
+def test_prompt_with_unknown_character(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["sample", "--ckpt", str(trained_run), "--prompt", "€uro", "--length", "8"]) == 2
+    assert_one_line_error(capsys, "'€'")
+
+
+def test_ckpt_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "not-a-run").mkdir()
+    assert main(["sample", "--ckpt", str(tmp_path / "not-a-run"), "--length", "8"]) == 2
+    assert_one_line_error(capsys, "not a dlm run folder")
+
+
+def test_corrupted_weights(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
+    (ckpt,) = list_checkpoints(trained_run)
+    path = ckpt / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    for command in ("sample", "eval"):
+        assert main([command, "--ckpt", str(ckpt)]) == 2
+        assert_one_line_error(capsys, "sha256")
+        # Through the run folder: the damaged checkpoint is skipped, and none is left.
+        assert main([command, "--ckpt", str(trained_run)]) == 2
+        assert_one_line_error(capsys, "sha256", "no intact checkpoint")
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_missing_ckpt_path(command: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([command, "--ckpt", str(tmp_path / "missing")]) == 2
+    assert_one_line_error(capsys, "missing", "not found")
+
+
+def test_resume_without_a_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--out", str(tmp_path / "nothing"), "--resume"]) == 2
+    assert_one_line_error(capsys, "cannot resume")
+
+
+def test_training_into_an_existing_run(trained_run: Path, corpus_file: Path, capsys: pytest.CaptureFixture) -> None:
+    assert train_run(corpus_file, trained_run) == 2
+    assert_one_line_error(capsys, "--resume")
