@@ -207,3 +207,19 @@ def test_bpe_corpus_that_spells_special_tokens(tmp_path: Path, corpus_text: str)
     ids = all_tokens(corpus)
     assert not np.isin(ids, corpus.tokenizer.special_ids).any()
     assert corpus.tokenizer.decode(ids) == text
+
+
+def test_a_verified_local_copy_is_cached_for_offline_use(shakespeare: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         isolated_cache: Path) -> None:
+    from dlm.data.corpus import tinyshakespeare_path
+
+    monkeypatch.setenv("DLM_TINYSHAKESPEARE", str(shakespeare))
+    assert tinyshakespeare_path() == shakespeare
+    monkeypatch.delenv("DLM_TINYSHAKESPEARE")
+
+    def offline(*args, **kwargs):
+        raise AssertionError("must not download")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    cached = tinyshakespeare_path()
+    assert cached.parent.parent == isolated_cache and cached.read_bytes() == shakespeare.read_bytes()

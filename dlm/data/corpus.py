@@ -39,13 +39,16 @@ def sha256_file(path: Path) -> str:
 
 def tinyshakespeare_path() -> Path:
     """A verified local copy of Tiny Shakespeare: $DLM_TINYSHAKESPEARE, the cache, or a download."""
+    cached = cache_dir() / "corpora" / "tinyshakespeare.txt"
     local = os.environ.get("DLM_TINYSHAKESPEARE")
     if local:
         path = Path(local)
         if not path.is_file():
             raise DlmError(f"DLM_TINYSHAKESPEARE={local} is not a file; point it at Tiny Shakespeare's input.txt")
+        if not cached.is_file() and sha256_file(path) == TINYSHAKESPEARE_SHA256:
+            # Keep a verified copy, so later commands work offline without the variable.
+            atomic_write_bytes(cached, path.read_bytes())
         return path
-    cached = cache_dir() / "corpora" / "tinyshakespeare.txt"
     if cached.is_file() and sha256_file(cached) == TINYSHAKESPEARE_SHA256:
         return cached
     try:
