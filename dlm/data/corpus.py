@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from dlm.errors import DlmError
-from dlm.io import atomic_write_bytes
+from dlm.io import atomic_write_bytes, sha256_file
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -27,14 +27,6 @@ def cache_dir() -> Path:
     if os.environ.get("DLM_CACHE"):
         return Path(os.environ["DLM_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dlm"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tinyshakespeare_path() -> Path:

@@ -1,8 +1,12 @@
-"""The forward (noising) process q(z_t | x) of absorbing-state diffusion, and SUBS.
+"""The forward (noising) process q(z_t | x) of absorbing-state diffusion.
 
 Each token is replaced by [MASK] independently with probability 1 − α(t). Noise levels are
 drawn per sequence with antithetic (stratified) sampling: t_i = (u + i/B) mod 1 with one uniform
 u per batch, which keeps the estimator unbiased and cuts its variance.
+
+SUBS (MDLM §3.2) needs no code of its own here: the loss scores masked positions only, with the
+[MASK] logit at −inf, and samplers only ever write to masked positions, so visible tokens are
+carried through unchanged.
 """
 
 from __future__ import annotations
@@ -37,18 +41,3 @@ def mask_tokens(x: torch.Tensor, t: torch.Tensor, schedule: Schedule, mask_id: i
         masked &= ~keep
     return torch.where(masked, torch.full_like(x, mask_id), x), masked
 
-
-def subs_logits(logits: torch.Tensor, z: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """SUBS parameterisation (MDLM §3.2): never predict [MASK], carry unmasked tokens through.
-
-    logits: (B, T, V) float; z: (B, T) current ids. Returns log-probabilities (B, T, V) in float32.
-    """
-    logits = logits.float()
-    logits[..., mask_id] = float("-inf")
-    log_probs = logits.log_softmax(dim=-1)
-    visible = z != mask_id
-    if visible.any():
-        carried = torch.full_like(log_probs, float("-inf"))
-        carried.scatter_(-1, z.unsqueeze(-1), 0.0)
-        log_probs = torch.where(visible.unsqueeze(-1), carried, log_probs)
-    return log_probs

@@ -15,7 +15,6 @@ manifest is skipped with a message. The newest `keep_last` are kept.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,17 +26,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dlm.errors import DlmError
-from dlm.io import atomic_write_json
+from dlm.io import atomic_write_json, sha256_file
 
 MANIFEST = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -70,7 +61,7 @@ def save_checkpoint(run_dir: Path, step: int, weights: dict[str, dict[str, torch
     for name in [*weights, "trainer_state.pt"]:
         with open(tmp / name, "rb+") as f:
             os.fsync(f.fileno())
-        files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+        files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
     atomic_write_json(tmp / MANIFEST, {"step": step, "files": files})
     if final.exists():  # re-saving the same step (e.g. a stop right after a periodic save)
         _remove(final)
@@ -109,7 +100,7 @@ def verify_checkpoint(ckpt: Path) -> str | None:
                 return f"{name} is missing"
             if path.stat().st_size != info["bytes"]:
                 return f"{name} has {path.stat().st_size} bytes, expected {info['bytes']} (truncated)"
-            if _sha256(path) != info["sha256"]:
+            if sha256_file(path) != info["sha256"]:
                 return f"{name} fails its sha256 check (corrupted)"
     except (json.JSONDecodeError, KeyError, TypeError):
         return "manifest is unreadable"
