@@ -41,6 +41,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides.append(f"{key}={getattr(args, flag)}")
     if args.wandb:
         overrides.append("train.wandb=true")
+    if args.fsdp:
+        overrides.append("train.fsdp=true")
     run_dir = Path(args.out) if args.out else None
     if args.resume:
         if run_dir is None:
@@ -147,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--compile", choices=("auto", "yes", "no"),
                    help="torch.compile the model (auto: when a C++ compiler or CUDA is present)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun, shard the model with FSDP2 instead of DDP")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (if installed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -194,7 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come between flags (argparse takes only one run of positionals).
+    if extra and args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except DlmError as e:

@@ -67,6 +67,8 @@ class TrainConfig:
     """EMA of the weights (0 = off); the average is used for validation, eval and sampling."""
     max_bad_steps: int = 10
     """Non-finite loss or gradients skip the step; this many in a row stops the run."""
+    fsdp: bool = False
+    """Under torchrun, shard parameters, gradients and optimizer state with FSDP2 instead of DDP."""
     tensorboard: bool = True
     """Also log to RUN/tensorboard when the tensorboard package is installed."""
     wandb: bool = False

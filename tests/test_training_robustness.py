@@ -210,3 +210,28 @@ def test_large_presets_count_their_parameters_and_train_a_step_on_cpu(preset, pa
     cfg.train.max_steps, cfg.train.eval_batches, cfg.train.compile = 1, 1, "no"
     result = train(cfg, tmp_path / preset, quiet=True)
     assert result.step == 1 and math.isfinite(result.last_loss) and result.last_loss > 0
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+                    reason="torchrun not on PATH")
+def test_fsdp_two_processes_match_single_process_and_resume_across_modes(corpus_file: Path, tmp_path: Path):
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["--preset", "tiny", "--data", str(corpus_file), "--quiet", "--objective", "ar", "dtype=fp32",
+            "log_interval=5", "eval_interval=1000", "ckpt_interval=10", "warmup_steps=0", "min_lr_ratio=1"]
+    fsdp, single = tmp_path / "fsdp", tmp_path / "single"
+    subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29733", "-m", "dlm", "train",
+                    "--out", str(fsdp), "--max-steps", "20", "--fsdp", *args], env=env, cwd=REPO_ROOT, check=True,
+                   capture_output=True)
+    assert (latest_checkpoint(fsdp) / "ema.safetensors").is_file()  # EMA gathered from shards too
+    subprocess.run([sys.executable, "-m", "dlm", "train", "--out", str(single), "--max-steps", "30", *args],
+                   env=env, cwd=REPO_ROOT, check=True, capture_output=True)
+    sharded, plain = losses(fsdp), losses(single)
+    for step in (5, 10, 15, 20):
+        assert sharded[step] == pytest.approx(plain[step], abs=1e-4)
+    # The sharded run's checkpoint (optimizer state by parameter name) resumes in one process.
+    subprocess.run([sys.executable, "-m", "dlm", "train", "--out", str(fsdp), "--resume", "--max-steps", "30",
+                    "--quiet"], env=env, cwd=REPO_ROOT, check=True, capture_output=True)
+    resumed = losses(fsdp)
+    for step in (25, 30):
+        assert resumed[step] == pytest.approx(plain[step], abs=1e-4)

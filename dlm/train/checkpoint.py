@@ -39,9 +39,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # Tied weights appear twice in a state dict; safetensors refuses shared storage, so clone.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    # Tied weights appear twice in state_dict; safetensors refuses shared storage, so clone.
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    return clone_state(model.state_dict())
 
 
 def save_checkpoint(run_dir: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], trainer_state: dict,

@@ -8,13 +8,13 @@ import torch
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
-                   betas: tuple[float, float]) -> torch.optim.AdamW:
+                   betas: tuple[float, float], fused: bool = True) -> torch.optim.AdamW:
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    # The fused kernel exists for CUDA and CPU tensors in current PyTorch.
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
+    # The fused kernel exists for CUDA and CPU tensors in current PyTorch (not for FSDP's DTensors).
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None, foreach=None if fused else True)
 
 
 def lr_at(progress: float, step: int, base_lr: float, warmup_steps: int, min_lr_ratio: float) -> float:

@@ -25,13 +25,26 @@ from dlm.objectives import make_objective
 from dlm.runtime import autocast, pick_device, pick_dtype, should_compile
 from dlm.tokenizers import load_tokenizer
 from dlm.train.checkpoint import (
+    clone_state,
     latest_checkpoint,
     load_model_weights,
     load_trainer_state,
     model_state,
     save_checkpoint,
 )
-from dlm.train.distributed import all_reduce_sum, barrier, cleanup, init_distributed, wrap_model
+from dlm.train.distributed import (
+    all_reduce_sum,
+    barrier,
+    cleanup,
+    full_state_dicts,
+    gradient_sync,
+    init_distributed,
+    load_full_optimizer_state,
+    optimizer_state_by_index,
+    optimizer_state_by_name,
+    shard_model,
+    wrap_model,
+)
 from dlm.train.ema import EMA
 from dlm.train.logging import RunLogger
 from dlm.train.optim import lr_at, make_optimizer
@@ -151,9 +164,19 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     tokenizer = corpus.tokenizer
     cfg.model.vocab_size = tokenizer.vocab_size
     cfg.model.causal = tc.objective == "ar"
+    fsdp = tc.fsdp and dist_info.enabled
     model = Transformer(cfg.model).to(device)
+    ema_start = None
+    if ckpt is not None:  # weights go in before sharding: every rank reads the full file
+        load_model_weights(model, ckpt)
+        if tc.ema_decay > 0 and (ckpt / "ema.safetensors").is_file():
+            ema_start = Transformer(cfg.model).to(device)
+            load_model_weights(ema_start, ckpt, "ema.safetensors")
+    wrapped = wrap_model(model, dist_info, fsdp)
+    if fsdp and ema_start is not None:
+        shard_model(ema_start)  # same layout as the model, so shards line up
     ema = EMA(model, tc.ema_decay) if tc.ema_decay > 0 else None
-    optimizer = make_optimizer(model, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2))
+    optimizer = make_optimizer(model, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), fused=not fsdp)
     objective = make_objective(tc.objective, cfg.diffusion.schedule, tokenizer)
     train_tokens, val_tokens = corpus.split("train"), corpus.split("val")
     loader = RandomWindows(train_tokens, cfg.model.block_size, seed=tc.seed, device=device)
@@ -161,18 +184,22 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
 
     step, tokens_seen, elapsed_before = 0, 0, 0.0
     if ckpt is not None:
-        load_model_weights(model, ckpt)
         state = load_trainer_state(ckpt)
-        optimizer.load_state_dict(state["optimizer"])
+        # Either format loads either way: a run can move between DDP, FSDP and one process.
+        optim_state, by_name = state["optimizer"], state.get("optimizer_format") == "fsdp-full"
+        if fsdp:
+            load_full_optimizer_state(model, optimizer, optim_state if by_name else
+                                      optimizer_state_by_name(optimizer, model, optim_state))
+        else:
+            optimizer.load_state_dict(optimizer_state_by_index(optim_state) if by_name else optim_state)
         loader.load_state_dict(state["loader"])
         set_rng_state(state["rng"])
         step, tokens_seen, elapsed_before = state["step"], state["tokens_seen"], state["elapsed"]
         if ema is not None:
-            if (ckpt / "ema.safetensors").is_file():
-                shadow = Transformer(cfg.model)
-                load_model_weights(shadow, ckpt, "ema.safetensors")
-                ema.load_state_dict({n: p.detach().float() for n, p in shadow.named_parameters()},
+            if ema_start is not None:
+                ema.load_state_dict({n: p.detach().float() for n, p in ema_start.named_parameters()},
                                     state.get("ema_updates", step))
+                del ema_start
             elif not quiet:
                 print("dlm: the checkpoint has no EMA weights; the average restarts from the current weights")
 
@@ -181,13 +208,12 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
         atomic_write_json(run_dir / "config.json", cfg.to_dict())
         tokenizer.save(run_dir / "tokenizer.json")
 
-    wrapped = wrap_model(model, dist_info)
     compiled = torch.compile(wrapped) if should_compile(tc.compile, device) else wrapped
     global_micro = tc.batch_size // tc.grad_accum
     tokens_per_step = tc.batch_size * cfg.model.block_size  # over all ranks
     local_tokens_per_step = tokens_per_step // dist_info.world_size
     if not quiet:
-        ranks = f", {dist_info.world_size} ranks (DDP)" if dist_info.enabled else ""
+        ranks = f", {dist_info.world_size} ranks ({'FSDP2' if fsdp else 'DDP'})" if dist_info.enabled else ""
         print(f"dlm: {tc.objective} model, {model.num_params() / 1e6:.2f}M parameters, "
               f"{cfg.model.n_layer}×{cfg.model.d_model}, vocab {tokenizer.vocab_size} ({tokenizer.kind}); "
               f"device {device}, {str(dtype).removeprefix('torch.')}, "
@@ -195,13 +221,25 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
               f"train {len(train_tokens):,} / val {len(val_tokens):,} tokens")
 
     def save(current_step: int) -> None:
+        if fsdp:  # gathering the full state is a collective: every rank takes part
+            raw, optim_state = full_state_dicts(model, optimizer)
+            if ema is not None:
+                with ema.swapped_in(model):
+                    averaged, _ = full_state_dicts(model, None)
         if not dist_info.is_main:
             return
-        weights = {"model.safetensors": model_state(model)}
-        if ema is not None:
-            with ema.swapped_in(model):
-                weights["ema.safetensors"] = model_state(model)
-        state = {"optimizer": optimizer.state_dict(), "loader": loader.state_dict(), "rng": rng_state(),
+        if fsdp:
+            weights = {"model.safetensors": clone_state(raw)}
+            if ema is not None:
+                weights["ema.safetensors"] = clone_state(averaged)
+        else:
+            optim_state = optimizer.state_dict()
+            weights = {"model.safetensors": model_state(model)}
+            if ema is not None:
+                with ema.swapped_in(model):
+                    weights["ema.safetensors"] = model_state(model)
+        state = {"optimizer": optim_state, "optimizer_format": "fsdp-full" if fsdp else "torch",
+                 "loader": loader.state_dict(), "rng": rng_state(),
                  "step": current_step, "tokens_seen": tokens_seen,
                  "elapsed": elapsed_before + time.time() - start, "ema_updates": ema.updates if ema else 0}
         save_checkpoint(run_dir, current_step, weights, state, tc.keep_last)
@@ -239,7 +277,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
                 noise.manual_seed(noise_seed(tc.seed, step, micro, dist_info.rank))
                 # Gradients are all-reduced only on the last micro-batch.
                 sync = micro == tc.grad_accum - 1 or not dist_info.enabled
-                with contextlib.nullcontext() if sync else wrapped.no_sync():
+                with gradient_sync(wrapped, sync):
                     with autocast(device, dtype):
                         out = objective(compiled, x, noise)
                     # Divide by this rank's tokens of the whole step: DDP averages over ranks, so
@@ -248,6 +286,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
                 step_loss += out.nll_sum.detach()
             # The norm is of the all-reduced gradients, so every rank sees the same verdict.
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
+                grad_norm = grad_norm.full_tensor()
             if not torch.isfinite(grad_norm):
                 optimizer.zero_grad(set_to_none=True)  # skip this update
                 bad_steps.append(step)
