@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import resource
 import signal
 import time
 from dataclasses import dataclass
@@ -316,6 +317,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
                           "tokens_seen": tokens_seen, "elapsed_s": elapsed_before + now - start}
                 if device.type == "cuda":
                     record["max_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+                else:  # peak resident memory of the process (KiB on Linux)
+                    record["max_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 log(record)
                 postfix = {"loss": f"{last_loss:.3f}", "tok_s": f"{record['tokens_per_s']:,.0f}", "lr": f"{lr:.1e}"}
                 if tc.max_time > 0:
