@@ -129,15 +129,16 @@ def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = 60)
         time.sleep(0.05)
 
 
-def test_sigterm_saves_and_exits_zero(corpus_file: Path, tmp_path: Path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
+def test_a_stop_signal_saves_and_exits_zero(corpus_file: Path, tmp_path: Path, sig: signal.Signals):
     run = tmp_path / "run"
     proc = _launch(["--preset", "tiny", "--data", str(corpus_file), "--out", str(run), "--quiet",
                     "max_steps=1000000", "ckpt_interval=50"])
     _wait_for_checkpoint(run, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "(SIGTERM)" in out
+    assert f"({sig.name})" in out
     state = load_trainer_state(latest_checkpoint(run))
     assert f"stopped at step {state['step']} " in out  # the step it stopped at was saved
 
@@ -235,3 +236,13 @@ def test_fsdp_two_processes_match_single_process_and_resume_across_modes(corpus_
     resumed = losses(fsdp)
     for step in (25, 30):
         assert resumed[step] == pytest.approx(plain[step], abs=1e-4)
+
+
+def test_a_second_sigint_aborts_at_once():
+    from dlm.train.trainer import StopFlag
+
+    with StopFlag() as stop:
+        stop._handle(signal.SIGINT, None)
+        assert stop.reason == "SIGINT"  # first: finish the step, save, exit 0
+        with pytest.raises(KeyboardInterrupt):
+            stop._handle(signal.SIGINT, None)
