@@ -114,10 +114,65 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"{passes})")
     print(f"  = {result['bits_per_token']:.4f} bits/{unit}; perplexity"
           f"{'' if pipe.is_autoregressive else ' bound'} {math.exp(result['nats_per_token']):.3f}")
+    if args.noise_curve and not pipe.is_autoregressive:
+        from dlm.eval.likelihood import loss_by_noise_level
+
+        curve = loss_by_noise_level(pipe.model, windows, mask_id=tok.mask_id, device=pipe.device, dtype=dtype,
+                                    levels=args.noise_curve, batch_size=args.batch_size, seed=args.seed)
+        result["noise_curve"] = curve
+        print("  loss vs t (nats per masked token): "
+              + " ".join(f"{p['t']:.2f}:{p['nll_per_masked_token']:.3f}" for p in curve))
+    if args.gen:
+        result["generation"] = evaluate_generation(pipe, args)
+        g = result["generation"]
+        judged = f"gen-PPL {g['gen_ppl']:.3f} under {args.judge}, " if "gen_ppl" in g else ""
+        print(f"  {g['samples']} samples × {g['length']} tokens ({g['sampler']}, {g['steps']} steps): {judged}"
+              f"unigram entropy {g['unigram_entropy']:.3f} nats, distinct-2 {g['distinct_2']:.3f}; "
+              f"{g['tokens_per_s']:,.0f} tokens/s, {g['forward_passes']} forward passes")
     if args.json:
         atomic_write_json(Path(args.json), result)
         print(f"  written to {args.json}")
     return 0
+
+
+def evaluate_generation(pipe, args: argparse.Namespace) -> dict:
+    """Sample args.gen sequences, time them, and score them (gen-PPL under --judge when given)."""
+    import resource
+    import time
+
+    import torch
+
+    from dlm.api import load
+    from dlm.eval.generative import sample_quality
+
+    judge = None
+    if args.judge:
+        judge = load(args.judge, device=str(pipe.device.type))
+        if not judge.is_autoregressive:
+            raise DlmError(f"--judge {args.judge} is a diffusion run; the judge must be an AR run (--objective ar)")
+        if judge.tokenizer.to_json() != pipe.tokenizer.to_json():
+            raise DlmError(f"--judge {args.judge} uses another tokenizer; train the judge on the same data")
+    length = args.gen_length or pipe.model.cfg.block_size
+    steps = args.gen_steps or length
+    batches, start = [], time.perf_counter()
+    for first in range(0, args.gen, args.batch_size):
+        count = min(args.batch_size, args.gen - first)
+        batches.append(pipe.generate_ids("", length=length, steps=steps, sampler=args.sampler,
+                                         temperature=args.temperature, top_p=args.top_p,
+                                         seed=args.seed + first, num_samples=count))
+    if pipe.device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    samples = torch.cat(batches)
+    quality = sample_quality(samples.cpu(), judge.model if judge else None, pipe.tokenizer.bos_id)
+    passes = (length if pipe.is_autoregressive else steps) * len(batches)
+    peak = (torch.cuda.max_memory_allocated() if pipe.device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+    return {**quality, "sampler": "autoregressive" if pipe.is_autoregressive else args.sampler,
+            "steps": length if pipe.is_autoregressive else steps, "temperature": args.temperature,
+            "top_p": args.top_p, "seed": args.seed, "batch_size": args.batch_size, "judge": args.judge,
+            "wall_s": wall, "tokens_per_s": samples.numel() / wall, "forward_passes": passes,
+            "peak_memory_mb": peak, "dtype": str(pipe.dtype).removeprefix("torch.")}
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -184,6 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-se", type=float, default=0.01,
                    help="add passes until the Monte-Carlo standard error is below this (nats)")
     p.add_argument("--max-passes", type=int, default=200)
+    p.add_argument("--noise-curve", type=int, default=0, metavar="LEVELS",
+                   help="also report the loss per masked token at LEVELS noise levels (diffusion runs)")
+    p.add_argument("--gen", type=int, default=0, metavar="N",
+                   help="also sample N sequences and report entropy, distinct-n, speed (and gen-PPL with --judge)")
+    p.add_argument("--gen-length", type=int, default=0, help="tokens per sample (default: the context)")
+    p.add_argument("--gen-steps", type=int, default=0, help="denoising steps (default: --gen-length)")
+    p.add_argument("--sampler", default="confidence", choices=("confidence", "ancestral"))
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--judge", help="AR run (same tokenizer) that scores the samples: generative perplexity")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--dtype", default="fp32", choices=("auto", "bf16", "fp32"))
     p.add_argument("--weights", default="auto", choices=("auto", "ema", "raw"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -181,3 +182,22 @@ def test_resume_without_a_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
 def test_training_into_an_existing_run(trained_run: Path, corpus_file: Path, capsys: pytest.CaptureFixture) -> None:
     assert train_run(corpus_file, trained_run) == 2
     assert_one_line_error(capsys, "--resume")
+
+
+def test_eval_with_generation_judge_and_noise_curve(corpus_file: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    diffusion, judge = tmp_path / "mdlm", tmp_path / "ar"
+    assert train_run(corpus_file, diffusion) == 0
+    assert train_run(corpus_file, judge, "--objective", "ar") == 0
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--ckpt", str(diffusion), "--max-passes", "4", "--quiet", "--noise-curve", "4",
+                 "--gen", "3", "--gen-length", "16", "--gen-steps", "4", "--judge", str(judge),
+                 "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert [round(p["t"], 3) for p in result["noise_curve"]] == [0.125, 0.375, 0.625, 0.875]
+    gen = result["generation"]
+    assert gen["samples"] == 3 and gen["length"] == 16 and gen["steps"] == 4 and gen["forward_passes"] == 4
+    assert gen["gen_ppl"] > 1 and 0 < gen["unigram_entropy"] <= math.log(16) and gen["judge"] == str(judge)
+    # A diffusion run cannot judge: the error says what a judge must be.
+    assert main(["eval", "--ckpt", str(judge), "--quiet", "--gen", "1", "--judge", str(diffusion)]) == 2
+    assert "the judge must be an AR run" in capsys.readouterr().err

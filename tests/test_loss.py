@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from dlm.diffusion.loss import ar_loss, mdlm_loss
 from dlm.diffusion.schedules import get_schedule
-from dlm.eval.likelihood import evaluate_likelihood
+from dlm.eval.likelihood import evaluate_likelihood, loss_by_noise_level
 
 V = 10  # real tokens 0..V-1; the four specials follow, as in the char tokenizer
 MASK, PAD, BOS, EOS = V, V + 1, V + 2, V + 3
@@ -141,3 +141,18 @@ def test_ar_loss_predicts_each_token_from_its_prefix() -> None:
 
     x = torch.arange(L).remainder(V)[None]
     assert ar_loss(NextIsPlusOne(), x, BOS).nll_sum.item() < 1e-6
+
+
+def test_loss_by_noise_level_is_flat_for_a_uniform_model():
+    class Uniform(torch.nn.Module):  # 0 on 10 real ids, -inf on the 4 reserved ones (ids 10..13)
+        def forward(self, idx, t=None):
+            logits = torch.zeros(*idx.shape, 14)
+            logits[..., 10:] = float("-inf")
+            return logits
+
+    windows = torch.randint(0, 10, (16, 32))
+    curve = loss_by_noise_level(Uniform(), windows, mask_id=10, device=torch.device("cpu"), dtype=torch.float32,
+                                levels=8)
+    assert [round(p["t"], 4) for p in curve] == [round((k + 0.5) / 8, 4) for k in range(8)]
+    assert all(p["nll_per_masked_token"] == pytest.approx(math.log(10), rel=1e-5) for p in curve)
+    assert curve[0]["masked_tokens"] < curve[-1]["masked_tokens"]  # more masks at higher noise

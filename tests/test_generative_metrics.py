@@ -1,0 +1,53 @@
+"""Sample-quality measures on hand-made inputs, and gen-PPL of a judge on its own samples."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dlm.eval.generative import distinct_n, generative_perplexity, mean_unigram_entropy, sample_quality, unigram_entropy
+
+
+def test_unigram_entropy_of_hand_made_samples():
+    assert unigram_entropy([7, 7, 7, 7]) == 0.0
+    assert unigram_entropy([1, 2, 3, 4]) == pytest.approx(math.log(4))
+    assert unigram_entropy([1, 1, 2, 2]) == pytest.approx(math.log(2))
+    assert mean_unigram_entropy([[7, 7], [1, 2]]) == pytest.approx(math.log(2) / 2)
+
+
+def test_distinct_n_counts_repeats():
+    assert distinct_n([[1, 2, 3, 4]], 1) == 1.0
+    assert distinct_n([[1, 1, 1, 1]], 1) == 0.25
+    assert distinct_n([[1, 2, 1, 2, 1]], 2) == pytest.approx(2 / 4)  # (1,2) (2,1) (1,2) (2,1)
+    assert distinct_n([[1, 2], [1, 2]], 2) == 0.5  # pooled across samples
+
+
+class UnigramJudge(torch.nn.Module):
+    """A 'causal LM' that ignores its input and predicts fixed token probabilities."""
+
+    def __init__(self, probs: torch.Tensor):
+        super().__init__()
+        self.log_probs = probs.log()
+
+    def forward(self, idx, t=None, cache=None):
+        return self.log_probs.expand(*idx.shape, -1).clone()
+
+
+def test_gen_ppl_of_the_judges_own_samples_matches_its_entropy():
+    # Samples drawn from the judge's own distribution have expected NLL = its entropy (in nats).
+    probs = torch.tensor([0.5, 0.25, 0.125, 0.125, 0.0])  # id 4 plays [BOS]; never sampled
+    entropy = -(probs[:4] * probs[:4].log()).sum().item()  # 1.2130 nats
+    samples = torch.multinomial(probs, 64 * 128, replacement=True, generator=torch.Generator().manual_seed(0))
+    result = generative_perplexity(UnigramJudge(probs), samples.view(64, 128), bos_id=4)
+    assert result["judge_nll_per_token"] == pytest.approx(entropy, abs=0.02)
+    assert result["gen_ppl"] == pytest.approx(math.exp(entropy), rel=0.03)
+    assert result["tokens"] == 64 * 128
+
+
+def test_low_gen_ppl_from_repetition_shows_as_low_entropy():
+    probs = torch.tensor([0.97, 0.01, 0.01, 0.01, 0.0])
+    repetitive = torch.zeros(8, 32, dtype=torch.long)  # the judge's favourite token, over and over
+    quality = sample_quality(repetitive, UnigramJudge(probs), bos_id=4)
+    assert quality["gen_ppl"] < 1.05 and quality["unigram_entropy"] == 0.0 and quality["distinct_1"] < 0.01
