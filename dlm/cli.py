@@ -123,9 +123,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("  loss vs t (nats per masked token): "
               + " ".join(f"{p['t']:.2f}:{p['nll_per_masked_token']:.3f}" for p in curve))
     if args.gen:
-        result["generation"] = evaluate_generation(pipe, args)
+        result["generation"] = evaluate_generation(pipe, args, corpus.split(args.split))
         g = result["generation"]
         judged = f"gen-PPL {g['gen_ppl']:.3f} under {args.judge}, " if "gen_ppl" in g else ""
+        judged += f"MAUVE {g['mauve']:.3f}, " if "mauve" in g else ""
         print(f"  {g['samples']} samples × {g['length']} tokens ({g['sampler']}, {g['steps']} steps): {judged}"
               f"unigram entropy {g['unigram_entropy']:.3f} nats, distinct-2 {g['distinct_2']:.3f}; "
               f"{g['tokens_per_s']:,.0f} tokens/s, {g['forward_passes']} forward passes")
@@ -135,8 +136,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_generation(pipe, args: argparse.Namespace) -> dict:
-    """Sample args.gen sequences, time them, and score them (gen-PPL under --judge when given)."""
+def evaluate_generation(pipe, args: argparse.Namespace, split_tokens) -> dict:
+    """Sample args.gen sequences, time them, and score them (gen-PPL under --judge when given;
+    MAUVE against as many random windows of the split with --mauve)."""
     import resource
     import time
 
@@ -146,6 +148,8 @@ def evaluate_generation(pipe, args: argparse.Namespace) -> dict:
     from dlm.eval.generative import sample_quality
 
     judge = None
+    if args.mauve and not args.judge:
+        raise DlmError("--mauve needs --judge AR_RUN: MAUVE compares the judge's features of samples and text")
     if args.judge:
         judge = load(args.judge, device=str(pipe.device.type))
         if not judge.is_autoregressive:
@@ -168,6 +172,16 @@ def evaluate_generation(pipe, args: argparse.Namespace) -> dict:
     passes = (length if pipe.is_autoregressive else steps) * len(batches)
     peak = (torch.cuda.max_memory_allocated() if pipe.device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+    if args.mauve:
+        from dlm.data.loader import RandomWindows
+        from dlm.eval.generative import judge_features
+        from dlm.eval.mauve import mauve
+
+        reference = RandomWindows(split_tokens, length, seed=args.seed).next_batch(args.gen)
+        bos = pipe.tokenizer.bos_id
+        quality.update({f"mauve_{k}" if k != "mauve" else k: v for k, v in mauve(
+            judge_features(judge.model, samples.to(judge.device), bos).numpy(),
+            judge_features(judge.model, reference.to(judge.device), bos).numpy(), seed=args.seed).items()})
     return {**quality, "sampler": "autoregressive" if pipe.is_autoregressive else args.sampler,
             "steps": length if pipe.is_autoregressive else steps, "temperature": args.temperature,
             "top_p": args.top_p, "seed": args.seed, "batch_size": args.batch_size, "judge": args.judge,
@@ -249,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--judge", help="AR run (same tokenizer) that scores the samples: generative perplexity")
+    p.add_argument("--mauve", action="store_true",
+                   help="with --judge: MAUVE between the samples and as many random windows of the split")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--dtype", default="fp32", choices=("auto", "bf16", "fp32"))
     p.add_argument("--weights", default="auto", choices=("auto", "ema", "raw"),

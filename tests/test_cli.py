@@ -198,6 +198,12 @@ def test_eval_with_generation_judge_and_noise_curve(corpus_file: Path, tmp_path:
     gen = result["generation"]
     assert gen["samples"] == 3 and gen["length"] == 16 and gen["steps"] == 4 and gen["forward_passes"] == 4
     assert gen["gen_ppl"] > 1 and 0 < gen["unigram_entropy"] <= math.log(16) and gen["judge"] == str(judge)
+    assert main(["eval", "--ckpt", str(judge), "--quiet", "--gen", "24", "--gen-length", "16", "--judge", str(judge),
+                 "--mauve", "--json", str(report)]) == 0
+    gen = json.loads(report.read_text())["generation"]
+    assert 0 <= gen["mauve"] <= 1 and gen["mauve_p_samples"] == gen["mauve_q_samples"] == 24
+    assert main(["eval", "--ckpt", str(judge), "--quiet", "--gen", "2", "--mauve"]) == 2
+    assert "--mauve needs --judge" in capsys.readouterr().err
     # A diffusion run cannot judge: the error says what a judge must be.
     assert main(["eval", "--ckpt", str(judge), "--quiet", "--gen", "1", "--judge", str(diffusion)]) == 2
     assert "the judge must be an AR run" in capsys.readouterr().err

@@ -62,3 +62,16 @@ def sample_quality(samples: torch.Tensor, judge: torch.nn.Module | None = None, 
     if judge is not None:
         result.update(generative_perplexity(judge, samples, bos_id))
     return result
+
+
+@torch.no_grad()
+def judge_features(judge: torch.nn.Module, samples: torch.Tensor, bos_id: int, batch_size: int = 32) -> torch.Tensor:
+    """(N, D) features for MAUVE: the causal judge's final hidden state at the last position,
+    which has read the whole sequence (as MAUVE does with GPT-2)."""
+    judge.eval()
+    out = []
+    for i in range(0, len(samples), batch_size):
+        x = samples[i:i + batch_size]
+        inputs = torch.cat((torch.full_like(x[:, :1], bos_id), x), dim=1)
+        out.append(judge(inputs, return_hidden=True)[:, -1].float().cpu())
+    return torch.cat(out)

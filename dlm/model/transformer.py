@@ -218,10 +218,11 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, idx: torch.Tensor, t: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, return_hidden: bool = False) -> torch.Tensor:
         """idx: (B, T) token ids; t: (B,) noise levels (used only with time conditioning).
 
-        Returns logits (B, T, V). With `cache`, positions start at `cache.length`.
+        Returns logits (B, T, V), or the final normalised hidden states (B, T, D) with
+        `return_hidden`. With `cache`, positions start at `cache.length`.
         """
         B, T = idx.shape
         start = cache.length if cache is not None else 0
@@ -238,7 +239,8 @@ class Transformer(nn.Module):
             x = block(x, cos, sin, cond, cache)
         if cache is not None:
             cache.length += T
-        return self.head(self.norm(x))
+        hidden = self.norm(x)
+        return hidden if return_hidden else self.head(hidden)
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         cfg, p = self.cfg, self.embed.weight
