@@ -128,7 +128,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         judged = f"gen-PPL {g['gen_ppl']:.3f} under {args.judge}, " if "gen_ppl" in g else ""
         judged += f"MAUVE {g['mauve']:.3f}, " if "mauve" in g else ""
         print(f"  {g['samples']} samples × {g['length']} tokens ({g['sampler']}, {g['steps']} steps): {judged}"
-              f"unigram entropy {g['unigram_entropy']:.3f} nats, distinct-2 {g['distinct_2']:.3f}; "
+              f"unigram entropy {g['unigram_entropy']:.3f} nats, distinct-2 {g['distinct_2']:.3f}, "
+              f"self-BLEU {g['self_bleu']:.3f}; "
               f"{g['tokens_per_s']:,.0f} tokens/s, {g['forward_passes']} forward passes")
     if args.json:
         atomic_write_json(Path(args.json), result)

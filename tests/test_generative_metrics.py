@@ -51,3 +51,16 @@ def test_low_gen_ppl_from_repetition_shows_as_low_entropy():
     repetitive = torch.zeros(8, 32, dtype=torch.long)  # the judge's favourite token, over and over
     quality = sample_quality(repetitive, UnigramJudge(probs), bos_id=4)
     assert quality["gen_ppl"] < 1.05 and quality["unigram_entropy"] == 0.0 and quality["distinct_1"] < 0.01
+
+
+def test_bleu_and_self_bleu_on_hand_made_samples():
+    from dlm.eval.generative import bleu, self_bleu
+
+    sentence = [1, 2, 3, 4, 5, 6, 7, 8]
+    assert bleu(sentence, [sentence]) == pytest.approx(1.0)
+    assert bleu([9, 10, 11, 12, 13, 14, 15, 16], [sentence]) == 0.0  # no unigram in common
+    half = bleu([1, 2, 3, 4, 13, 14, 15, 16], [sentence])
+    assert 0.1 < half < 0.9
+    assert bleu(sentence[:4], [sentence]) < bleu(sentence, [sentence])  # brevity penalty
+    assert self_bleu([sentence, sentence, sentence]) == pytest.approx(1.0)
+    assert self_bleu([[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]) == 0.0
