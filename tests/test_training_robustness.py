@@ -171,28 +171,32 @@ def test_kill_9_anytime_leaves_a_loadable_newest_checkpoint(corpus_file: Path, t
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
                     reason="torchrun not on PATH")
-def test_ddp_two_processes_match_single_process_and_resume(corpus_file: Path, tmp_path: Path):
+@pytest.mark.parametrize("mode, port", [("ddp", "29731"), ("fsdp", "29733")])
+def test_two_processes_match_single_process_and_resume_in_one(corpus_file: Path, tmp_path: Path, mode: str,
+                                                               port: str):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # The AR objective has no masking noise, so DDP over 2 ranks must match 1 process (same global batches).
+    # The AR objective has no masking noise, so 2 ranks must match 1 process (same global batches).
     # A constant LR keeps the update independent of max_steps, so a 20-step run is a prefix of a 30-step one.
     args = ["--preset", "tiny", "--data", str(corpus_file), "--quiet", "--objective", "ar", "dtype=fp32",
             "log_interval=5", "eval_interval=1000", "ckpt_interval=10", "warmup_steps=0", "min_lr_ratio=1"]
-    ddp, single = tmp_path / "ddp", tmp_path / "single"
-    subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29731", "-m", "dlm", "train",
-                    "--out", str(ddp), "--max-steps", "20", *args], env=env, cwd=REPO_ROOT, check=True,
-                   capture_output=True)
+    sharded, single = tmp_path / mode, tmp_path / "single"
+    subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", port, "-m", "dlm", "train",
+                    "--out", str(sharded), "--max-steps", "20", *(["--fsdp"] if mode == "fsdp" else []), *args],
+                   env=env, cwd=REPO_ROOT, check=True, capture_output=True)
+    assert (latest_checkpoint(sharded) / "ema.safetensors").is_file()  # EMA saved (gathered from shards in FSDP)
     subprocess.run([sys.executable, "-m", "dlm", "train", "--out", str(single), "--max-steps", "30", *args],
                    env=env, cwd=REPO_ROOT, check=True, capture_output=True)
-    ddp_losses, single_losses = losses(ddp), losses(single)
+    multi, plain = losses(sharded), losses(single)
     for step in (5, 10, 15, 20):
-        assert ddp_losses[step] == pytest.approx(single_losses[step], abs=1e-4)
-    # Resume the 2-rank run on 1 process: the data stream does not depend on the number of ranks.
-    subprocess.run([sys.executable, "-m", "dlm", "train", "--out", str(ddp), "--resume", "--max-steps", "30",
+        assert multi[step] == pytest.approx(plain[step], abs=1e-4)
+    # Resume the 2-rank run in one process: the data stream does not depend on the number of ranks,
+    # and FSDP's name-keyed optimizer state converts to the single-process format.
+    subprocess.run([sys.executable, "-m", "dlm", "train", "--out", str(sharded), "--resume", "--max-steps", "30",
                     "--quiet"], env=env, cwd=REPO_ROOT, check=True, capture_output=True)
-    resumed = losses(ddp)
+    resumed = losses(sharded)
     for step in (25, 30):
-        assert resumed[step] == pytest.approx(single_losses[step], abs=1e-4)
+        assert resumed[step] == pytest.approx(plain[step], abs=1e-4)
 
 
 @pytest.mark.parametrize("preset, params_millions", [("owt-124m", 123.55), ("fineweb-124m", 123.55),
@@ -211,31 +215,6 @@ def test_large_presets_count_their_parameters_and_train_a_step_on_cpu(preset, pa
     cfg.train.max_steps, cfg.train.eval_batches, cfg.train.compile = 1, 1, "no"
     result = train(cfg, tmp_path / preset, quiet=True)
     assert result.step == 1 and math.isfinite(result.last_loss) and result.last_loss > 0
-
-
-@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
-                    reason="torchrun not on PATH")
-def test_fsdp_two_processes_match_single_process_and_resume_across_modes(corpus_file: Path, tmp_path: Path):
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = ["--preset", "tiny", "--data", str(corpus_file), "--quiet", "--objective", "ar", "dtype=fp32",
-            "log_interval=5", "eval_interval=1000", "ckpt_interval=10", "warmup_steps=0", "min_lr_ratio=1"]
-    fsdp, single = tmp_path / "fsdp", tmp_path / "single"
-    subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29733", "-m", "dlm", "train",
-                    "--out", str(fsdp), "--max-steps", "20", "--fsdp", *args], env=env, cwd=REPO_ROOT, check=True,
-                   capture_output=True)
-    assert (latest_checkpoint(fsdp) / "ema.safetensors").is_file()  # EMA gathered from shards too
-    subprocess.run([sys.executable, "-m", "dlm", "train", "--out", str(single), "--max-steps", "30", *args],
-                   env=env, cwd=REPO_ROOT, check=True, capture_output=True)
-    sharded, plain = losses(fsdp), losses(single)
-    for step in (5, 10, 15, 20):
-        assert sharded[step] == pytest.approx(plain[step], abs=1e-4)
-    # The sharded run's checkpoint (optimizer state by parameter name) resumes in one process.
-    subprocess.run([sys.executable, "-m", "dlm", "train", "--out", str(fsdp), "--resume", "--max-steps", "30",
-                    "--quiet"], env=env, cwd=REPO_ROOT, check=True, capture_output=True)
-    resumed = losses(fsdp)
-    for step in (25, 30):
-        assert resumed[step] == pytest.approx(plain[step], abs=1e-4)
 
 
 def test_a_second_sigint_aborts_at_once():
