@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,9 +15,22 @@ from dlm.config import RunConfig
 from dlm.errors import DlmError
 from dlm.model import Transformer
 from dlm.runtime import autocast, pick_device, pick_dtype
-from dlm.sampling import DIFFUSION_SAMPLERS, ar_generate, diffusion_generate
+from dlm.sampling import (
+    Denoiser,
+    DenoiseStep,
+    GenerationResult,
+    SamplerConfig,
+    SpecialIds,
+    ar_generate,
+    ar_stream,
+    build_canvas,
+    diffusion_generate,
+    diffusion_stream,
+)
 from dlm.tokenizers import Tokenizer, load_tokenizer
 from dlm.train.checkpoint import find_checkpoint, load_model_weights
+
+TEMPLATE_MASK = re.compile(r"\[MASK(?:\*(\d+))?\]")
 
 
 @dataclass
@@ -32,41 +48,128 @@ class Pipeline:
     def is_autoregressive(self) -> bool:
         return self.model.cfg.causal
 
-    def encode_prompt(self, prompt: str, length: int) -> torch.Tensor:
+    @property
+    def special_ids(self) -> SpecialIds:
+        tok = self.tokenizer
+        return SpecialIds(mask=tok.mask_id, pad=tok.pad_id, bos=tok.bos_id, eos=tok.eos_id)
+
+    def encode_prompt(self, prompt: str, length: int) -> list[int]:
         ids = self.tokenizer.encode(prompt) if prompt else []
+        self._check_fits(len(ids) + length + self.is_autoregressive, f"prompt ({len(ids)} tokens) plus length {length}",
+                         "shorten the prompt or lower --length")
+        return ids
+
+    def _check_fits(self, n_tokens: int, what: str, fix: str) -> None:
         block = self.model.cfg.block_size
-        if len(ids) + length > block:
-            raise DlmError(f"prompt ({len(ids)} tokens) plus length {length} exceeds the model's context of "
-                           f"{block} tokens; shorten the prompt or lower --length")
-        return torch.tensor([ids], dtype=torch.long, device=self.device)
+        if n_tokens > block:
+            raise DlmError(f"{what} exceeds the model's context of {block} tokens; {fix}")
+
+    def parse_template(self, template: str) -> list[int | None]:
+        """'To be, [MASK*40] the question' → ids with None where a [MASK] goes ([MASK] alone is one)."""
+        row: list[int | None] = []
+        pos = 0
+        for match in TEMPLATE_MASK.finditer(template):
+            if match.start() > pos:
+                row.extend(self.tokenizer.encode(template[pos:match.start()]))
+            count = int(match.group(1) or 1)
+            if count < 1:
+                raise DlmError(f"{match.group(0)} in the template asks for no masks; write [MASK*N] with N ≥ 1")
+            row.extend([None] * count)
+            pos = match.end()
+        if pos < len(template):
+            row.extend(self.tokenizer.encode(template[pos:]))
+        if None not in row:
+            raise DlmError("the template has no [MASK] to fill; mark gaps with [MASK] or [MASK*N]")
+        self._check_fits(len(row), f"template ({len(row)} tokens)", "shorten it")
+        return row
+
+    def _config(self, options: dict) -> SamplerConfig:
+        config = SamplerConfig.from_kwargs(**options)
+        if not self.is_autoregressive and config.edit_threshold and not getattr(self.config.diffusion, "edit_prob", 0):
+            warnings.warn("editing (edit_threshold > 0) needs a model trained with diffusion.edit_prob > 0; this "
+                          "one was not, so its predictions at visible positions are untrained", stacklevel=3)
+        return config
+
+    def _prepare(self, prompt: str | list[str], length: int, num_samples: int, template: str | None,
+                 options: dict) -> tuple[list[list[int | None]], SamplerConfig]:
+        rows = self._canvas_rows(prompt, length, num_samples, template)
+        options.setdefault("steps", sum(token is None for token in rows[0]))  # default: one step per token
+        return rows, self._config(options)
+
+    def _canvas_rows(self, prompt: str | list[str], length: int, num_samples: int,
+                     template: str | None) -> list[list[int | None]]:
+        if num_samples < 1 or length < 1:
+            raise DlmError("--length and --num-samples must be at least 1")
+        if template is not None:
+            if self.is_autoregressive:
+                raise DlmError("templates (infilling) need a diffusion model; this run is autoregressive")
+            rows = [self.parse_template(template)]
+        else:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            rows = [[*self.encode_prompt(p, length), *([None] * length)] for p in prompts]
+        return [row for row in rows for _ in range(num_samples)]
 
     @torch.no_grad()
-    def generate_ids(self, prompt: str = "", length: int = 256, steps: int = 256, sampler: str = "confidence",
-                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                     num_samples: int = 1) -> torch.Tensor:
-        if length < 1 or num_samples < 1 or steps < 1:
-            raise DlmError("--length, --steps and --num-samples must be at least 1")
-        if not 0 < top_p <= 1:
-            raise DlmError(f"--top-p={top_p} must be in (0, 1]")
-        if temperature < 0:
-            raise DlmError(f"--temperature={temperature} must be ≥ 0")
-        prompt_ids = self.encode_prompt(prompt, length).expand(num_samples, -1)
-        generator = torch.Generator().manual_seed(seed)
-        tok = self.tokenizer
+    def sample(self, prompt: str | list[str] = "", length: int = 256, num_samples: int = 1,
+               template: str | None = None, **options) -> GenerationResult:
+        """Sample continuations of each prompt (or fill a template's [MASK]s); `options` are
+        `SamplerConfig` fields (sampler, steps, temperature, top_k, top_p, block_length, ...).
+        Row i uses seed + i. Returns ids with everything the sampler knows (forward passes, ...)."""
+        rows, config = self._prepare(prompt, length, num_samples, template, options)
         self.model.eval()
         with autocast(self.device, self.dtype):
             if self.is_autoregressive:
-                return ar_generate(self.model, prompt_ids, length, tok.bos_id, temperature,
-                                   top_k, top_p, generator, suppress_ids=(tok.mask_id, tok.pad_id, tok.bos_id))
-            if sampler not in DIFFUSION_SAMPLERS:
-                raise DlmError(f"unknown sampler {sampler!r}; choose one of {', '.join(DIFFUSION_SAMPLERS)}")
-            return diffusion_generate(self.model, prompt_ids, length, steps, tok.mask_id, sampler,
-                                      temperature, top_k, top_p, generator, suppress_ids=(tok.pad_id, tok.bos_id))
+                return ar_generate(self.model, [list(r[:len(r) - length]) for r in rows], length, config,
+                                   self.special_ids)
+            canvas = build_canvas(rows, self.special_ids, self.device)
+            return diffusion_generate(self.model, canvas, config, self.special_ids)
 
-    def generate(self, prompt: str = "", **kwargs) -> list[str]:
-        """Sample `num_samples` continuations of `prompt`; each string includes the prompt."""
-        ids = self.generate_ids(prompt, **kwargs)
-        return [self.tokenizer.decode(row.tolist()) for row in ids]
+    def stream(self, prompt: str | list[str] = "", length: int = 256, num_samples: int = 1,
+               template: str | None = None, **options) -> Iterator[DenoiseStep]:
+        """Like `sample`, yielding the canvas after every step (which positions were committed,
+        remasked or edited), for animations and servers."""
+        rows, config = self._prepare(prompt, length, num_samples, template, options)
+        self.model.eval()
+        with autocast(self.device, self.dtype):
+            if self.is_autoregressive:
+                yield from ar_stream(self.model, [list(r[:len(r) - length]) for r in rows], length, config,
+                                     self.special_ids)
+            else:
+                yield from diffusion_stream(self.model, build_canvas(rows, self.special_ids, self.device),
+                                            config, self.special_ids)
+
+    def generate_ids(self, prompt: str | list[str] = "", length: int = 256, **kwargs) -> torch.Tensor:
+        """(B, T) ids: each prompt and its continuation (left-padded with [PAD] when prompts differ in
+        length; [PAD] after an [EOS] that ended a row)."""
+        return self.sample(prompt, length, **kwargs).tokens
+
+    def generate(self, prompt: str | list[str] = "", **kwargs) -> list[str]:
+        """Sample `num_samples` continuations of each prompt; each string includes its prompt."""
+        return self.decode(self.sample(prompt, **kwargs))
+
+    def infill(self, template: str, **kwargs) -> list[str]:
+        """Fill the [MASK] / [MASK*N] gaps of `template`; the rest of it is kept verbatim."""
+        return self.decode(self.sample(template=template, **kwargs))
+
+    @torch.no_grad()
+    def edit(self, text: str, rounds: int = 4, threshold: float = 0.1, **options) -> str:
+        """Let an editing-trained model (diffusion.edit_prob > 0) fix `text`: up to `rounds` passes
+        re-decide every token whose probability is below `threshold`."""
+        if self.is_autoregressive:
+            raise DlmError("editing needs a diffusion model; this run is autoregressive")
+        ids = self.tokenizer.encode(text)
+        if not ids:
+            raise DlmError("nothing to edit: the text is empty")
+        self._check_fits(len(ids), f"text ({len(ids)} tokens)", "edit a shorter piece")
+        config = self._config({"steps": 1, "edit_threshold": threshold, "edit_rounds": rounds, **options})
+        canvas = build_canvas([list(ids)], self.special_ids, self.device, editable=[[True] * len(ids)])
+        self.model.eval()
+        with autocast(self.device, self.dtype):
+            result = Denoiser(self.model, canvas, config, self.special_ids).run()
+        return self.decode(result)[0]
+
+    def decode(self, result: GenerationResult) -> list[str]:
+        return [self.tokenizer.decode(row) for row in result.rows()]
 
 
 def load(path: str | Path, device: str = "auto", dtype: str = "auto", weights: str = "auto") -> Pipeline:

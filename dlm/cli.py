@@ -1,4 +1,4 @@
-"""The `dlm` command: train, sample, eval, presets. Each subcommand parses flags and calls one function."""
+"""The `dlm` command: train, sample, eval, report, presets. Each subcommand parses flags and calls one function."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dlm import __version__
 from dlm.errors import DlmError
+from dlm.sampling.flags import add_sampler_flags
 
 EPILOG_TRAIN = """examples:
   dlm train                                        # default preset on Tiny Shakespeare
@@ -21,6 +22,15 @@ EPILOG_TRAIN = """examples:
 
 key=value overrides any config field, dotted (train.lr=3e-4) or bare when unique (lr=3e-4);
 `dlm presets --show NAME` lists every field with its default."""
+
+
+EPILOG_SAMPLE = """examples:
+  dlm sample --ckpt runs/mdlm --prompt "ROMEO:" --length 200
+  dlm sample --ckpt runs/mdlm --steps 64 --sampler margin --repetition-penalty 1.2
+  dlm sample --ckpt runs/mdlm --block-length 32 --block-context prefix --kv-cache --threshold 0.9
+  dlm sample --ckpt runs/mdlm --template "To be, or not to be: [MASK*30] question."
+  dlm sample --ckpt runs/mdlm --steps 512 --length 256 --remask 0.05      # ReMDM: more steps than tokens
+  dlm sample --ckpt runs/mdlm --prompt "ROMEO:" --prompt "JULIET:" --num-samples 2"""
 
 
 def _default_preset() -> str:
@@ -67,16 +77,38 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from dlm.api import load
+    from dlm.sampling.flags import sampler_options
 
     pipe = load(args.ckpt, device=args.device, dtype=args.dtype, weights=args.weights)
-    texts = pipe.generate(args.prompt, length=args.length, steps=args.steps or args.length,
-                          sampler=args.sampler, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p, seed=args.seed, num_samples=args.num_samples)
+    options = {**sampler_options(args), "seed": args.seed}
+    if args.steps:
+        options["steps"] = args.steps
+    if args.edit is not None:
+        print(pipe.edit(args.edit, rounds=args.edit_rounds or 4, threshold=args.edit_threshold or 0.1,
+                        **{k: options[k] for k in ("seed", "temperature", "top_k", "top_p")}))
+        return 0
+    prompts = args.prompt or [""]
+    kwargs = {"length": args.length, "num_samples": args.num_samples, "template": args.template, **options}
+    if args.show_steps:
+        show_steps(pipe, prompts, kwargs)
+    result = pipe.sample(prompts, **kwargs)
+    texts = pipe.decode(result)
     for i, text in enumerate(texts):
         if len(texts) > 1:
             print(f"─── sample {i + 1}/{len(texts)} ───")
         print(text)
+    if args.verbose:
+        print(f"dlm: {result.steps} steps, {result.forward_passes} forward passes", file=sys.stderr)
     return 0
+
+
+def show_steps(pipe, prompts: list[str], kwargs: dict) -> None:
+    """Print the first sample's text after every step, masks shown as '_'."""
+    tok, mask = pipe.tokenizer, pipe.tokenizer.mask_id
+    for state in pipe.stream(prompts[:1], **{**kwargs, "num_samples": 1}):
+        row = state.tokens[0].tolist()
+        text = "".join("_" if i == mask else tok.decode([i]) for i in row if i != tok.pad_id)
+        print(f"[step {state.step:4d}] {text!r}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -87,6 +119,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dlm.io import atomic_write_json
     from dlm.runtime import pick_dtype
 
+    if args.gen:
+        from dlm.eval.generation import check_judge
+
+        check_judge(args.judge, args.mauve)  # before the likelihood pass, which can take minutes
     pipe = load(args.ckpt, device=args.device, weights=args.weights)
     cfg = pipe.config
     corpus = prepare_corpus(args.data or cfg.data.data, cfg.data.tokenizer, cfg.data.vocab_size,
@@ -123,71 +159,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("  loss vs t (nats per masked token): "
               + " ".join(f"{p['t']:.2f}:{p['nll_per_masked_token']:.3f}" for p in curve))
     if args.gen:
-        result["generation"] = evaluate_generation(pipe, args, corpus.split(args.split))
-        g = result["generation"]
-        judged = f"gen-PPL {g['gen_ppl']:.3f} under {args.judge}, " if "gen_ppl" in g else ""
-        judged += f"MAUVE {g['mauve']:.3f}, " if "mauve" in g else ""
-        print(f"  {g['samples']} samples × {g['length']} tokens ({g['sampler']}, {g['steps']} steps): {judged}"
-              f"unigram entropy {g['unigram_entropy']:.3f} nats, distinct-2 {g['distinct_2']:.3f}, "
-              f"self-BLEU {g['self_bleu']:.3f}; "
-              f"{g['tokens_per_s']:,.0f} tokens/s, {g['forward_passes']} forward passes")
+        from dlm.eval.generation import evaluate_generation, generation_summary
+        from dlm.sampling.flags import sampler_options as options_from_flags
+
+        sampler_options = options_from_flags(args)
+        result["generation"] = evaluate_generation(
+            pipe, corpus.split(args.split), num_samples=args.gen, length=args.gen_length, steps=args.gen_steps,
+            batch_size=args.batch_size, seed=args.seed, judge=args.judge, mauve=args.mauve,
+            sampler_options=sampler_options)
+        print(f"  {generation_summary(result['generation'])}")
     if args.json:
         atomic_write_json(Path(args.json), result)
         print(f"  written to {args.json}")
     return 0
 
 
-def evaluate_generation(pipe, args: argparse.Namespace, split_tokens) -> dict:
-    """Sample args.gen sequences, time them, and score them (gen-PPL under --judge when given;
-    MAUVE against as many random windows of the split with --mauve)."""
-    import resource
-    import time
+def cmd_report(args: argparse.Namespace) -> int:
+    from dlm.viz.report import write_report
 
-    import torch
-
-    from dlm.api import load
-    from dlm.eval.generative import sample_quality
-
-    judge = None
-    if args.mauve and not args.judge:
-        raise DlmError("--mauve needs --judge AR_RUN: MAUVE compares the judge's features of samples and text")
-    if args.judge:
-        judge = load(args.judge, device=str(pipe.device.type))
-        if not judge.is_autoregressive:
-            raise DlmError(f"--judge {args.judge} is a diffusion run; the judge must be an AR run (--objective ar)")
-        if judge.tokenizer.to_json() != pipe.tokenizer.to_json():
-            raise DlmError(f"--judge {args.judge} uses another tokenizer; train the judge on the same data")
-    length = args.gen_length or pipe.model.cfg.block_size
-    steps = args.gen_steps or length
-    batches, start = [], time.perf_counter()
-    for first in range(0, args.gen, args.batch_size):
-        count = min(args.batch_size, args.gen - first)
-        batches.append(pipe.generate_ids("", length=length, steps=steps, sampler=args.sampler,
-                                         temperature=args.temperature, top_p=args.top_p,
-                                         seed=args.seed + first, num_samples=count))
-    if pipe.device.type == "cuda":
-        torch.cuda.synchronize()
-    wall = time.perf_counter() - start
-    samples = torch.cat(batches)
-    quality = sample_quality(samples.cpu(), judge.model if judge else None, pipe.tokenizer.bos_id)
-    passes = (length if pipe.is_autoregressive else steps) * len(batches)
-    peak = (torch.cuda.max_memory_allocated() if pipe.device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
-    if args.mauve:
-        from dlm.data.loader import RandomWindows
-        from dlm.eval.generative import judge_features
-        from dlm.eval.mauve import mauve
-
-        reference = RandomWindows(split_tokens, length, seed=args.seed).next_batch(args.gen)
-        bos = pipe.tokenizer.bos_id
-        quality.update({f"mauve_{k}" if k != "mauve" else k: v for k, v in mauve(
-            judge_features(judge.model, samples.to(judge.device), bos).numpy(),
-            judge_features(judge.model, reference.to(judge.device), bos).numpy(), seed=args.seed).items()})
-    return {**quality, "sampler": "autoregressive" if pipe.is_autoregressive else args.sampler,
-            "steps": length if pipe.is_autoregressive else steps, "temperature": args.temperature,
-            "top_p": args.top_p, "seed": args.seed, "batch_size": args.batch_size, "judge": args.judge,
-            "wall_s": wall, "tokens_per_s": samples.numel() / wall, "forward_passes": passes,
-            "peak_memory_mb": peak, "dtype": str(pipe.dtype).removeprefix("torch.")}
+    outcome = write_report(args.runs, args.eval, Path(args.out))
+    plots = f" and {len(outcome.plots)} plot(s)" if outcome.plots else ""
+    print(f"dlm: report written to {outcome.report}{plots}")
+    if outcome.plots_skipped:
+        print(f"dlm: plots skipped: {outcome.plots_skipped}")
+    return 0
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -226,22 +221,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sample", help="generate text from a trained run")
+    p = sub.add_parser("sample", help="generate text from a trained run", epilog=EPILOG_SAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="run folder (or one checkpoint folder inside it)")
-    p.add_argument("--prompt", default="", help="text the sample starts with (never changed)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="text the sample starts with (never changed); repeat for a batch of prompts")
+    p.add_argument("--template", help="infilling: text with [MASK] or [MASK*N] gaps to fill, kept verbatim elsewhere")
+    p.add_argument("--edit", metavar="TEXT", help="let an editing-trained model fix TEXT (--edit-rounds, "
+                   "default 4; --edit-threshold, default 0.1)")
     p.add_argument("--length", type=int, default=256, help="tokens to generate after the prompt")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: --length)")
-    p.add_argument("--sampler", default="confidence", choices=("confidence", "ancestral"),
-                   help="diffusion sampler (ignored for AR runs)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: one per generated token)")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    p.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
+    p.add_argument("--show-steps", action="store_true", help="print the first sample after every step")
+    p.add_argument("--verbose", action="store_true", help="report steps and forward passes")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"), help="auto = fp32")
     p.add_argument("--weights", default="auto", choices=("auto", "ema", "raw"),
                    help="EMA-averaged or raw weights (auto: EMA when the checkpoint has them)")
+    add_sampler_flags(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="likelihood on a split: NELBO bound (diffusion) or exact NLL (AR)")
@@ -260,10 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also sample N sequences and report entropy, distinct-n, speed (and gen-PPL with --judge)")
     p.add_argument("--gen-length", type=int, default=0, help="tokens per sample (default: the context)")
     p.add_argument("--gen-steps", type=int, default=0, help="denoising steps (default: --gen-length)")
-    p.add_argument("--sampler", default="confidence", choices=("confidence", "ancestral"))
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--judge", help="AR run (same tokenizer) that scores the samples: generative perplexity")
+    p.add_argument("--judge", help="scores the samples (generative perplexity): an AR run with the same tokenizer "
+                   "(per dlm token) or a local Hugging Face causal LM folder, e.g. GPT-2 (per judge token)")
     p.add_argument("--mauve", action="store_true",
                    help="with --judge: MAUVE between the samples and as many random windows of the split")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -271,7 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="auto", choices=("auto", "ema", "raw"),
                    help="EMA-averaged or raw weights (auto: EMA when the checkpoint has them)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_sampler_flags(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="Markdown report and plots from run folders and eval JSON files",
+                       description="Tables of runs, likelihood and sample quality, and plots of loss vs step and "
+                       "quality vs sampling steps, from files alone (config.json, log.jsonl, dlm eval --json).")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run folders (the --out of dlm train)")
+    p.add_argument("--eval", nargs="+", action="extend", default=[], metavar="FILE.json",
+                   help="results of dlm eval --json (a result or a list of them); repeat or list several")
+    p.add_argument("--out", default="report", help="folder for report.md and the PNG plots (default: report/)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("presets", help="list the named configs")
     p.add_argument("--show", metavar="NAME", help="print one preset's full config as JSON")
@@ -280,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = lambda message, *args, **kwargs: f"dlm: warning: {message}\n"
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come between flags (argparse takes only one run of positionals).

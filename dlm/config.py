@@ -35,6 +35,17 @@ class DiffusionConfig:
     """Noise schedule for training: linear, cosine, loglinear, sqrt, clipped-cosine, sigmoid."""
     antithetic: bool = True
     """Stratify the per-sequence noise levels of a batch (lower-variance, still unbiased)."""
+    edit_prob: float = 0.0
+    """Training only: after masking, replace each visible token with this probability by a uniform
+    real token, and add the edit term (cross-entropy at every visible position) to the loss, so the
+    model learns to fix wrong visible tokens (Seed Diffusion). > 0 makes the training loss no longer
+    the NELBO (`dlm eval` still reports it). In [0, 1); 0 = off."""
+    edit_weight: float = 1.0
+    """Training only: weight of the edit term against the masked-token term (≥ 0; used when edit_prob > 0)."""
+    prompt_prob: float = 0.0
+    """Training only: the fraction of sequences whose prefix (uniform length in [1, L/2]) is a prompt:
+    never masked, corrupted or scored; the rest are the unconditional branch of classifier-free
+    guidance. > 0 makes the training loss a conditional bound, not the NELBO. In [0, 1]; 0 = off."""
 
 
 @dataclass
@@ -127,6 +138,16 @@ class RunConfig:
         t = self.train
         if self.model.time_conditioning and t.objective == "ar":
             raise DlmError("model.time_conditioning=true is for diffusion runs; the AR twin has no noise level")
+        d = self.diffusion
+        if not 0 <= d.edit_prob < 1:
+            raise DlmError(f"diffusion.edit_prob={d.edit_prob} must be in [0, 1) (0 turns edit corruption off)")
+        if not d.edit_weight >= 0:
+            raise DlmError(f"diffusion.edit_weight={d.edit_weight} must be ≥ 0")
+        if not 0 <= d.prompt_prob <= 1:
+            raise DlmError(f"diffusion.prompt_prob={d.prompt_prob} must be in [0, 1] (0 turns prompts off)")
+        if t.objective == "ar" and (d.edit_prob > 0 or d.prompt_prob > 0):
+            raise DlmError("diffusion.edit_prob and diffusion.prompt_prob are for diffusion runs; "
+                           "set them to 0 for train.objective=ar")
         if t.batch_size < 1 or t.grad_accum < 1 or t.batch_size % t.grad_accum:
             raise DlmError(f"train.batch_size={t.batch_size} must be a positive multiple of "
                            f"train.grad_accum={t.grad_accum}")

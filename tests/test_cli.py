@@ -17,8 +17,8 @@ from dlm.train.checkpoint import list_checkpoints
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("args", [[], ["train"], ["sample"], ["eval"], ["presets"]],
-                         ids=["dlm", "train", "sample", "eval", "presets"])
+@pytest.mark.parametrize("args", [[], ["train"], ["sample"], ["eval"], ["report"], ["presets"]],
+                         ids=["dlm", "train", "sample", "eval", "report", "presets"])
 def test_help_exits_zero(args: list[str]) -> None:
     proc = subprocess.run([sys.executable, "-m", "dlm", *args, "--help"], capture_output=True, text=True,
                           cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)

@@ -99,8 +99,8 @@ def test_nan_guard_skips_bad_steps_then_stops_naming_them(corpus_file: Path, tmp
 
     real = objectives.make_objective
 
-    def poisoned(*args):
-        objective = real(*args)
+    def poisoned(*args, **kwargs):
+        objective = real(*args, **kwargs)
 
         def run(model, x, gen):
             out = objective(model, x, gen)

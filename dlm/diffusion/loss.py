@@ -15,6 +15,19 @@ Boundary terms (zero for linear and cosine, where α(0) = 1 and α(1) = 0):
 
 The loss returns sums and counts (nll_sum, n_tokens) so accumulation over micro-batches and
 ranks divides once, exactly.
+
+Two training-time options, off by default (only `dlm.objectives.make_objective` turns them on, from
+the run config; `dlm eval` never does, so its figure stays the NELBO):
+  * edit corruption (Seed Diffusion): after masking, each visible token is replaced with
+    probability edit_prob by a uniform real token, and the loss gains
+    edit_weight · Σ_{l visible} −log p_θ(x_l | z) / L over every visible position, corrupted or
+    not, so the model learns to keep right tokens and fix wrong ones;
+  * prompts (for classifier-free guidance): with probability prompt_prob a sequence's prefix of
+    uniform length in [1, L//2] is never masked, never corrupted and never scored (its positions
+    add 0; the sum is still divided by L). The other sequences are the unconditional branch.
+With either on, the training loss is no longer the NELBO: the edit term is not part of the bound
+(and the masked term conditions on corrupted context), and a prompt makes it a conditional bound
+on the rest of the sequence only.
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dlm.diffusion.process import mask_tokens, sample_t
+from dlm.diffusion.process import corrupt_tokens, mask_tokens, sample_prompt, sample_t
 from dlm.diffusion.schedules import Schedule
 
 # Noise levels below T_MIN are raised to it (the weight −α'/(1−α) explodes as t → 0 while almost
@@ -48,35 +61,57 @@ class LossOutput:
     """(B,) the noise levels used."""
 
 
+def token_nll(model: nn.Module, x: torch.Tensor, z: torch.Tensor, t: torch.Tensor,
+              mask_id: int) -> torch.Tensor:
+    """(B, T) −log p_θ(x | z_t) at every position (SUBS: the [MASK] logit is −inf)."""
+    logits = model(z, t=t).float()  # (B, T, V)
+    logits[..., mask_id] = float("-inf")
+    return F.cross_entropy(logits.transpose(1, 2), x, reduction="none")  # (B, T)
+
+
 def masked_nll(model: nn.Module, x: torch.Tensor, z: torch.Tensor, masked: torch.Tensor,
                t: torch.Tensor, mask_id: int) -> torch.Tensor:
     """(B, T) −log p_θ(x | z_t) at masked positions, 0 elsewhere (SUBS: the [MASK] logit is −inf)."""
-    logits = model(z, t=t).float()
-    logits[..., mask_id] = float("-inf")
-    nll = F.cross_entropy(logits.transpose(1, 2), x, reduction="none")  # (B, T)
-    return nll * masked
+    return token_nll(model, x, z, t, mask_id) * masked
 
 
 def mdlm_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int,
               n_real_tokens: int, generator: torch.Generator | None = None,
-              t: torch.Tensor | None = None) -> LossOutput:
-    """One-sample estimate of the NELBO of each sequence in x (B, L)."""
+              t: torch.Tensor | None = None, *, edit_prob: float = 0.0, edit_weight: float = 1.0,
+              prompt_prob: float = 0.0, real_ids: torch.Tensor | None = None) -> LossOutput:
+    """One-sample estimate of the NELBO of each sequence in x (B, L).
+
+    The keyword options are the training-time additions of the module docstring, off by default;
+    with edit_prob > 0 or prompt_prob > 0 the result is a training loss, not the NELBO.
+    `real_ids` (V_real,) are the ids corrupted tokens are drawn from (needed when edit_prob > 0).
+    """
     B, L = x.shape
     if t is None:
         t = sample_t(B, x.device, generator)
     t = t.clamp(min=T_MIN)
-    z, masked = mask_tokens(x, t, schedule, mask_id, generator)
+    prompt = sample_prompt(B, L, prompt_prob, x.device, generator) if prompt_prob > 0 else None  # (B, L)
+    z, masked = mask_tokens(x, t, schedule, mask_id, generator, keep=prompt)
+    if edit_prob > 0:
+        assert real_ids is not None, "edit corruption draws from real_ids; pass them"
+        z, _ = corrupt_tokens(z, masked, edit_prob, real_ids, generator, keep=prompt)
     alpha, alpha_prime = schedule.alpha(t), schedule.alpha_prime(t)
     weight = -alpha_prime / (1 - alpha).clamp_min(1e-12)  # (B,)
-    per_seq = (masked_nll(model, x, z, masked, t, mask_id).sum(1) * weight) / L
+    nll = token_nll(model, x, z, t, mask_id)  # (B, L)
+    per_seq = ((nll * masked).sum(1) * weight) / L
+    if edit_prob > 0:  # keep-or-fix term at every visible, non-prompt position
+        visible = ~masked if prompt is None else ~masked & ~prompt  # (B, L)
+        per_seq = per_seq + edit_weight * (nll * visible).sum(1) / L
 
     alpha_0, alpha_1 = schedule.alpha(torch.tensor([0.0, 1.0], dtype=torch.float64)).tolist()
     if alpha_0 < 1 - 1e-9:  # reconstruction term at t = 0
         t0 = torch.zeros(B, device=x.device)
-        z0, masked0 = mask_tokens(x, t0, schedule, mask_id, generator)
+        z0, masked0 = mask_tokens(x, t0, schedule, mask_id, generator, keep=prompt)
         per_seq = per_seq + masked_nll(model, x, z0, masked0, t0, mask_id).sum(1) / L
     if alpha_1 > 1e-9:  # prior term at t = 1 (analytic)
-        per_seq = per_seq + alpha_1 * math.log(n_real_tokens)
+        prior = alpha_1 * math.log(n_real_tokens)
+        if prompt is not None:  # prompt tokens are given, not generated: they add nothing
+            prior = prior * (~prompt).sum(1) / L  # (B,)
+        per_seq = per_seq + prior
     return LossOutput(per_seq.sum() * L, B * L, per_seq.detach(), t)
 
 

@@ -7,6 +7,14 @@ u per batch, which keeps the estimator unbiased and cuts its variance.
 SUBS (MDLM §3.2) needs no code of its own here: the loss scores masked positions only, with the
 [MASK] logit at −inf, and samplers only ever write to masked positions, so visible tokens are
 carried through unchanged.
+
+Two training-only additions, both off unless asked for (see dlm.diffusion.loss):
+  * `sample_prompt`: a random prefix of some sequences is a prompt, never masked or scored
+    (conditional training for classifier-free guidance);
+  * `corrupt_tokens`: visible tokens are replaced by uniform real tokens (Seed-Diffusion-style
+    edit corruption), so the model also learns to fix wrong visible tokens.
+Every random draw is made on the CPU from the caller's generator, then moved, so the noise is a
+pure function of the generator's seed whatever the device.
 """
 
 from __future__ import annotations
@@ -41,3 +49,33 @@ def mask_tokens(x: torch.Tensor, t: torch.Tensor, schedule: Schedule, mask_id: i
         masked &= ~keep
     return torch.where(masked, torch.full_like(x, mask_id), x), masked
 
+
+
+def sample_prompt(batch: int, length: int, prompt_prob: float, device: torch.device | str = "cpu",
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """(batch, length) bool, True on each sequence's prompt prefix.
+
+    With probability `prompt_prob` a sequence gets a prompt whose length is uniform in
+    [1, length // 2]; the others get none (an all-False row).
+    """
+    has_prompt = torch.rand(batch, generator=generator) < prompt_prob  # (B,)
+    prompt_len = torch.randint(1, length // 2 + 1, (batch,), generator=generator) * has_prompt  # (B,)
+    return (torch.arange(length)[None, :] < prompt_len[:, None]).to(device)  # (B, L)
+
+
+def corrupt_tokens(z: torch.Tensor, masked: torch.Tensor, edit_prob: float, real_ids: torch.Tensor,
+                   generator: torch.Generator | None = None,
+                   keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace each visible token of z (B, T) with probability `edit_prob` by a uniform real id.
+
+    `masked` (B, T) bool marks the [MASK]ed positions and `keep` (B, T) bool a prompt; neither is
+    touched. `real_ids` (V_real,) holds the ids text can produce (no special token). The draw may
+    give back the original token (probability 1/V_real). Returns (z', edited), edited (B, T) bool.
+    """
+    u = torch.rand(z.shape, generator=generator, device="cpu").to(z.device)  # (B, T)
+    edited = (u < edit_prob) & ~masked
+    if keep is not None:
+        edited &= ~keep
+    index = torch.randint(len(real_ids), z.shape, generator=generator, device="cpu")  # (B, T)
+    replacement = real_ids.cpu()[index].to(z.device)  # (B, T)
+    return torch.where(edited, replacement, z), edited

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dlm.model.kv_cache import KVCache
+
 
 @dataclass
 class ModelConfig:
@@ -72,26 +74,10 @@ class RMSNorm(nn.RMSNorm):
         return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
 
 
-class KVCache:
-    """Pre-allocated keys and values per layer, for left-to-right decoding of the causal twin."""
-
-    def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int,
-                 device: torch.device, dtype: torch.dtype):
-        shape = (n_layer, batch, n_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0  # positions filled so far
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        start, end = self.length, self.length + k.shape[2]
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool,
-                       dropout: float) -> torch.Tensor:
-    """softmax(QKᵀ/√d)V with plain matmuls.
+                       dropout: float, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(QKᵀ/√d)V with plain matmuls. attn_mask: bool, broadcastable to (B, H, Tq, Tk),
+    True where a query may attend.
 
     On CPU this beats PyTorch's flash kernel: the matmuls run on the bf16 units and
     torch.compile fuses the softmax (bench/train_throughput.py: 7.6k vs 5.8k tokens/s for the
@@ -102,6 +88,8 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_cau
         Tq, Tk = scores.shape[-2:]
         future = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).triu(Tk - Tq + 1)
         scores = scores.masked_fill(future, float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
     weights = F.dropout(scores.softmax(dim=-1), dropout) if dropout else scores.softmax(dim=-1)
     return weights @ v
 
@@ -118,19 +106,24 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, eps=1e-6)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
         # A single new query attends to every cached position, so it needs no mask.
         is_causal = self.causal and T > 1
         if cache is not None:
-            if cache.length > 0 and T > 1:
+            if self.causal and cache.length > 0 and T > 1:
                 raise ValueError("KV cache: extend one token at a time after the prefill")
             k, v = cache.update(self.layer, k, v)
         dropout = self.dropout if self.training else 0.0
         if q.device.type == "cpu":
-            y = explicit_attention(q, k, v, is_causal, dropout)
+            y = explicit_attention(q, k, v, is_causal, dropout, attn_mask)
+        elif attn_mask is not None:  # SDPA takes either a mask or is_causal: fold causality into the mask
+            if is_causal:
+                Tq, Tk = q.shape[2], k.shape[2]
+                attn_mask = attn_mask & torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(Tk - Tq)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
         else:  # flash / memory-efficient kernels
             y = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, dropout_p=dropout)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
@@ -166,12 +159,13 @@ class Block(nn.Module):
         self.modulation = nn.Linear(cfg.d_model, 4 * cfg.d_model) if cfg.time_conditioning else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cond: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+                cond: torch.Tensor | None, cache: KVCache | None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.modulation is not None and cond is not None:
             scale1, shift1, scale2, shift2 = self.modulation(cond)[:, None].chunk(4, dim=-1)
-            x = x + self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, cache)
+            x = x + self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, cache, attn_mask)
             return x + self.mlp(self.norm2(x) * (1 + scale2) + shift2)
-        x = x + self.attn(self.norm1(x), cos, sin, cache)
+        x = x + self.attn(self.norm1(x), cos, sin, cache, attn_mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -218,17 +212,24 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, idx: torch.Tensor, t: torch.Tensor | None = None,
-                cache: KVCache | None = None, return_hidden: bool = False) -> torch.Tensor:
+                cache: KVCache | None = None, return_hidden: bool = False,
+                positions: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """idx: (B, T) token ids; t: (B,) noise levels (used only with time conditioning).
 
-        Returns logits (B, T, V), or the final normalised hidden states (B, T, D) with
-        `return_hidden`. With `cache`, positions start at `cache.length`.
+        positions: (B, T) RoPE positions per row (default: consecutive, from the cache's write
+        position or 0) — left-padded batches use it so every row counts from its own first token.
+        attn_mask: bool, broadcastable to (B, H, T, Tk), True where a query may attend (on top of
+        the causal mask of the AR twin). Returns logits (B, T, V), or the final normalised hidden
+        states (B, T, D) with `return_hidden`.
         """
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.cfg.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block_size={self.cfg.block_size}")
-        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        start, end = cache.span(T) if cache is not None else (0, T)
+        if max(start + T, end) > self.cfg.block_size:
+            raise ValueError(f"sequence of {max(start + T, end)} tokens exceeds block_size={self.cfg.block_size}")
+        if positions is None:
+            cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, Hd/2)
+        else:
+            cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]  # (B, 1, T, Hd/2)
         cond = None
         if self.time_mlp is not None:
             if t is None:
@@ -236,9 +237,9 @@ class Transformer(nn.Module):
             cond = self.time_mlp(timestep_embedding(t, self.cfg.d_model).to(self.embed.weight.dtype))
         x = self.embed(idx)
         for block in self.blocks:
-            x = block(x, cos, sin, cond, cache)
+            x = block(x, cos, sin, cond, cache, attn_mask)
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
         hidden = self.norm(x)
         return hidden if return_hidden else self.head(hidden)
 

@@ -1,32 +1,99 @@
-"""Left-to-right sampling for the causal twin, with a KV cache (one new token per forward)."""
+"""Left-to-right sampling for the causal twin, with a KV cache (one new token per forward).
+
+It takes the same `SamplerConfig` as the diffusion samplers and honours what applies to
+left-to-right decoding: temperature, top-k, top-p, repetition penalty, stop at [EOS], per-row
+seeds. Prompts of different lengths are left-padded behind a [BOS] each, with their own RoPE
+positions and padding hidden from attention, so a row's sample does not depend on the batch.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
-from dlm.sampling.base import sample_categorical
+from dlm.sampling.base import SpecialIds, apply_repetition_penalty, row_generators, sample_categorical
+from dlm.sampling.canvas import attention_mask, build_canvas
+from dlm.sampling.config import SamplerConfig
+from dlm.sampling.diffusion import DenoiseStep, GenerationResult
+
+
+class ARDecoder:
+    def __init__(self, model: torch.nn.Module, prompts: list[list[int]], length: int, config: SamplerConfig,
+                 special: SpecialIds, device: torch.device | str = "cpu"):
+        self.model, self.cfg, self.special, self.length = model, config.validate(), special, length
+        self.canvas = build_canvas([[special.bos, *p] + [None] * length for p in prompts], special, device)
+        self.x = self.canvas.tokens.clone()
+        self.start = self.x.shape[1] - length  # first generated column (the same in every row)
+        self.generators = row_generators(config.seed, len(prompts), self.x.device)
+        self.done = [False] * len(prompts)
+        self.forward_passes = 0
+        self.step_count = 0
+
+    def _forward(self, a: int, b: int, cache) -> torch.Tensor:
+        kwargs = {"cache": cache}
+        if self.canvas.padded:
+            kwargs["positions"] = self.canvas.positions[:, a:b]
+            kwargs["attn_mask"] = attention_mask(self.canvas, query=(a, b), keys=b)
+        self.forward_passes += 1
+        return self.model(self.x[:, a:b], **kwargs)[:, -1].float()
+
+    def steps(self) -> Iterator[DenoiseStep]:
+        cfg, special = self.cfg, self.special
+        B, T = self.x.shape
+        cache = self.model.new_cache(B, max_len=T)
+        logits = self._forward(0, self.start, cache)
+        for i in range(self.length):
+            col = self.start + i
+            logits[:, [special.mask, special.pad, special.bos]] = float("-inf")
+            if cfg.repetition_penalty != 1.0:
+                visible = self.canvas.valid & (self.x != special.mask)
+                logits = apply_repetition_penalty(logits[:, None], self.x, visible, cfg.repetition_penalty,
+                                                  special)[:, 0]
+            committed = torch.zeros_like(self.x, dtype=torch.bool)
+            for b in range(B):
+                if self.done[b]:
+                    self.x[b, col] = special.pad
+                    continue
+                token, _ = sample_categorical(logits[b:b + 1].double(), cfg.temperature, cfg.top_k, cfg.top_p,
+                                              self.generators[b])
+                self.x[b, col] = token[0]
+                committed[b, col] = True
+                self.done[b] = cfg.stop_at_eos and int(token[0]) == special.eos
+            nothing = torch.zeros_like(committed)
+            self.step_count = i + 1
+            yield DenoiseStep(i + 1, self.x.clone(), committed, nothing, nothing, (col, col + 1), self.forward_passes)
+            if all(self.done):
+                self.x[:, col + 1:] = special.pad
+                break
+            if i + 1 < self.length:
+                logits = self._forward(col, col + 1, cache)
+
+    def result(self) -> GenerationResult:
+        valid = self.canvas.valid.clone()
+        valid[torch.arange(len(valid)), valid.long().argmax(1)] = False  # drop each row's [BOS]
+        generated = torch.zeros_like(valid)
+        generated[:, self.start:] = True
+        return GenerationResult(self.x.clone(), valid, generated, self.forward_passes, self.step_count,
+                                self.special.pad)
 
 
 @torch.no_grad()
-def ar_generate(model: torch.nn.Module, prompt: torch.Tensor, length: int, bos_id: int,
-                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                generator: torch.Generator | None = None, suppress_ids: tuple[int, ...] = ()) -> torch.Tensor:
-    """prompt: (B, P) ids. Returns (B, P + length): the prompt followed by `length` sampled ids.
+def ar_generate(model: torch.nn.Module, prompts: list[list[int]], length: int, config: SamplerConfig,
+                special: SpecialIds) -> GenerationResult:
+    """Sample `length` tokens after each prompt (token ids), left to right."""
+    decoder = ARDecoder(model, prompts, length, config, special, model_device(model))
+    for _ in decoder.steps():
+        pass
+    return decoder.result()
 
-    `suppress_ids` are never drawn (e.g. [MASK], [PAD] and [BOS]).
-    """
-    suppress = list(suppress_ids)
-    B, P = prompt.shape
-    device = prompt.device
-    cache = model.new_cache(B, max_len=P + length)
-    tokens = torch.cat((torch.full((B, 1), bos_id, dtype=prompt.dtype, device=device), prompt), dim=1)
-    logits = model(tokens, cache=cache)[:, -1].float()
-    out = [prompt]
-    for i in range(length):
-        logits[:, suppress] = float("-inf")
-        next_id, _ = sample_categorical(logits, temperature, top_k, top_p, generator)
-        next_id = next_id.to(prompt.dtype)[:, None]
-        out.append(next_id)
-        if i + 1 < length:
-            logits = model(next_id, cache=cache)[:, -1].float()
-    return torch.cat(out, dim=1)
+
+def ar_stream(model: torch.nn.Module, prompts: list[list[int]], length: int, config: SamplerConfig,
+              special: SpecialIds) -> Iterator[DenoiseStep]:
+    with torch.no_grad():
+        yield from ARDecoder(model, prompts, length, config, special, model_device(model)).steps()
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")

@@ -7,6 +7,8 @@ silently sharpens the distribution — a lower effective temperature (Zheng et a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -26,7 +28,9 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 def gumbel_noise(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    u = torch.rand(shape, dtype=torch.float64, generator=generator).clamp_(min=1e-300)
+    # Drawn where the generator lives (CPU by default), then moved.
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    u = torch.rand(shape, dtype=torch.float64, generator=generator, device=gen_device).clamp_(min=1e-300)
     return (-torch.log(-torch.log(u))).to(device)
 
 
@@ -41,3 +45,52 @@ def sample_categorical(logits: torch.Tensor, temperature: float = 1.0, top_k: in
     log_probs = (logits / temperature).log_softmax(dim=-1)
     ids = (log_probs + gumbel_noise(log_probs.shape, generator, logits.device)).argmax(dim=-1)
     return ids, log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """The reserved ids a sampler needs (samplers never see a tokenizer)."""
+    mask: int
+    pad: int
+    bos: int
+    eos: int
+
+    @property
+    def all(self) -> tuple[int, int, int, int]:
+        return (self.mask, self.pad, self.bos, self.eos)
+
+
+def row_generators(seed: int, batch: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per row, seeded seed + i: a row's draws do not depend on the rest of the batch."""
+    return [torch.Generator(device=device).manual_seed(seed + i) for i in range(batch)]
+
+
+def apply_repetition_penalty(logits: torch.Tensor, tokens: torch.Tensor, visible: torch.Tensor,
+                             penalty: float, special: SpecialIds) -> torch.Tensor:
+    """CTRL-style penalty on tokens already visible in each row (special tokens excluded).
+
+    logits: (B, W, V); tokens, visible: (B, T). A present token's positive logit is divided by
+    `penalty` and its negative logit multiplied by it (so > 1 always makes it less likely).
+    """
+    B, _, V = logits.shape
+    present = torch.zeros(B, V, dtype=torch.bool, device=logits.device)
+    present.scatter_(1, torch.where(visible, tokens, special.mask), True)  # hidden positions mark [MASK]…
+    present[:, [i for i in special.all if i < V]] = False  # …which, like every special, is never penalised
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(present[:, None, :], penalised, logits)
+
+
+def position_scores(probs: torch.Tensor, drawn: torch.Tensor, order: str) -> torch.Tensor:
+    """How sure the model is at each position, for ranking which to commit.
+
+    probs: (N, V) the model's distribution; drawn: (N,) the proposed ids. confidence = p(drawn),
+    margin = top-1 − top-2 probability, entropy = −H(p) (higher = surer in every case).
+    """
+    if order == "confidence":
+        return probs.gather(-1, drawn[:, None]).squeeze(-1)
+    if order == "margin":
+        top2 = probs.topk(2, dim=-1).values
+        return top2[:, 0] - top2[:, 1]
+    if order == "entropy":
+        return (probs * probs.clamp_min(1e-30).log()).sum(-1)
+    raise ValueError(f"no position score for order {order!r}")

@@ -1,67 +1,336 @@
-"""Reverse-process samplers for masked diffusion models.
+"""The reverse process of a masked diffusion model: every sampler in dlm, behind one engine.
 
-The canvas is [prompt | [MASK] × length]. Over `steps` steps from t = 1 to t = 0 every masked
-position is predicted in parallel and some are committed; the prompt is never changed and no
-[MASK] is left at the end.
+A `Denoiser` turns a `Canvas` (fixed text, [MASK]s to fill, padding) into text. Each step runs the
+model over the canvas (or the current block), draws a token for every candidate position from
+the model's distribution (temperature, top-k, top-p, repetition penalty; float64 Gumbel noise),
+and commits some of them:
 
-* ancestral — MDLM's reverse step: from t to s < t each masked position is revealed with
-  probability (α_s − α_t)/(1 − α_t), its token drawn from p_θ(x | z_t).
-* confidence — LLaDA-style: draw a token for every masked position, then commit the k most
-  confident (highest probability of the drawn token); k follows the schedule so the expected
-  number of masks left matches ancestral sampling at each step.
+* ancestral — MDLM's reverse step: each mask is revealed with probability (α_s − α_t)/(1 − α_t);
+* confidence / margin / entropy / random — commit the positions the model is surest of (or a
+  random set); how many follows the noise schedule, so after the step from t to s about
+  n·(1 − α_s) masks remain (LLaDA); `threshold` also commits every position whose drawn token has
+  probability above it (Fast-dLLM parallel decoding).
+
+On top: semi-autoregressive blocks with an exact prefix KV cache or an approximate dual cache,
+ReMDM remasking, editing of visible tokens, classifier-free guidance, a stop at the first
+completed [EOS], and reuse of the last logits when a step changed nothing (MDLM's cache).
+`Denoiser.steps()` yields every intermediate state, so a terminal, a server or a test can watch.
+
+Every row draws from its own generator (seed + row), so its sample is the same alone or in a
+batch. Prompts and template text are never changed; no [MASK] is left at the end.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import torch
 
-from dlm.diffusion.schedules import Linear, Schedule
-from dlm.sampling.base import sample_categorical
+from dlm.diffusion.schedules import get_schedule
+from dlm.sampling.base import SpecialIds, apply_repetition_penalty, position_scores, row_generators, sample_categorical
+from dlm.sampling.canvas import Canvas, attention_mask
+from dlm.sampling.config import SamplerConfig
 
-DIFFUSION_SAMPLERS = ("ancestral", "confidence")
+
+@dataclass
+class DenoiseStep:
+    """One step of the reverse process, as streamed to watchers. Masks are (B, T) bool."""
+    step: int
+    tokens: torch.Tensor
+    """(B, T) the canvas after the step (a copy)."""
+    committed: torch.Tensor
+    """Masks that became tokens in this step."""
+    remasked: torch.Tensor
+    """Tokens turned back into masks (ReMDM)."""
+    edited: torch.Tensor
+    """Visible tokens replaced by another token (editing)."""
+    window: tuple[int, int]
+    """Columns [start, end) this step worked on (a block, or the whole generated region)."""
+    forward_passes: int
+
+
+@dataclass
+class GenerationResult:
+    tokens: torch.Tensor
+    """(B, T) the final canvas, left padding included; [PAD] after an [EOS] that ended a row."""
+    valid: torch.Tensor
+    """(B, T) bool: False at left padding."""
+    generated: torch.Tensor
+    """(B, T) bool: columns that were not fixed text (what the sampler wrote)."""
+    forward_passes: int
+    steps: int
+    pad_id: int
+
+    def rows(self) -> list[list[int]]:
+        """Each row without its left padding and without the [PAD]s after an ending [EOS]."""
+        rows = zip(self.tokens.tolist(), self.valid.tolist(), self.generated.tolist(), strict=True)
+        return [[tok for tok, v, g in zip(*row, strict=True) if v and not (g and tok == self.pad_id)] for row in rows]
+
+
+class Denoiser:
+    def __init__(self, model: torch.nn.Module, canvas: Canvas, config: SamplerConfig, special: SpecialIds):
+        self.model, self.cfg, self.special = model, config.validate(), special
+        self.canvas = canvas
+        self.x = canvas.tokens.clone()
+        self.fixed = canvas.fixed.clone()
+        self.generated = ~canvas.fixed & canvas.valid
+        B, T = self.x.shape
+        self.device = self.x.device
+        self.generators = row_generators(config.seed, B, self.device)
+        self.confidence = torch.zeros(B, T, dtype=torch.float64, device=self.device)  # p(token) when committed
+        self.done = [False] * B
+        self.forward_passes = 0
+        self.step_count = 0
+        self.schedule = get_schedule(config.schedule)
+        self.time_conditioned = bool(getattr(getattr(model, "cfg", None), "time_conditioning", False))
+        self.cache = None
+        self._cache_filled = 0  # prefix cache: columns [0, filled) hold final keys
+        self._dual_window: tuple[int, int] | None = None  # dual cache: the window it was refreshed for
+        self._last: tuple[tuple[int, int], torch.Tensor, torch.Tensor] | None = None  # (window, x, logits)
+        self._suppress = [i for i in (special.mask, special.pad, special.bos)]
+
+    # --- model calls -------------------------------------------------------------------------
+
+    def _windows(self) -> list[tuple[int, int]]:
+        T, start = self.x.shape[1], self.canvas.gen_start
+        if not self.cfg.block_length:
+            return [(start, T)] if start < T else []
+        return [(s, min(s + self.cfg.block_length, T)) for s in range(start, T, self.cfg.block_length)]
+
+    def _call(self, x: torch.Tensor, t: torch.Tensor, columns: tuple[int, int], mask: torch.Tensor | None,
+              cache_window: tuple[int, int] | None) -> torch.Tensor:
+        """One forward over canvas columns [a, b) of `x`; with guidance, conditional and
+        unconditional rows go through together."""
+        kwargs = {}
+        if self.canvas.padded:
+            kwargs["positions"] = self.canvas.positions[:, columns[0]:columns[1]]
+        if mask is not None:
+            kwargs["attn_mask"] = mask
+        if self.cfg.guidance_scale:
+            a, b = columns
+            uncond = x.masked_fill(self.canvas.fixed[:, a:b] & self.canvas.valid[:, a:b], self.special.mask)
+            x, t = torch.cat((x, uncond)), torch.cat((t, t))
+            kwargs = {k: torch.cat((v, v)) if v.shape[0] > 1 else v for k, v in kwargs.items()}
+        if cache_window is not None:
+            kwargs["cache"] = self.cache
+            self.cache.window = cache_window
+        logits = self.model(x, t=t if self.time_conditioned else None, **kwargs).float()
+        self.forward_passes += 1
+        if self.cfg.guidance_scale:
+            cond, uncond = logits.chunk(2)
+            logits = cond + self.cfg.guidance_scale * (cond - uncond)
+        return logits
+
+    def _new_cache(self) -> None:
+        rows = self.x.shape[0] * (2 if self.cfg.guidance_scale else 1)
+        self.cache = self.model.new_cache(rows, max_len=self.x.shape[1])
+
+    def logits(self, window: tuple[int, int], t: torch.Tensor, plain: bool = False) -> torch.Tensor:
+        """(B, end − start, V) logits for the window's columns. `plain`: one full forward, no cache."""
+        s, e = window
+        key = (window, plain)
+        if (self.cfg.reuse_logits and not self.time_conditioned and self._last is not None
+                and self._last[0] == key and torch.equal(self._last[1], self.x)):
+            return self._last[2]
+        T, cfg, canvas = self.x.shape[1], self.cfg, self.canvas
+        block_causal = bool(cfg.block_length) and cfg.block_context == "prefix" and not plain
+        if plain or not cfg.kv_cache:
+            end = e if block_causal else T
+            mask = attention_mask(canvas, cfg.block_length, block_causal, query=(0, end), keys=end)
+            logits = self._call(self.x[:, :end], t, (0, end), mask, None)[:, s:e]
+        elif block_causal:  # exact prefix cache: encode each finished block once, then the block alone
+            if self.cache is None:
+                self._new_cache()
+            if self._cache_filled < s:
+                a = self._cache_filled
+                mask = attention_mask(canvas, cfg.block_length, True, query=(a, s), keys=s)
+                self._call(self.x[:, a:s], t, (a, s), mask, (a, s))
+                self._cache_filled = s
+            mask = attention_mask(canvas, cfg.block_length, True, query=(s, e), keys=e)
+            logits = self._call(self.x[:, s:e], t, (s, e), mask, (s, e))
+        else:  # dual cache: refresh every column at a block's first step, then recompute the block only
+            if self.cache is None:
+                self._new_cache()
+            if self._dual_window != window:
+                logits = self._call(self.x, t, (0, T), attention_mask(canvas), (0, T))[:, s:e]
+                self._dual_window = window
+            else:
+                mask = attention_mask(canvas, query=(s, e), keys=T)
+                logits = self._call(self.x[:, s:e], t, (s, e), mask, (s, T))
+        logits[..., self._suppress] = float("-inf")  # SUBS: never propose [MASK]; never [PAD]/[BOS]
+        self._last = (key, self.x.clone(), logits)
+        return logits
+
+    # --- one step ----------------------------------------------------------------------------
+
+    def _remask_prob(self, alpha_t: float, alpha_s: float) -> float:
+        eta = self.cfg.remask
+        if not eta or alpha_t <= 0:
+            return 0.0
+        ratio = (1.0 - alpha_s) / alpha_t
+        return min(eta, ratio) if self.cfg.remask_schedule == "cap" else min(1.0, eta * ratio)
+
+    def _step(self, window: tuple[int, int], t_value: float, alpha_t: float, alpha_s: float, alpha_top: float,
+              n_generated: torch.Tensor, edit_only: bool = False) -> DenoiseStep:
+        cfg, special = self.cfg, self.special
+        s, e = window
+        B = self.x.shape[0]
+        xs = self.x[:, s:e]
+        masked = xs == special.mask
+        if self.cfg.block_length and not edit_only:  # the noise level a block-wise model sees: its masked share
+            t = (self.x == special.mask).sum(1).double() / self.generated.sum(1).clamp(min=1)
+        else:
+            t = torch.full((B,), t_value, dtype=torch.float64, device=self.device)
+        logits = self.logits(window, t.float(), plain=edit_only)
+        if cfg.repetition_penalty != 1.0:
+            visible = (self.x != special.mask) & self.canvas.valid
+            logits = apply_repetition_penalty(logits, self.x, visible, cfg.repetition_penalty, special)
+        probs = logits.double().softmax(-1)  # the model's distribution, used to rank positions
+        editing = cfg.edit_threshold > 0
+        editable = self.generated[:, s:e] & ~self.fixed[:, s:e] & ~masked
+        sigma = 0.0 if edit_only else self._remask_prob(alpha_t, alpha_s)
+        committed, remasked, edited = (torch.zeros_like(masked) for _ in range(3))
+
+        for b in range(B):
+            if self.done[b]:
+                continue
+            gen = self.generators[b]
+            m_idx = masked[b].nonzero().squeeze(1) if not edit_only else masked.new_zeros(0, dtype=torch.long)
+            v_idx = editable[b].nonzero().squeeze(1)
+            cand = torch.cat((m_idx, v_idx)) if editing else m_idx
+            if cand.numel() == 0 and not (sigma and v_idx.numel()):
+                continue
+            drawn = xs[b].clone()
+            if cand.numel():
+                drawn[cand], _ = sample_categorical(logits[b, cand].double(), cfg.temperature, cfg.top_k,
+                                                    cfg.top_p, gen)
+            n_masked, n_visible = m_idx.numel(), v_idx.numel()
+            # Masks to reveal, and generated tokens to remask (ReMDM), this step.
+            if cfg.sampler == "ancestral":
+                reveal = (alpha_s - (1 - sigma) * alpha_t) / max(1 - alpha_t, 1e-12)
+                u = torch.rand(n_masked, dtype=torch.float64, generator=gen, device=gen.device).to(self.device)
+                commit = m_idx[u < reveal]
+                if sigma and n_visible:
+                    u = torch.rand(n_visible, dtype=torch.float64, generator=gen, device=gen.device).to(self.device)
+                    remask = v_idx[u < sigma]
+                else:
+                    remask = v_idx[:0]
+            else:
+                n_remask = min(round(sigma * n_visible), n_visible)
+                target = round(float(n_generated[b]) * (1.0 - alpha_s) / max(1.0 - alpha_top, 1e-12))
+                n_commit = min(max(n_masked + n_remask - target, 0), n_masked)
+                if cfg.sampler == "random":
+                    score = torch.rand(n_masked, dtype=torch.float64, generator=gen, device=gen.device)
+                    score = score.to(self.device)
+                else:
+                    score = position_scores(probs[b, m_idx], drawn[m_idx], cfg.sampler)
+                if cfg.threshold and n_masked:
+                    sure = int((probs[b, m_idx].gather(-1, drawn[m_idx, None]).squeeze(-1) > cfg.threshold).sum())
+                    n_commit = max(n_commit, sure, 1)
+                    n_remask = min(n_remask, max(target - n_masked + n_commit, 0))
+                # Scores are ranked at 1e-6 resolution: positions the model cannot tell apart (an
+                # all-[MASK] canvas is position-symmetric) then stay tied and are taken left to
+                # right, instead of being ordered by float noise that depends on the batch's shape.
+                score = torch.round(score * 1e6)
+                commit = m_idx[score.argsort(descending=True, stable=True)[:n_commit]]
+                if n_remask and cfg.remask_by == "random":
+                    pick = torch.randperm(n_visible, generator=gen, device=gen.device)[:n_remask].to(self.device)
+                else:
+                    pick = self.confidence[b, s + v_idx].argsort(stable=True)[:n_remask]
+                remask = v_idx[pick]
+            if editing and n_visible:
+                current = xs[b, v_idx]
+                fix = (drawn[v_idx] != current) & (probs[b, v_idx].gather(-1, current[:, None]).squeeze(-1)
+                                                   < cfg.edit_threshold)
+                fix_idx = v_idx[fix & ~torch.isin(v_idx, remask)]
+                self.x[b, s + fix_idx] = drawn[fix_idx]
+                self.confidence[b, s + fix_idx] = probs[b, fix_idx].gather(-1, drawn[fix_idx, None]).squeeze(-1)
+                edited[b, fix_idx] = True
+            self.x[b, s + commit] = drawn[commit]
+            self.confidence[b, s + commit] = probs[b, commit].gather(-1, drawn[commit, None]).squeeze(-1)
+            committed[b, commit] = True
+            self.x[b, s + remask] = special.mask
+            remasked[b, remask] = True
+
+        if cfg.stop_at_eos:
+            self._stop_rows_at_eos()
+        self.step_count += 1
+        full = torch.zeros_like(self.x, dtype=torch.bool)
+
+        def widen(part: torch.Tensor) -> torch.Tensor:
+            out = full.clone()
+            out[:, s:e] = part
+            return out
+
+        return DenoiseStep(self.step_count, self.x.clone(), widen(committed), widen(remasked), widen(edited),
+                           window, self.forward_passes)
+
+    def _stop_rows_at_eos(self) -> None:
+        """End each row at its first [EOS] once no mask is left before it: later columns become [PAD]."""
+        special = self.special
+        for b in range(self.x.shape[0]):
+            if self.done[b]:
+                continue
+            row, gen = self.x[b], self.generated[b]
+            eos = (gen & (row == special.eos)).nonzero()
+            if eos.numel() == 0:
+                continue
+            first = int(eos[0])
+            if bool(((row[:first] == special.mask) & gen[:first]).any()):
+                continue
+            after = gen.clone()
+            after[: first + 1] = False
+            row[after] = special.pad
+            self.fixed[b] |= gen  # nothing in this row changes any more
+            self.done[b] = True
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def steps(self) -> Iterator[DenoiseStep]:
+        """Run the sampler, yielding the state after every step."""
+        cfg, special = self.cfg, self.special
+        windows = self._windows()
+        steps_per_window = max(1, -(-cfg.steps // max(len(windows), 1)))
+        times = torch.linspace(1.0, 0.0, steps_per_window + 1, dtype=torch.float64)
+        alphas = self.schedule.alpha(times).clamp(0.0, 1.0)
+        alphas[-1] = 1.0  # the last step reveals everything, whatever the schedule's α(0)
+        for window in windows:
+            s, e = window
+            n_generated = (self.generated[:, s:e] & ~self.fixed[:, s:e]).sum(1)
+            for k in range(steps_per_window):
+                if not bool((self.x[:, s:e] == special.mask).any()):
+                    break
+                yield self._step(window, float(times[k]), float(alphas[k]), float(alphas[k + 1]),
+                                 float(alphas[0]), n_generated)
+        assert not bool(((self.x == special.mask) & self.canvas.valid).any()), "sampler left a [MASK]"
+        if cfg.edit_rounds and windows:
+            full = (windows[0][0], self.x.shape[1])
+            for _ in range(cfg.edit_rounds):
+                state = self._step(full, 0.0, 1.0, 1.0, 0.0, torch.zeros(self.x.shape[0]), edit_only=True)
+                yield state
+                if not state.edited.any():
+                    break
+
+    def run(self) -> GenerationResult:
+        for _ in self.steps():
+            pass
+        return self.result()
+
+    def result(self) -> GenerationResult:
+        return GenerationResult(self.x.clone(), self.canvas.valid.clone(), self.generated.clone(),
+                                self.forward_passes, self.step_count, self.special.pad)
 
 
 @torch.no_grad()
-def diffusion_generate(model: torch.nn.Module, prompt: torch.Tensor, length: int, steps: int, mask_id: int,
-                       sampler: str = "confidence", temperature: float = 1.0, top_k: int = 0,
-                       top_p: float = 1.0, generator: torch.Generator | None = None,
-                       schedule: Schedule | None = None, suppress_ids: tuple[int, ...] = ()) -> torch.Tensor:
-    """prompt: (B, P) ids (P may be 0). Returns (B, P + length) ids with no [MASK].
+def diffusion_generate(model: torch.nn.Module, canvas: Canvas, config: SamplerConfig,
+                       special: SpecialIds) -> GenerationResult:
+    """Fill every [MASK] of the canvas; see the module docstring for what the options do."""
+    return Denoiser(model, canvas, config, special).run()
 
-    `suppress_ids` are never drawn (e.g. [PAD] and [BOS]); [MASK] never is, in any case (SUBS).
-    """
-    if sampler not in DIFFUSION_SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(DIFFUSION_SAMPLERS)}")
-    if steps < 1 or length < 1:
-        raise ValueError("steps and length must be at least 1")
-    schedule = schedule or Linear()
-    B, P = prompt.shape
-    device = prompt.device
-    x = torch.cat((prompt, torch.full((B, length), mask_id, dtype=prompt.dtype, device=device)), dim=1)
-    times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    alphas = schedule.alpha(times).clamp(0.0, 1.0)
-    alphas[-1] = 1.0  # the last step reveals everything, whatever the schedule's α(0)
-    time_conditioned = getattr(getattr(model, "cfg", None), "time_conditioning", False)
-    for k in range(steps):
-        masked = x == mask_id  # (B, T)
-        if not masked.any():
-            break
-        t = torch.full((B,), float(times[k]), device=device)
-        logits = model(x, t=t if time_conditioned else None).float()
-        logits[..., [mask_id, *suppress_ids]] = float("-inf")  # SUBS: never predict [MASK]
-        proposal, log_conf = sample_categorical(logits, temperature, top_k, top_p, generator)
-        alpha_t, alpha_s = float(alphas[k]), float(alphas[k + 1])
-        if sampler == "ancestral":
-            reveal_prob = (alpha_s - alpha_t) / max(1.0 - alpha_t, 1e-12)
-            u = torch.rand(masked.shape, dtype=torch.float64, generator=generator).to(device)
-            commit = masked & (u < reveal_prob)
-        else:
-            n_masked = masked.sum(dim=1)  # (B,)
-            keep_masked = round(length * (1.0 - alpha_s) / max(1.0 - float(alphas[0]), 1e-12))
-            n_commit = (n_masked - min(keep_masked, length)).clamp(min=0)
-            score = log_conf.masked_fill(~masked, float("-inf"))
-            rank = score.argsort(dim=1, descending=True).argsort(dim=1)  # 0 = most confident
-            commit = masked & (rank < n_commit[:, None])
-        x = torch.where(commit, proposal.to(x.dtype), x)
-    assert not (x[:, P:] == mask_id).any(), "sampler left a [MASK]"
-    return x
+
+def diffusion_stream(model: torch.nn.Module, canvas: Canvas, config: SamplerConfig,
+                     special: SpecialIds) -> Iterator[DenoiseStep]:
+    """Like `diffusion_generate`, yielding the canvas after every step."""
+    with torch.no_grad():
+        yield from Denoiser(model, canvas, config, special).steps()

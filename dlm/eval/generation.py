@@ -1,0 +1,89 @@
+"""Sample, time and score: the `--gen` part of `dlm eval`.
+
+Samples N sequences from a loaded run, records the wall time, tokens/s, forward passes and peak
+memory, and scores the samples: unigram entropy, distinct-n and self-BLEU always; gen-PPL under
+a judge (a dlm AR run or a Hugging Face causal LM, see dlm/eval/judges.py) when one is given;
+MAUVE between the samples and as many random windows of the split, on the judge's features.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import numpy as np
+import torch
+
+from dlm.errors import DlmError
+from dlm.eval.generative import sample_quality
+from dlm.eval.judges import Judge, judge_kind, judge_perplexity, load_judge
+
+
+def check_judge(judge: str | None, mauve: bool = False) -> None:
+    """Fail fast (before minutes of evaluation) on a judge path that cannot work."""
+    if mauve and not judge:
+        raise DlmError("--mauve needs --judge (an AR run or a Hugging Face causal LM folder): MAUVE compares "
+                       "the judge's features of samples and text")
+    if judge and judge_kind(judge) == "hf":
+        from dlm.eval.hf_judge import import_transformers
+
+        import_transformers()
+
+
+def evaluate_generation(pipe, split_tokens: np.ndarray, *, num_samples: int, length: int = 0, steps: int = 0,
+                        batch_size: int = 64, seed: int = 0, judge: str | None = None, mauve: bool = False,
+                        sampler_options: dict | None = None) -> dict:
+    """Sample `num_samples` sequences of `length` tokens (default: the context) with `steps` denoising
+    steps (default: `length`) from `pipe` and score them.
+
+    sampler_options: passed as they are to `pipe.sample` (SamplerConfig fields: sampler, temperature, ...)
+    and recorded in the result. judge: path of the judge (required for `mauve`).
+    """
+    check_judge(judge, mauve)
+    options = dict(sampler_options or {})
+    scorer: Judge | None = load_judge(judge, pipe) if judge else None  # before sampling: fail fast
+    length = length or pipe.model.cfg.block_size
+    steps = steps or length
+    batches, passes, start = [], 0, time.perf_counter()
+    if pipe.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for first in range(0, num_samples, batch_size):
+        count = min(batch_size, num_samples - first)
+        result = pipe.sample("", length=length, steps=steps, seed=seed + first, num_samples=count, **options)
+        batches.append(result.tokens)
+        passes += result.forward_passes  # real model calls: fewer than steps with caches, thresholds, reuse
+    if pipe.device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    samples = torch.cat(batches).cpu()
+    peak = (torch.cuda.max_memory_allocated() if pipe.device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+    quality = sample_quality(samples)
+    if scorer is not None:
+        quality.update(judge_perplexity(scorer, samples, batch_size))
+    if mauve:
+        from dlm.data.loader import RandomWindows
+        from dlm.eval.mauve import mauve as mauve_score
+
+        reference = RandomWindows(split_tokens, length, seed=seed).next_batch(num_samples)
+        scores = mauve_score(scorer.features(samples, batch_size).numpy(),
+                             scorer.features(reference, batch_size).numpy(), seed=seed)
+        quality.update({k if k == "mauve" else f"mauve_{k}": v for k, v in scores.items()})
+    return {**quality, **options, "sampler": "autoregressive" if pipe.is_autoregressive else options.get("sampler"),
+            "steps": length if pipe.is_autoregressive else steps, "seed": seed, "batch_size": batch_size,
+            "judge": judge, "wall_s": wall, "tokens_per_s": samples.numel() / wall, "forward_passes": passes,
+            "peak_memory_mb": peak, "dtype": str(pipe.dtype).removeprefix("torch.")}
+
+
+def generation_summary(g: dict) -> str:
+    """One line for the terminal; gen-PPL with its unit and token count (per dlm or per judge token)."""
+    judged = ""
+    if "gen_ppl" in g:
+        unit = g.get("gen_ppl_unit", "per dlm token")
+        scored = g.get("judge_tokens", g.get("tokens"))
+        judged = f"gen-PPL {g['gen_ppl']:.3f} {unit} (over {scored} {unit.removeprefix('per ')}s) under {g['judge']}, "
+    judged += f"MAUVE {g['mauve']:.3f}, " if "mauve" in g else ""
+    return (f"{g['samples']} samples × {g['length']} tokens ({g['sampler']}, {g['steps']} steps): {judged}"
+            f"unigram entropy {g['unigram_entropy']:.3f} nats, distinct-2 {g['distinct_2']:.3f}, "
+            f"self-BLEU {g['self_bleu']:.3f}; "
+            f"{g['tokens_per_s']:,.0f} tokens/s, {g['forward_passes']} forward passes")
