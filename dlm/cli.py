@@ -120,9 +120,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dlm.runtime import pick_dtype
 
     if args.gen:
-        from dlm.eval.generation import check_judge
+        from dlm.eval.generation import check_judge, check_sampler_options
+        from dlm.sampling.flags import sampler_options as options_from_flags
 
         check_judge(args.judge, args.mauve)  # before the likelihood pass, which can take minutes
+        check_sampler_options(options_from_flags(args))
     pipe = load(args.ckpt, device=args.device, weights=args.weights)
     cfg = pipe.config
     corpus = prepare_corpus(args.data or cfg.data.data, cfg.data.tokenizer, cfg.data.vocab_size,
@@ -160,8 +162,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
               + " ".join(f"{p['t']:.2f}:{p['nll_per_masked_token']:.3f}" for p in curve))
     if args.gen:
         from dlm.eval.generation import evaluate_generation, generation_summary
-        from dlm.sampling.flags import sampler_options as options_from_flags
-
         sampler_options = options_from_flags(args)
         result["generation"] = evaluate_generation(
             pipe, corpus.split(args.split), num_samples=args.gen, length=args.gen_length, steps=args.gen_steps,

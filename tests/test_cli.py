@@ -207,3 +207,45 @@ def test_eval_with_generation_judge_and_noise_curve(corpus_file: Path, tmp_path:
     # A diffusion run cannot judge: the error says what a judge must be.
     assert main(["eval", "--ckpt", str(judge), "--quiet", "--gen", "1", "--judge", str(diffusion)]) == 2
     assert "the judge must be an AR run" in capsys.readouterr().err
+
+
+def test_sample_templates_batches_steps_and_edit(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
+    run = str(trained_run)
+    assert main(["sample", "--ckpt", run, "--template", "The [MASK*5] fox", "--steps", "3"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("The ") and out.endswith(" fox") and len(out) == len("The ") + 5 + len(" fox")
+    assert main(["sample", "--ckpt", run, "--prompt", "The", "--prompt", "A small", "--num-samples", "2",
+                 "--length", "8", "--steps", "4", "--block-length", "4", "--block-context", "prefix",
+                 "--kv-cache", "--sampler", "margin", "--verbose"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("─── sample") == 4 and "A small" in captured.out
+    assert "forward passes" in captured.err
+    assert main(["sample", "--ckpt", run, "--length", "6", "--steps", "3", "--show-steps"]) == 0
+    assert capsys.readouterr().out.count("[step ") == 3
+    with pytest.warns(UserWarning, match="edit_prob"):  # this run was not trained for editing
+        assert main(["sample", "--ckpt", run, "--edit", "The quick brown fox"]) == 0
+    assert len(capsys.readouterr().out.strip("\n")) == len("The quick brown fox")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--template", "no gaps here"], "no [MASK] to fill"),
+    (["--length", "8", "--kv-cache"], "set block_length"),
+    (["--length", "8", "--threshold", "2"], "threshold=2.0"),
+    (["--length", "8", "--sampler", "ancestral", "--threshold", "0.5"], "sampler=confidence"),
+])
+def test_sample_bad_options(trained_run: Path, capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
+    assert main(["sample", "--ckpt", str(trained_run), *args]) == 2
+    assert_one_line_error(capsys, message)
+
+
+def test_eval_generation_with_any_sampler(trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    report = tmp_path / "gen.json"
+    assert main(["eval", "--ckpt", str(trained_run), "--max-passes", "2", "--quiet", "--gen", "2", "--gen-length", "16",
+                 "--gen-steps", "8", "--sampler", "entropy", "--block-length", "8", "--kv-cache", "--threshold", "0.5",
+                 "--json", str(report)]) == 0
+    gen = json.loads(report.read_text())["generation"]
+    assert gen["sampler"] == "entropy" and gen["block_length"] == 8 and gen["kv_cache"] and gen["threshold"] == 0.5
+    assert 1 <= gen["forward_passes"] <= 8 + 1  # real model calls (the prefix cache adds one per finished block)
+    assert main(["eval", "--ckpt", str(trained_run), "--quiet", "--gen", "2", "--gen-length", "8",
+                 "--stop-at-eos"]) == 2
+    assert_one_line_error(capsys, "--stop-at-eos")

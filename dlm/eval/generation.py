@@ -30,6 +30,15 @@ def check_judge(judge: str | None, mauve: bool = False) -> None:
         import_transformers()
 
 
+def check_sampler_options(options: dict) -> None:
+    """Fail fast on sampler options --gen cannot use (before minutes of likelihood evaluation)."""
+    from dlm.sampling import SamplerConfig
+
+    SamplerConfig.from_kwargs(**options)
+    if options.get("stop_at_eos"):
+        raise DlmError("--stop-at-eos gives samples of different lengths, which --gen does not score; drop it")
+
+
 def evaluate_generation(pipe, split_tokens: np.ndarray, *, num_samples: int, length: int = 0, steps: int = 0,
                         batch_size: int = 64, seed: int = 0, judge: str | None = None, mauve: bool = False,
                         sampler_options: dict | None = None) -> dict:
@@ -41,6 +50,7 @@ def evaluate_generation(pipe, split_tokens: np.ndarray, *, num_samples: int, len
     """
     check_judge(judge, mauve)
     options = dict(sampler_options or {})
+    check_sampler_options(options)
     scorer: Judge | None = load_judge(judge, pipe) if judge else None  # before sampling: fail fast
     length = length or pipe.model.cfg.block_size
     steps = steps or length
