@@ -13,6 +13,7 @@ baseline row. Prints a Markdown table, writes JSON, and can replace the table in
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
@@ -21,7 +22,11 @@ from pathlib import Path
 import torch
 
 from dlm.api import load
+from dlm.data.loader import RandomWindows
+from dlm.data.shards import prepare_corpus
 from dlm.eval.generation import evaluate_generation
+from dlm.eval.generative import sample_quality
+from dlm.eval.judges import judge_perplexity, load_judge
 from dlm.io import atomic_write_json, atomic_write_text
 
 # name → SamplerConfig options. Steps are set per row.
@@ -41,27 +46,45 @@ SAMPLERS: dict[str, dict] = {
 BEGIN, END = "<!-- bench/sampling.py: begin -->", "<!-- bench/sampling.py: end -->"
 
 
+def held_out_row(diffusion, args: argparse.Namespace) -> dict:
+    """The same measures on random validation windows: what real text scores under the judge."""
+    cfg = diffusion.config
+    split = prepare_corpus(cfg.data.data, cfg.data.tokenizer, cfg.data.vocab_size, cfg.data.val_fraction,
+                           tokenizer_override=diffusion.tokenizer).split("val")
+    windows = RandomWindows(split, args.length, seed=args.seed).next_batch(args.samples)
+    judge = load_judge(args.ar, diffusion)
+    return {"name": "held-out text (validation windows)", "steps": 0, "forward_passes": 0, "wall_s": 0.0,
+            "tokens_per_s": 0.0, **sample_quality(windows), **judge_perplexity(judge, windows)}
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     diffusion, ar = load(args.diffusion, device=args.device), load(args.ar, device=args.device)
     if not ar.is_autoregressive or diffusion.is_autoregressive:
         sys.exit("bench/sampling.py: --diffusion must be a diffusion run and --ar an AR run")
-    split = None  # no MAUVE here: reference windows are not needed
     common = {"num_samples": args.samples, "length": args.length, "batch_size": args.batch_size, "seed": args.seed,
               "judge": args.ar}
+    done: dict[tuple[str, int], dict] = {}
+    if args.reuse and Path(args.out).is_file():  # rows of an earlier (maybe interrupted) run with these settings
+        done = {(r["name"], r["steps"]): r for r in json.loads(Path(args.out).read_text())["rows"]}
     # Warm-up (allocator, thread pool) so the first timed row is not penalised.
     diffusion.generate_ids("", length=args.length, steps=2, num_samples=args.batch_size)
-    rows = []
+    report = {"rows": [], "settings": {**vars(args), "steps": args.steps}, "machine": machine()}
     names = args.samplers.split(",") if args.samplers else list(SAMPLERS)
-    for name in names:
-        for steps in args.steps:
-            result = evaluate_generation(diffusion, split, steps=steps, sampler_options=SAMPLERS[name], **common)
-            rows.append({"name": name, **result})
-            print(row_line(rows[-1]), flush=True)
-    baseline = evaluate_generation(ar, split, sampler_options={}, **common)
-    rows.append({"name": "AR twin, KV cache", **baseline})
-    print(row_line(rows[-1]), flush=True)
-    return {"rows": rows, "settings": {**vars(args), "steps": args.steps}, "machine": machine()}
+    # The AR baseline first: a failure there should not cost the minutes of diffusion rows.
+    jobs = [("AR twin, KV cache", ar, {}, args.length)] + [(name, diffusion, SAMPLERS[name], steps)
+                                                           for name in names for steps in args.steps]
+    for name, pipe, options, steps in jobs:
+        if (name, steps) in done:
+            report["rows"].append(done[(name, steps)])
+            continue
+        result = evaluate_generation(pipe, None, steps=steps, sampler_options=options, **common)
+        report["rows"].append({"name": name, **result})
+        print(row_line(report["rows"][-1]), flush=True)
+        atomic_write_json(Path(args.out), report)  # partial results survive an interrupted run
+    report["rows"] = report["rows"][1:] + report["rows"][:1]  # the baseline row last in the table
+    report["reference"] = held_out_row(diffusion, args)
+    return report
 
 
 def machine() -> dict:
@@ -78,13 +101,20 @@ def row_line(r: dict) -> str:
 
 
 def markdown_table(report: dict) -> str:
-    s = report["settings"]
+    s, ref = report["settings"], report["reference"]
+    dtype = report["rows"][0]["dtype"]
+    body = "bf16 network with fp32 logits (dlm's default on this CPU)" if dtype == "bfloat16" else dtype
     lines = [BEGIN, "",
-             f"{s['samples']} unconditional samples × {s['length']} tokens per row, in batches of {s['batch_size']}, "
-             f"seed {s['seed']}, fp32, temperature 1. gen-PPL: exp(mean NLL per character) of the samples under the "
-             f"AR twin `{s['ar']}` (lower is more fluent); entropy: mean per-sample unigram entropy in nats "
-             "(Tiny Shakespeare's validation text: ≈ 3.3 on 256-character windows; low values mean repetition). "
-             "Forward passes are model calls for the whole batch; wall time includes everything but judging.",
+             f"Command: `python bench/sampling.py --diffusion {s['diffusion']} --ar {s['ar']} --samples {s['samples']} "
+             f"--batch-size {s['batch_size']} --markdown docs/benchmarks.md` (JSON: `{s['out']}`).",
+             "",
+             f"{s['samples']} unconditional samples × {s['length']} characters per row, in one batch of "
+             f"{s['batch_size']}, seed {s['seed']}, temperature 1, {body}. **gen-PPL**: exp(mean NLL per character) "
+             f"of the samples under the AR twin `{s['ar']}` (lower = more fluent to the judge). **Entropy**: mean "
+             "per-sample unigram entropy of the characters, in nats (low = repetitive). For scale, "
+             f"{s['samples']} random validation windows of real text score gen-PPL {ref['gen_ppl']:.2f} and entropy "
+             f"{ref['unigram_entropy']:.3f}. **Forward passes**: model calls for the whole batch. **Wall time**: "
+             "sampling only (judging excluded); **tokens/s** = generated characters / wall time.",
              "",
              "Samplers: " + "; ".join(f"`{k}` = {v}" for k, v in SAMPLERS.items() if k in
                                       {r["name"] for r in report["rows"]}) + ".",
@@ -94,6 +124,7 @@ def markdown_table(report: dict) -> str:
     for r in report["rows"]:
         lines.append(f"| {r['name']} | {r['steps']} | {r['forward_passes']} | {r['wall_s']:.2f} | "
                      f"{r['tokens_per_s']:,.0f} | {r['gen_ppl']:.2f} | {r['unigram_entropy']:.3f} |")
+    lines.append(f"| {ref['name']} | – | – | – | – | {ref['gen_ppl']:.2f} | {ref['unigram_entropy']:.3f} |")
     m = report["machine"]
     lines += ["", f"Machine: {m.get('gpu', m['processor'])}, {m['threads']} threads, PyTorch {m['torch']}, "
               f"{m['date']}.", "", END]
@@ -123,6 +154,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default="bench/results/sampling.json")
     p.add_argument("--markdown", help="replace (or append) the sampler table in this Markdown file")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep the rows already in --out (same settings) and run only the missing ones")
     args = p.parse_args()
     report = run(args)
     atomic_write_json(Path(args.out), report)

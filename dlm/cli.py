@@ -125,7 +125,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         check_judge(args.judge, args.mauve)  # before the likelihood pass, which can take minutes
         check_sampler_options(options_from_flags(args))
-    pipe = load(args.ckpt, device=args.device, weights=args.weights)
+    pipe = load(args.ckpt, device=args.device, weights=args.weights, dtype=args.dtype)
     cfg = pipe.config
     corpus = prepare_corpus(args.data or cfg.data.data, cfg.data.tokenizer, cfg.data.vocab_size,
                             cfg.data.val_fraction, tokenizer_override=pipe.tokenizer)
@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-steps", action="store_true", help="print the first sample after every step")
     p.add_argument("--verbose", action="store_true", help="report steps and forward passes")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"), help="auto = fp32")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="auto: bf16 on CUDA and CPUs with bf16 units (logits still in fp32), else fp32")
     p.add_argument("--weights", default="auto", choices=("auto", "ema", "raw"),
                    help="EMA-averaged or raw weights (auto: EMA when the checkpoint has them)")
     add_sampler_flags(p)
@@ -263,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mauve", action="store_true",
                    help="with --judge: MAUVE between the samples and as many random windows of the split")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--dtype", default="fp32", choices=("auto", "bf16", "fp32"))
+    p.add_argument("--dtype", default="fp32", choices=("auto", "bf16", "fp32"),
+                   help="network precision for the likelihood and --gen sampling (logits always fp32); "
+                   "auto: bf16 where supported")
     p.add_argument("--weights", default="auto", choices=("auto", "ema", "raw"),
                    help="EMA-averaged or raw weights (auto: EMA when the checkpoint has them)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -64,3 +64,14 @@ def test_bleu_and_self_bleu_on_hand_made_samples():
     assert bleu(sentence[:4], [sentence]) < bleu(sentence, [sentence])  # brevity penalty
     assert self_bleu([sentence, sentence, sentence]) == pytest.approx(1.0)
     assert self_bleu([[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]) == 0.0
+
+
+def test_judge_features_of_samples_as_long_as_the_context() -> None:
+    import torch
+
+    from dlm.eval.generative import judge_features
+    from dlm.model import ModelConfig, Transformer
+
+    judge = Transformer(ModelConfig(vocab_size=10, n_layer=1, n_head=2, d_model=16, block_size=8, causal=True))
+    features = judge_features(judge, torch.randint(0, 6, (3, 8)), bos_id=8)  # 8 tokens + [BOS] > 8
+    assert features.shape == (3, 16) and torch.isfinite(features).all()

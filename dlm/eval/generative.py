@@ -108,5 +108,8 @@ def judge_features(judge: torch.nn.Module, samples: torch.Tensor, bos_id: int, b
     for i in range(0, len(samples), batch_size):
         x = samples[i:i + batch_size]
         inputs = torch.cat((torch.full_like(x[:, :1], bos_id), x), dim=1)
+        # A sample as long as the context leaves no room for [BOS]: drop it (the last position still
+        # reads every token of the sample).
+        inputs = inputs[:, -judge.cfg.block_size:] if hasattr(judge, "cfg") else inputs
         out.append(judge(inputs, return_hidden=True)[:, -1].float().cpu())
     return torch.cat(out)

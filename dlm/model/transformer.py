@@ -194,6 +194,8 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(cfg.block_size, cfg.d_model // cfg.n_head, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.fp32_logits = False
+        """Compute the output projection in fp32 even under autocast (set for sampling)."""
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith(("attn.proj.weight", "mlp.down.weight")):  # GPT-2: shrink with depth
@@ -241,7 +243,14 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.advance(T)
         hidden = self.norm(x)
-        return hidden if return_hidden else self.head(hidden)
+        if return_hidden:
+            return hidden
+        if self.fp32_logits and hidden.dtype != torch.float32:
+            # Inference under bf16 autocast: the body runs in bf16, the logits are computed in
+            # fp32 so probabilities are not rounded to bf16's 8-bit mantissa.
+            with torch.autocast(hidden.device.type, enabled=False):
+                return F.linear(hidden.float(), self.head.weight.float())
+        return self.head(hidden)
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         cfg, p = self.cfg, self.embed.weight

@@ -70,12 +70,16 @@ class ARDecoder:
                 logits = self._forward(col, col + 1, cache)
 
     def result(self) -> GenerationResult:
-        valid = self.canvas.valid.clone()
-        valid[torch.arange(len(valid)), valid.long().argmax(1)] = False  # drop each row's [BOS]
+        """The canvas without the [BOS]s: each row's becomes left padding, and the first column,
+        then padding in every row, is dropped, so the tokens are (B, P + length) like a diffusion run's."""
+        tokens, valid = self.x.clone(), self.canvas.valid.clone()
+        first = valid.long().argmax(1)
+        rows = torch.arange(len(valid))
+        tokens[rows, first], valid[rows, first] = self.special.pad, False
         generated = torch.zeros_like(valid)
         generated[:, self.start:] = True
-        return GenerationResult(self.x.clone(), valid, generated, self.forward_passes, self.step_count,
-                                self.special.pad)
+        return GenerationResult(tokens[:, 1:], valid[:, 1:], generated[:, 1:], self.forward_passes,
+                                self.step_count, self.special.pad)
 
 
 @torch.no_grad()

@@ -27,23 +27,33 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def gumbel_noise(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    # Drawn where the generator lives (CPU by default), then moved.
+def exponential_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None,
+                      device: torch.device | str) -> torch.Tensor:
+    """float64 Exp(1) noise, drawn where the generator lives (CPU by default), then moved."""
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    u = torch.rand(shape, dtype=torch.float64, generator=generator, device=gen_device).clamp_(min=1e-300)
-    return (-torch.log(-torch.log(u))).to(device)
+    return torch.empty(shape, dtype=torch.float64, device=gen_device).exponential_(generator=generator).to(device)
+
+
+def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None,
+                 device: torch.device | str) -> torch.Tensor:
+    """float64 Gumbel noise −log E, E ~ Exp(1)."""
+    return -exponential_noise(shape, generator, device).log()
 
 
 def sample_categorical(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       generator: torch.Generator | None = None,
+                       gumbel: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one id per row of logits (..., V). Returns (ids, log-probability of each drawn id)
-    under the filtered, temperature-scaled distribution. temperature 0 means greedy."""
+    under the filtered, temperature-scaled distribution. temperature 0 means greedy.
+    `gumbel`: float64 noise of logits' shape, when the caller drew it (else from `generator`)."""
     logits = filter_logits(logits.double(), top_k, top_p)
     if temperature <= 0:
         ids = logits.argmax(dim=-1)
         return ids, torch.zeros(ids.shape, dtype=torch.float64, device=logits.device)
     log_probs = (logits / temperature).log_softmax(dim=-1)
-    ids = (log_probs + gumbel_noise(log_probs.shape, generator, logits.device)).argmax(dim=-1)
+    if gumbel is None:
+        gumbel = gumbel_noise(log_probs.shape, generator, logits.device)
+    ids = (log_probs + gumbel).argmax(dim=-1)
     return ids, log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
 
 
@@ -83,14 +93,14 @@ def apply_repetition_penalty(logits: torch.Tensor, tokens: torch.Tensor, visible
 def position_scores(probs: torch.Tensor, drawn: torch.Tensor, order: str) -> torch.Tensor:
     """How sure the model is at each position, for ranking which to commit.
 
-    probs: (N, V) the model's distribution; drawn: (N,) the proposed ids. confidence = p(drawn),
+    probs: (..., V) the model's distribution; drawn: (...) the proposed ids. confidence = p(drawn),
     margin = top-1 − top-2 probability, entropy = −H(p) (higher = surer in every case).
     """
     if order == "confidence":
-        return probs.gather(-1, drawn[:, None]).squeeze(-1)
+        return probs.gather(-1, drawn[..., None]).squeeze(-1)
     if order == "margin":
         top2 = probs.topk(2, dim=-1).values
-        return top2[:, 0] - top2[:, 1]
+        return top2[..., 0] - top2[..., 1]
     if order == "entropy":
         return (probs * probs.clamp_min(1e-30).log()).sum(-1)
     raise ValueError(f"no position score for order {order!r}")

@@ -28,7 +28,14 @@ from dataclasses import dataclass
 import torch
 
 from dlm.diffusion.schedules import get_schedule
-from dlm.sampling.base import SpecialIds, apply_repetition_penalty, position_scores, row_generators, sample_categorical
+from dlm.sampling.base import (
+    SpecialIds,
+    apply_repetition_penalty,
+    gumbel_noise,
+    position_scores,
+    row_generators,
+    sample_categorical,
+)
 from dlm.sampling.canvas import Canvas, attention_mask
 from dlm.sampling.config import SamplerConfig
 
@@ -171,87 +178,89 @@ class Denoiser:
         ratio = (1.0 - alpha_s) / alpha_t
         return min(eta, ratio) if self.cfg.remask_schedule == "cap" else min(1.0, eta * ratio)
 
+    def _uniform(self, width: int) -> torch.Tensor:
+        """(B, width) float64 uniforms, one draw per row from the row's own generator."""
+        return torch.stack([torch.rand(width, dtype=torch.float64, generator=g, device=g.device).to(self.device)
+                            for g in self.generators])
+
     def _step(self, window: tuple[int, int], t_value: float, alpha_t: float, alpha_s: float, alpha_top: float,
               n_generated: torch.Tensor, edit_only: bool = False) -> DenoiseStep:
+        """One step from t to s on the window's columns; n_generated (B,): masks the window started with."""
         cfg, special = self.cfg, self.special
         s, e = window
-        B = self.x.shape[0]
+        B, W = self.x.shape[0], e - s
         xs = self.x[:, s:e]
-        masked = xs == special.mask
+        live = ~torch.tensor(self.done, device=self.device)[:, None]  # (B, 1): rows still decoding
+        masked = (xs == special.mask) & live & (not edit_only)  # (B, W)
+        editable = self.generated[:, s:e] & ~self.fixed[:, s:e] & (xs != special.mask) & live
         if self.cfg.block_length and not edit_only:  # the noise level a block-wise model sees: its masked share
             t = (self.x == special.mask).sum(1).double() / self.generated.sum(1).clamp(min=1)
         else:
             t = torch.full((B,), t_value, dtype=torch.float64, device=self.device)
-        logits = self.logits(window, t.float(), plain=edit_only)
+        logits = self.logits(window, t.float(), plain=edit_only)  # (B, W, V)
         if cfg.repetition_penalty != 1.0:
             visible = (self.x != special.mask) & self.canvas.valid
             logits = apply_repetition_penalty(logits, self.x, visible, cfg.repetition_penalty, special)
-        probs = logits.double().softmax(-1)  # the model's distribution, used to rank positions
-        editing = cfg.edit_threshold > 0
-        editable = self.generated[:, s:e] & ~self.fixed[:, s:e] & ~masked
-        sigma = 0.0 if edit_only else self._remask_prob(alpha_t, alpha_s)
-        committed, remasked, edited = (torch.zeros_like(masked) for _ in range(3))
 
-        for b in range(B):
-            if self.done[b]:
-                continue
-            gen = self.generators[b]
-            m_idx = masked[b].nonzero().squeeze(1) if not edit_only else masked.new_zeros(0, dtype=torch.long)
-            v_idx = editable[b].nonzero().squeeze(1)
-            cand = torch.cat((m_idx, v_idx)) if editing else m_idx
-            if cand.numel() == 0 and not (sigma and v_idx.numel()):
-                continue
-            drawn = xs[b].clone()
-            if cand.numel():
-                drawn[cand], _ = sample_categorical(logits[b, cand].double(), cfg.temperature, cfg.top_k,
-                                                    cfg.top_p, gen)
-            n_masked, n_visible = m_idx.numel(), v_idx.numel()
-            # Masks to reveal, and generated tokens to remask (ReMDM), this step.
-            if cfg.sampler == "ancestral":
-                reveal = (alpha_s - (1 - sigma) * alpha_t) / max(1 - alpha_t, 1e-12)
-                u = torch.rand(n_masked, dtype=torch.float64, generator=gen, device=gen.device).to(self.device)
-                commit = m_idx[u < reveal]
-                if sigma and n_visible:
-                    u = torch.rand(n_visible, dtype=torch.float64, generator=gen, device=gen.device).to(self.device)
-                    remask = v_idx[u < sigma]
-                else:
-                    remask = v_idx[:0]
+        # Draw a token at every candidate position: masks, and visible tokens when editing. Each row's
+        # noise covers exactly its own candidates, in position order (batch-independent).
+        editing = cfg.edit_threshold > 0
+        cand = masked | editable if editing else masked
+        counts = cand.sum(1).tolist()
+        drawn = xs.clone()
+        p_drawn = torch.zeros(B, W, dtype=torch.float64, device=self.device)  # model probability of the draw
+        score = torch.full((B, W), float("-inf"), dtype=torch.float64, device=self.device)
+        p_current = torch.ones(B, W, dtype=torch.float64, device=self.device)
+        if sum(counts):
+            cand_logits = logits[cand].double()  # (N, V), rows in order
+            gumbel = None
+            if cfg.temperature > 0:
+                gumbel = torch.cat([gumbel_noise((n, cand_logits.shape[-1]), g, self.device)
+                                    for n, g in zip(counts, self.generators, strict=True) if n])
+            ids, _ = sample_categorical(cand_logits, cfg.temperature, cfg.top_k, cfg.top_p, gumbel=gumbel)
+            probs = cand_logits.softmax(-1)  # the model's own distribution ranks positions
+            drawn[cand] = ids.to(drawn.dtype)
+            p_drawn[cand] = probs.gather(-1, ids[:, None]).squeeze(-1)
+            if cfg.sampler not in ("random", "ancestral"):
+                score[cand] = position_scores(probs, ids, cfg.sampler)
+            if editing:
+                p_current[cand] = probs.gather(-1, xs[cand][:, None]).squeeze(-1)
+
+        sigma = 0.0 if edit_only else self._remask_prob(alpha_t, alpha_s)
+        n_masked, n_visible = masked.sum(1), editable.sum(1)  # (B,)
+        if cfg.sampler == "ancestral":  # each mask revealed, each generated token remasked, independently
+            reveal = (alpha_s - (1 - sigma) * alpha_t) / max(1 - alpha_t, 1e-12)
+            commit = masked & (self._uniform(W) < reveal)
+            remask = editable & (self._uniform(W) < sigma) if sigma else torch.zeros_like(masked)
+        else:
+            n_remask = torch.minimum(torch.round(sigma * n_visible.double()).long(), n_visible)
+            target = torch.round(n_generated.to(self.device).double() * (1.0 - alpha_s)
+                                 / max(1.0 - alpha_top, 1e-12)).long()
+            n_commit = (n_masked + n_remask - target).clamp(min=0)
+            n_commit = torch.minimum(n_commit, n_masked)
+            if cfg.threshold:
+                sure = ((p_drawn > cfg.threshold) & masked).sum(1)
+                n_commit = torch.maximum(torch.maximum(n_commit, sure), (n_masked > 0).long())
+                n_remask = torch.minimum(n_remask, (target - n_masked + n_commit).clamp(min=0))
+            if cfg.sampler == "random":
+                score = torch.where(masked, self._uniform(W), score)
+            # Scores are ranked at 1e-6 resolution: positions the model cannot tell apart (an
+            # all-[MASK] canvas is position-symmetric) then stay tied and are taken left to right,
+            # instead of being ordered by float noise that depends on the batch's shape.
+            score = torch.round(score * 1e6).masked_fill(~masked, float("-inf"))
+            commit = masked & (_ranks(score, descending=True) < n_commit[:, None])
+            if bool(n_remask.any()):  # ReMDM: the least confident (or random) generated tokens
+                key = self._uniform(W) if cfg.remask_by == "random" else self.confidence[:, s:e].clone()
+                key = key.masked_fill(~editable, float("inf"))
+                remask = editable & (_ranks(key, descending=False) < n_remask[:, None])
             else:
-                n_remask = min(round(sigma * n_visible), n_visible)
-                target = round(float(n_generated[b]) * (1.0 - alpha_s) / max(1.0 - alpha_top, 1e-12))
-                n_commit = min(max(n_masked + n_remask - target, 0), n_masked)
-                if cfg.sampler == "random":
-                    score = torch.rand(n_masked, dtype=torch.float64, generator=gen, device=gen.device)
-                    score = score.to(self.device)
-                else:
-                    score = position_scores(probs[b, m_idx], drawn[m_idx], cfg.sampler)
-                if cfg.threshold and n_masked:
-                    sure = int((probs[b, m_idx].gather(-1, drawn[m_idx, None]).squeeze(-1) > cfg.threshold).sum())
-                    n_commit = max(n_commit, sure, 1)
-                    n_remask = min(n_remask, max(target - n_masked + n_commit, 0))
-                # Scores are ranked at 1e-6 resolution: positions the model cannot tell apart (an
-                # all-[MASK] canvas is position-symmetric) then stay tied and are taken left to
-                # right, instead of being ordered by float noise that depends on the batch's shape.
-                score = torch.round(score * 1e6)
-                commit = m_idx[score.argsort(descending=True, stable=True)[:n_commit]]
-                if n_remask and cfg.remask_by == "random":
-                    pick = torch.randperm(n_visible, generator=gen, device=gen.device)[:n_remask].to(self.device)
-                else:
-                    pick = self.confidence[b, s + v_idx].argsort(stable=True)[:n_remask]
-                remask = v_idx[pick]
-            if editing and n_visible:
-                current = xs[b, v_idx]
-                fix = (drawn[v_idx] != current) & (probs[b, v_idx].gather(-1, current[:, None]).squeeze(-1)
-                                                   < cfg.edit_threshold)
-                fix_idx = v_idx[fix & ~torch.isin(v_idx, remask)]
-                self.x[b, s + fix_idx] = drawn[fix_idx]
-                self.confidence[b, s + fix_idx] = probs[b, fix_idx].gather(-1, drawn[fix_idx, None]).squeeze(-1)
-                edited[b, fix_idx] = True
-            self.x[b, s + commit] = drawn[commit]
-            self.confidence[b, s + commit] = probs[b, commit].gather(-1, drawn[commit, None]).squeeze(-1)
-            committed[b, commit] = True
-            self.x[b, s + remask] = special.mask
-            remasked[b, remask] = True
+                remask = torch.zeros_like(masked)
+        edited = torch.zeros_like(masked)
+        if editing:
+            edited = editable & ~remask & (drawn != xs) & (p_current < cfg.edit_threshold)
+        write = commit | edited
+        self.x[:, s:e] = torch.where(write, drawn, xs).masked_fill(remask, special.mask)
+        self.confidence[:, s:e] = torch.where(write, p_drawn, self.confidence[:, s:e])
 
         if cfg.stop_at_eos:
             self._stop_rows_at_eos()
@@ -263,7 +272,7 @@ class Denoiser:
             out[:, s:e] = part
             return out
 
-        return DenoiseStep(self.step_count, self.x.clone(), widen(committed), widen(remasked), widen(edited),
+        return DenoiseStep(self.step_count, self.x.clone(), widen(commit), widen(remask), widen(edited),
                            window, self.forward_passes)
 
     def _stop_rows_at_eos(self) -> None:
@@ -297,7 +306,7 @@ class Denoiser:
         alphas[-1] = 1.0  # the last step reveals everything, whatever the schedule's α(0)
         for window in windows:
             s, e = window
-            n_generated = (self.generated[:, s:e] & ~self.fixed[:, s:e]).sum(1)
+            n_generated = (self.x[:, s:e] == special.mask).sum(1)  # masks to fill in this window
             for k in range(steps_per_window):
                 if not bool((self.x[:, s:e] == special.mask).any()):
                     break
@@ -320,6 +329,12 @@ class Denoiser:
     def result(self) -> GenerationResult:
         return GenerationResult(self.x.clone(), self.canvas.valid.clone(), self.generated.clone(),
                                 self.forward_passes, self.step_count, self.special.pad)
+
+
+def _ranks(key: torch.Tensor, descending: bool) -> torch.Tensor:
+    """(B, W) rank of each entry within its row (0 = first), ties broken left to right."""
+    order = key.argsort(dim=1, descending=descending, stable=True)
+    return torch.empty_like(order).scatter_(1, order, torch.arange(key.shape[1], device=key.device).expand_as(order))
 
 
 @torch.no_grad()
