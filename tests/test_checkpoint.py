@@ -14,6 +14,7 @@ from dlm.config import RunConfig
 from dlm.errors import DlmError
 from dlm.model import Transformer
 from dlm.presets import tiny
+from dlm.runtime import pick_dtype
 from dlm.train.checkpoint import latest_checkpoint, list_checkpoints, load_trainer_state
 from dlm.train.trainer import train
 
@@ -47,7 +48,10 @@ def test_run_layout_and_load(corpus_file: Path, tmp_path: Path) -> None:
     x = torch.randint(0, 40, (2, 32), generator=torch.Generator().manual_seed(0))
     pipe = dlm.load(run)
     assert pipe.checkpoint.name == "step-00000020"
-    assert not pipe.model.training and pipe.dtype == torch.float32
+    # Sampling runs the network in bf16 where the CPU has bf16 units, the logits always in fp32.
+    assert not pipe.model.training and pipe.model.fp32_logits
+    assert pipe.dtype == pick_dtype("auto", torch.device("cpu"))
+    assert dlm.load(run, dtype="fp32").dtype == torch.float32
     with torch.no_grad():
         logits = pipe.model(x)
         # Loading again, or loading the checkpoint folder itself, gives the same model.
