@@ -14,9 +14,9 @@ Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Generator | None], Lo
 
 
 def make_objective(objective: str, schedule: str, tokenizer: Tokenizer, *, edit_prob: float = 0.0,
-                   edit_weight: float = 1.0, prompt_prob: float = 0.0) -> Objective:
-    """The training loss. `edit_prob`, `edit_weight` and `prompt_prob` are the diffusion config's
-    training-time options (see dlm.diffusion.loss); the AR objective has none."""
+                   edit_weight: float = 1.0, prompt_prob: float = 0.0, antithetic: bool = True) -> Objective:
+    """The training loss. `edit_prob`, `edit_weight`, `prompt_prob` and `antithetic` are the diffusion
+    config's training-time options (see dlm.diffusion.loss and .process); the AR objective has none."""
     if objective == "ar":
         return lambda model, x, gen: ar_loss(model, x, tokenizer.bos_id)
     sched = get_schedule(schedule)
@@ -26,4 +26,4 @@ def make_objective(objective: str, schedule: str, tokenizer: Tokenizer, *, edit_
     assert len(real_ids) == tokenizer.n_real_tokens
     return lambda model, x, gen: mdlm_loss(model, x, sched, tokenizer.mask_id, tokenizer.n_real_tokens,
                                            generator=gen, edit_prob=edit_prob, edit_weight=edit_weight,
-                                           prompt_prob=prompt_prob, real_ids=real_ids)
+                                           prompt_prob=prompt_prob, real_ids=real_ids, antithetic=antithetic)

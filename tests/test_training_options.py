@@ -124,6 +124,17 @@ def test_make_objective_defaults_match_mdlm_loss_and_corrupt_only_to_real_ids() 
         assert changed.any() and (model.seen[changed] >= len(SPECIAL_TOKENS)).all()
 
 
+def test_the_antithetic_option_reaches_the_noise_levels() -> None:
+    # diffusion.antithetic=true stratifies a batch's noise levels (sorted, they are 1/B apart);
+    # false draws them independently.
+    tokenizer, x, model = SpecialsFirst(), random_tokens(16, seed=2) + len(SPECIAL_TOKENS), Recorder()
+    for antithetic in (True, False):
+        out = make_objective("mdlm", "linear", tokenizer, antithetic=antithetic)(model, x,
+                                                                                 torch.Generator().manual_seed(0))
+        gaps = out.t.sort().values.diff()
+        assert torch.allclose(gaps, torch.full_like(gaps, 1 / len(x)), atol=1e-5) == antithetic
+
+
 def test_corruption_touches_only_visible_non_prompt_positions_at_the_rate_asked() -> None:
     gen = torch.Generator().manual_seed(0)
     B, T, edit_prob = 64, 256, 0.2

@@ -78,7 +78,7 @@ def masked_nll(model: nn.Module, x: torch.Tensor, z: torch.Tensor, masked: torch
 def mdlm_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int,
               n_real_tokens: int, generator: torch.Generator | None = None,
               t: torch.Tensor | None = None, *, edit_prob: float = 0.0, edit_weight: float = 1.0,
-              prompt_prob: float = 0.0, real_ids: torch.Tensor | None = None) -> LossOutput:
+              prompt_prob: float = 0.0, real_ids: torch.Tensor | None = None, antithetic: bool = True) -> LossOutput:
     """One-sample estimate of the NELBO of each sequence in x (B, L).
 
     The keyword options are the training-time additions of the module docstring, off by default;
@@ -87,7 +87,7 @@ def mdlm_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: in
     """
     B, L = x.shape
     if t is None:
-        t = sample_t(B, x.device, generator)
+        t = sample_t(B, x.device, generator, antithetic=antithetic)
     t = t.clamp(min=T_MIN)
     prompt = sample_prompt(B, L, prompt_prob, x.device, generator) if prompt_prob > 0 else None  # (B, L)
     z, masked = mask_tokens(x, t, schedule, mask_id, generator, keep=prompt)

@@ -179,7 +179,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     ema = EMA(model, tc.ema_decay) if tc.ema_decay > 0 else None
     optimizer = make_optimizer(model, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), fused=not fsdp)
     dc = cfg.diffusion
-    objective = make_objective(tc.objective, dc.schedule, tokenizer, edit_prob=dc.edit_prob,
+    objective = make_objective(tc.objective, dc.schedule, tokenizer, edit_prob=dc.edit_prob, antithetic=dc.antithetic,
                                edit_weight=dc.edit_weight, prompt_prob=dc.prompt_prob)
     train_tokens, val_tokens = corpus.split("train"), corpus.split("val")
     loader = RandomWindows(train_tokens, cfg.model.block_size, seed=tc.seed, device=device)
