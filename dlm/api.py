@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,18 +15,8 @@ from dlm.config import RunConfig
 from dlm.errors import DlmError
 from dlm.model import Transformer
 from dlm.runtime import autocast, pick_device, pick_dtype
-from dlm.sampling import (
-    Denoiser,
-    DenoiseStep,
-    GenerationResult,
-    SamplerConfig,
-    SpecialIds,
-    ar_generate,
-    ar_stream,
-    build_canvas,
-    diffusion_generate,
-    diffusion_stream,
-)
+from dlm.sampling import Denoiser, DenoiseStep, GenerationResult, SamplerConfig, SpecialIds, build_canvas
+from dlm.sampling.autoregressive import ARDecoder
 from dlm.tokenizers import Tokenizer, load_tokenizer
 from dlm.train.checkpoint import find_checkpoint, load_model_weights
 
@@ -110,34 +100,37 @@ class Pipeline:
             rows = [[*self.encode_prompt(p, length), *([None] * length)] for p in prompts]
         return [row for row in rows for _ in range(num_samples)]
 
-    @torch.no_grad()
-    def sample(self, prompt: str | list[str] = "", length: int = 256, num_samples: int = 1,
-               template: str | None = None, **options) -> GenerationResult:
-        """Sample continuations of each prompt (or fill a template's [MASK]s); `options` are
-        `SamplerConfig` fields (sampler, steps, temperature, top_k, top_p, block_length, ...).
-        Row i uses seed + i. Returns ids with everything the sampler knows (forward passes, ...)."""
+    def _decoder(self, prompt: str | list[str], length: int, num_samples: int, template: str | None,
+                 options: dict) -> Denoiser | ARDecoder:
         rows, config = self._prepare(prompt, length, num_samples, template, options)
         self.model.eval()
+        if self.is_autoregressive:
+            prompts = [list(r[:len(r) - length]) for r in rows]
+            return ARDecoder(self.model, prompts, length, config, self.special_ids, self.device)
+        return Denoiser(self.model, build_canvas(rows, self.special_ids, self.device), config, self.special_ids)
+
+    @torch.no_grad()
+    def sample(self, prompt: str | list[str] = "", length: int = 256, num_samples: int = 1,
+               template: str | None = None, on_step: Callable[[DenoiseStep], None] | None = None,
+               **options) -> GenerationResult:
+        """Sample continuations of each prompt (or fill a template's [MASK]s); `options` are
+        `SamplerConfig` fields (sampler, steps, temperature, top_k, top_p, block_length, ...).
+        Row i uses seed + i. `on_step` sees the canvas after every step. Returns ids with everything
+        the sampler knows (forward passes, ...)."""
+        decoder = self._decoder(prompt, length, num_samples, template, options)
         with autocast(self.device, self.dtype):
-            if self.is_autoregressive:
-                return ar_generate(self.model, [list(r[:len(r) - length]) for r in rows], length, config,
-                                   self.special_ids)
-            canvas = build_canvas(rows, self.special_ids, self.device)
-            return diffusion_generate(self.model, canvas, config, self.special_ids)
+            for state in decoder.steps():
+                if on_step is not None:
+                    on_step(state)
+        return decoder.result()
 
     def stream(self, prompt: str | list[str] = "", length: int = 256, num_samples: int = 1,
                template: str | None = None, **options) -> Iterator[DenoiseStep]:
         """Like `sample`, yielding the canvas after every step (which positions were committed,
         remasked or edited), for animations and servers."""
-        rows, config = self._prepare(prompt, length, num_samples, template, options)
-        self.model.eval()
-        with autocast(self.device, self.dtype):
-            if self.is_autoregressive:
-                yield from ar_stream(self.model, [list(r[:len(r) - length]) for r in rows], length, config,
-                                     self.special_ids)
-            else:
-                yield from diffusion_stream(self.model, build_canvas(rows, self.special_ids, self.device),
-                                            config, self.special_ids)
+        decoder = self._decoder(prompt, length, num_samples, template, options)
+        with torch.no_grad(), autocast(self.device, self.dtype):
+            yield from decoder.steps()
 
     def generate_ids(self, prompt: str | list[str] = "", length: int = 256, **kwargs) -> torch.Tensor:
         """(B, T) ids: each prompt and its continuation (left-padded with [PAD] when prompts differ in
@@ -165,9 +158,11 @@ class Pipeline:
         config = self._config({"steps": 1, "edit_threshold": threshold, "edit_rounds": rounds, **options})
         canvas = build_canvas([list(ids)], self.special_ids, self.device, editable=[[True] * len(ids)])
         self.model.eval()
+        decoder = Denoiser(self.model, canvas, config, self.special_ids)
         with autocast(self.device, self.dtype):
-            result = Denoiser(self.model, canvas, config, self.special_ids).run()
-        return self.decode(result)[0]
+            for _ in decoder.steps():
+                pass
+        return self.decode(decoder.result())[0]
 
     def decode(self, result: GenerationResult) -> list[str]:
         return [self.tokenizer.decode(row) for row in result.rows()]

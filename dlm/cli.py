@@ -89,9 +89,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return 0
     prompts = args.prompt or [""]
     kwargs = {"length": args.length, "num_samples": args.num_samples, "template": args.template, **options}
-    if args.show_steps:
-        show_steps(pipe, prompts, kwargs)
-    result = pipe.sample(prompts, **kwargs)
+    result = pipe.sample(prompts, **kwargs, on_step=step_printer(pipe) if args.show_steps else None)
     texts = pipe.decode(result)
     for i, text in enumerate(texts):
         if len(texts) > 1:
@@ -102,13 +100,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def show_steps(pipe, prompts: list[str], kwargs: dict) -> None:
-    """Print the first sample's text after every step, masks shown as '_'."""
-    tok, mask = pipe.tokenizer, pipe.tokenizer.mask_id
-    for state in pipe.stream(prompts[:1], **{**kwargs, "num_samples": 1}):
-        row = state.tokens[0].tolist()
-        text = "".join("_" if i == mask else tok.decode([i]) for i in row if i != tok.pad_id)
+def step_printer(pipe):
+    """A callback that prints the first sample's text after every step, masks shown as '_'."""
+    tok = pipe.tokenizer
+
+    def show(state) -> None:
+        ids = [i for i in state.tokens[0].tolist() if i != tok.pad_id]
+        text = "".join("_" if i == tok.mask_id else tok.decode([i]) for i in ids)
         print(f"[step {state.step:4d}] {text!r}")
+
+    return show
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

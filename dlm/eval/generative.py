@@ -73,18 +73,26 @@ def self_bleu(samples: list[list[int]], max_samples: int = 100) -> float:
 
 
 @torch.no_grad()
-def generative_perplexity(judge: torch.nn.Module, samples: torch.Tensor, bos_id: int,
-                          batch_size: int = 32) -> dict:
-    """exp(mean NLL per token) of `samples` (N, L) under a causal `judge`, each scored from [BOS].
-
-    Returns the perplexity, the NLL in nats/token and the number of tokens scored.
-    """
+def causal_nll_sum(judge: torch.nn.Module, samples: torch.Tensor, bos_id: int,
+                   batch_size: int = 32) -> tuple[float, int]:
+    """Summed NLL (nats) of `samples` (N, L) under a causal `judge`, each scored from [BOS], and the
+    number of tokens scored."""
     judge.eval()
     total, count = 0.0, 0
     for i in range(0, len(samples), batch_size):
         out = ar_loss(judge, samples[i:i + batch_size], bos_id)
         total += float(out.nll_sum)
         count += out.n_tokens
+    return total, count
+
+
+def generative_perplexity(judge: torch.nn.Module, samples: torch.Tensor, bos_id: int,
+                          batch_size: int = 32) -> dict:
+    """exp(mean NLL per token) of `samples` (N, L) under a causal `judge`, each scored from [BOS].
+
+    Returns the perplexity, the NLL in nats/token and the number of tokens scored.
+    """
+    total, count = causal_nll_sum(judge, samples, bos_id, batch_size)
     nll = total / count
     return {"gen_ppl": math.exp(nll), "judge_nll_per_token": nll, "tokens": count}
 

@@ -21,9 +21,8 @@ from typing import Protocol
 
 import torch
 
-from dlm.diffusion.loss import ar_loss
 from dlm.errors import DlmError
-from dlm.eval.generative import judge_features
+from dlm.eval.generative import causal_nll_sum, judge_features
 
 
 class Judge(Protocol):
@@ -63,15 +62,8 @@ class DlmJudge:
         if self.pipe.tokenizer.to_json() != pipe.tokenizer.to_json():
             raise DlmError(f"--judge {path} uses another tokenizer; train the judge on the same data")
 
-    @torch.no_grad()
     def score(self, samples: torch.Tensor, batch_size: int = 32) -> tuple[float, int]:
-        model = self.pipe.model.eval()
-        total, count = 0.0, 0
-        for i in range(0, len(samples), batch_size):
-            out = ar_loss(model, samples[i:i + batch_size].to(self.pipe.device), self.pipe.tokenizer.bos_id)
-            total += float(out.nll_sum)
-            count += out.n_tokens
-        return total, count
+        return causal_nll_sum(self.pipe.model, samples.to(self.pipe.device), self.pipe.tokenizer.bos_id, batch_size)
 
     def features(self, samples: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         return judge_features(self.pipe.model, samples.to(self.pipe.device), self.pipe.tokenizer.bos_id,

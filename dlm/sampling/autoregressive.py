@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-from dlm.sampling.base import SpecialIds, apply_repetition_penalty, row_generators, sample_categorical
+from dlm.sampling.base import SpecialIds, apply_repetition_penalty, gumbel_noise, row_generators, sample_categorical
 from dlm.sampling.canvas import attention_mask, build_canvas
 from dlm.sampling.config import SamplerConfig
 from dlm.sampling.diffusion import DenoiseStep, GenerationResult
@@ -26,7 +26,7 @@ class ARDecoder:
         self.x = self.canvas.tokens.clone()
         self.start = self.x.shape[1] - length  # first generated column (the same in every row)
         self.generators = row_generators(config.seed, len(prompts), self.x.device)
-        self.done = [False] * len(prompts)
+        self.done = torch.zeros(len(prompts), dtype=torch.bool, device=self.x.device)
         self.forward_passes = 0
         self.step_count = 0
 
@@ -50,20 +50,21 @@ class ARDecoder:
                 visible = self.canvas.valid & (self.x != special.mask)
                 logits = apply_repetition_penalty(logits[:, None], self.x, visible, cfg.repetition_penalty,
                                                   special)[:, 0]
+            # One draw per live row, each from the row's own generator (batch-independent).
+            live = ~self.done
             committed = torch.zeros_like(self.x, dtype=torch.bool)
-            for b in range(B):
-                if self.done[b]:
-                    self.x[b, col] = special.pad
-                    continue
-                token, _ = sample_categorical(logits[b:b + 1].double(), cfg.temperature, cfg.top_k, cfg.top_p,
-                                              self.generators[b])
-                self.x[b, col] = token[0]
-                committed[b, col] = True
-                self.done[b] = cfg.stop_at_eos and int(token[0]) == special.eos
+            committed[:, col] = live
+            gumbel = None
+            if cfg.temperature > 0:
+                gumbel = torch.cat([gumbel_noise((1, logits.shape[-1]), g, self.x.device) for g in self.generators])
+            token, _ = sample_categorical(logits.double(), cfg.temperature, cfg.top_k, cfg.top_p, gumbel=gumbel)
+            self.x[:, col] = torch.where(live, token, special.pad)
+            if cfg.stop_at_eos:
+                self.done |= token == special.eos
             nothing = torch.zeros_like(committed)
             self.step_count = i + 1
             yield DenoiseStep(i + 1, self.x.clone(), committed, nothing, nothing, (col, col + 1), self.forward_passes)
-            if all(self.done):
+            if cfg.stop_at_eos and bool(self.done.all()):
                 self.x[:, col + 1:] = special.pad
                 break
             if i + 1 < self.length:

@@ -95,7 +95,8 @@ class Denoiser:
         self._cache_filled = 0  # prefix cache: columns [0, filled) hold final keys
         self._dual_window: tuple[int, int] | None = None  # dual cache: the window it was refreshed for
         self._last: tuple[tuple[int, int], torch.Tensor, torch.Tensor] | None = None  # (window, x, logits)
-        self._suppress = [i for i in (special.mask, special.pad, special.bos)]
+        self._suppress = [special.mask, special.pad, special.bos]
+        self._masks: dict[tuple, torch.Tensor | None] = {}  # attention masks by layout (the canvas is fixed)
 
     # --- model calls -------------------------------------------------------------------------
 
@@ -129,6 +130,12 @@ class Denoiser:
             logits = cond + self.cfg.guidance_scale * (cond - uncond)
         return logits
 
+    def _mask(self, block_causal: bool, query: tuple[int, int], keys: int) -> torch.Tensor | None:
+        key = (block_causal, query, keys)
+        if key not in self._masks:
+            self._masks[key] = attention_mask(self.canvas, self.cfg.block_length, block_causal, query, keys)
+        return self._masks[key]
+
     def _new_cache(self) -> None:
         rows = self.x.shape[0] * (2 if self.cfg.guidance_scale else 1)
         self.cache = self.model.new_cache(rows, max_len=self.x.shape[1])
@@ -140,30 +147,30 @@ class Denoiser:
         if (self.cfg.reuse_logits and not self.time_conditioned and self._last is not None
                 and self._last[0] == key and torch.equal(self._last[1], self.x)):
             return self._last[2]
-        T, cfg, canvas = self.x.shape[1], self.cfg, self.canvas
+        T, cfg = self.x.shape[1], self.cfg
         block_causal = bool(cfg.block_length) and cfg.block_context == "prefix" and not plain
         if plain or not cfg.kv_cache:
             end = e if block_causal else T
-            mask = attention_mask(canvas, cfg.block_length, block_causal, query=(0, end), keys=end)
+            mask = self._mask(block_causal, (0, end), end)
             logits = self._call(self.x[:, :end], t, (0, end), mask, None)[:, s:e]
         elif block_causal:  # exact prefix cache: encode each finished block once, then the block alone
             if self.cache is None:
                 self._new_cache()
             if self._cache_filled < s:
                 a = self._cache_filled
-                mask = attention_mask(canvas, cfg.block_length, True, query=(a, s), keys=s)
+                mask = self._mask(True, (a, s), s)
                 self._call(self.x[:, a:s], t, (a, s), mask, (a, s))
                 self._cache_filled = s
-            mask = attention_mask(canvas, cfg.block_length, True, query=(s, e), keys=e)
+            mask = self._mask(True, (s, e), e)
             logits = self._call(self.x[:, s:e], t, (s, e), mask, (s, e))
         else:  # dual cache: refresh every column at a block's first step, then recompute the block only
             if self.cache is None:
                 self._new_cache()
             if self._dual_window != window:
-                logits = self._call(self.x, t, (0, T), attention_mask(canvas), (0, T))[:, s:e]
+                logits = self._call(self.x, t, (0, T), self._mask(False, (0, T), T), (0, T))[:, s:e]
                 self._dual_window = window
             else:
-                mask = attention_mask(canvas, query=(s, e), keys=T)
+                mask = self._mask(False, (s, e), T)
                 logits = self._call(self.x[:, s:e], t, (s, e), mask, (s, T))
         logits[..., self._suppress] = float("-inf")  # SUBS: never propose [MASK]; never [PAD]/[BOS]
         self._last = (key, self.x.clone(), logits)
@@ -250,7 +257,7 @@ class Denoiser:
             score = torch.round(score * 1e6).masked_fill(~masked, float("-inf"))
             commit = masked & (_ranks(score, descending=True) < n_commit[:, None])
             if bool(n_remask.any()):  # ReMDM: the least confident (or random) generated tokens
-                key = self._uniform(W) if cfg.remask_by == "random" else self.confidence[:, s:e].clone()
+                key = self._uniform(W) if cfg.remask_by == "random" else self.confidence[:, s:e]
                 key = key.masked_fill(~editable, float("inf"))
                 remask = editable & (_ranks(key, descending=False) < n_remask[:, None])
             else:
