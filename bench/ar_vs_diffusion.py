@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from dlm.api import load
 from dlm.data.loader import eval_windows
 from dlm.data.shards import prepare_corpus
-from dlm.eval.generation import evaluate_generation
+from dlm.eval.generation_eval import evaluate_generation
 from dlm.eval.likelihood import evaluate_likelihood
+from dlm.inference import load
 from dlm.io import atomic_write_json, atomic_write_text
 
 SAMPLERS = {"confidence": {"sampler": "confidence"}, "ancestral": {"sampler": "ancestral"},
@@ -59,28 +59,25 @@ def training_summary(run: str) -> dict:
 
 def likelihood(pipe, args) -> dict:
     cfg = pipe.config
-    corpus = prepare_corpus(cfg.data.data, cfg.data.tokenizer, cfg.data.vocab_size, cfg.data.val_fraction,
-                            tokenizer_override=pipe.tokenizer)
+    corpus = prepare_corpus(cfg.data, tokenizer=pipe.tokenizer)
     windows = eval_windows(corpus.split("val"), cfg.model.block_size)
     tok = pipe.tokenizer
-    return evaluate_likelihood(pipe.model, windows, causal=pipe.is_autoregressive, mask_id=tok.mask_id,
-                               bos_id=tok.bos_id, n_real_tokens=tok.n_real_tokens, device=pipe.device,
+    return evaluate_likelihood(pipe.model, windows, tok.special, causal=pipe.is_autoregressive, device=pipe.device,
                                dtype=torch.float32, seed=0, progress=False)
 
 
 def val_tokens(pipe):
     cfg = pipe.config
-    return prepare_corpus(cfg.data.data, cfg.data.tokenizer, cfg.data.vocab_size, cfg.data.val_fraction,
-                          tokenizer_override=pipe.tokenizer).split("val")
+    return prepare_corpus(cfg.data, tokenizer=pipe.tokenizer).split("val")
 
 
 def held_out_reference(ar, split, args: argparse.Namespace) -> dict:
     """Real text through the same measures: validation windows scored by the judge, and MAUVE
     between two disjoint sets of validation windows (the ceiling at this sample count)."""
     from dlm.data.loader import RandomWindows
-    from dlm.eval.generative import sample_quality
     from dlm.eval.judges import judge_perplexity, load_judge
     from dlm.eval.mauve import mauve
+    from dlm.eval.sample_metrics import sample_quality
 
     windows = RandomWindows(split, args.length, seed=args.seed + 1).next_batch(2 * args.samples)
     text, other = windows[:args.samples], windows[args.samples:]

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from dlm.api import load
 from dlm.data.loader import RandomWindows
 from dlm.data.shards import prepare_corpus
-from dlm.eval.generation import evaluate_generation
-from dlm.eval.generative import sample_quality
+from dlm.eval.generation_eval import evaluate_generation
 from dlm.eval.judges import judge_perplexity, load_judge
+from dlm.eval.sample_metrics import sample_quality
+from dlm.inference import load
 from dlm.io import atomic_write_json, atomic_write_text
 
 # name → SamplerConfig options. Steps are set per row.
@@ -49,8 +49,7 @@ BEGIN, END = "<!-- bench/sampling.py: begin -->", "<!-- bench/sampling.py: end -
 def held_out_row(diffusion, args: argparse.Namespace) -> dict:
     """The same measures on random validation windows: what real text scores under the judge."""
     cfg = diffusion.config
-    split = prepare_corpus(cfg.data.data, cfg.data.tokenizer, cfg.data.vocab_size, cfg.data.val_fraction,
-                           tokenizer_override=diffusion.tokenizer).split("val")
+    split = prepare_corpus(cfg.data, tokenizer=diffusion.tokenizer).split("val")
     windows = RandomWindows(split, args.length, seed=args.seed).next_batch(args.samples)
     judge = load_judge(args.ar, diffusion)
     return {"name": "held-out text (validation windows)", "steps": 0, "forward_passes": 0, "wall_s": 0.0,

@@ -40,12 +40,13 @@ def _default_preset() -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dlm.config import RunConfig, apply_overrides
+    from dlm.config import apply_overrides
     from dlm.presets import get_preset
+    from dlm.run_folder import RunFolder
     from dlm.train.trainer import train
 
     overrides = list(args.overrides)
-    for flag, key in (("data", "data.data"), ("max_steps", "train.max_steps"), ("max_time", "train.max_time"),
+    for flag, key in (("data", "data.source"), ("max_steps", "train.max_steps"), ("max_time", "train.max_time"),
                       ("objective", "train.objective"), ("compile", "train.compile")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
@@ -57,13 +58,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if run_dir is None:
             raise DlmError("--resume needs --out RUN_DIR (the run to continue)")
-        config_path = run_dir / "config.json"
-        if not config_path.is_file():
-            raise DlmError(f"cannot resume: {config_path} not found; check --out or train without --resume")
-        try:
-            cfg = RunConfig.from_dict(json.loads(config_path.read_text()))
-        except json.JSONDecodeError as e:
-            raise DlmError(f"cannot resume: {config_path} is not valid JSON ({e}); restore it from a backup") from None
+        run = RunFolder(run_dir)
+        if not run.has_config():
+            raise DlmError(f"cannot resume: {run.config_path} not found; check --out or train without --resume")
+        cfg = run.read_config()
     else:
         cfg = get_preset(args.preset or _default_preset())
     cfg = apply_overrides(cfg, overrides)
@@ -76,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from dlm.api import load
+    from dlm.inference import load
     from dlm.sampling.flags import sampler_options
 
     pipe = load(args.ckpt, device=args.device, dtype=args.dtype, weights=args.weights)
@@ -113,33 +111,34 @@ def step_printer(pipe):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from dlm.api import load
+    import dataclasses
+
     from dlm.data.loader import eval_windows
     from dlm.data.shards import prepare_corpus
     from dlm.eval.likelihood import evaluate_likelihood
+    from dlm.inference import load
     from dlm.io import atomic_write_json
     from dlm.runtime import pick_dtype
 
     if args.gen:
-        from dlm.eval.generation import check_judge, check_sampler_options
+        from dlm.eval.generation_eval import check_judge, check_sampler_options
         from dlm.sampling.flags import sampler_options as options_from_flags
 
         check_judge(args.judge, args.mauve)  # before the likelihood pass, which can take minutes
         check_sampler_options(options_from_flags(args))
     pipe = load(args.ckpt, device=args.device, weights=args.weights, dtype=args.dtype)
     cfg = pipe.config
-    corpus = prepare_corpus(args.data or cfg.data.data, cfg.data.tokenizer, cfg.data.vocab_size,
-                            cfg.data.val_fraction, tokenizer_override=pipe.tokenizer)
+    data = dataclasses.replace(cfg.data, source=args.data) if args.data else cfg.data
+    corpus = prepare_corpus(data, tokenizer=pipe.tokenizer)
     windows = eval_windows(corpus.split(args.split), cfg.model.block_size)
     dtype = pick_dtype(args.dtype, pipe.device)
     tok = pipe.tokenizer
-    result = evaluate_likelihood(pipe.model, windows, causal=pipe.is_autoregressive, mask_id=tok.mask_id,
-                                 bos_id=tok.bos_id, n_real_tokens=tok.n_real_tokens, device=pipe.device,
+    result = evaluate_likelihood(pipe.model, windows, tok.special, causal=pipe.is_autoregressive, device=pipe.device,
                                  dtype=dtype, batch_size=args.batch_size, seed=args.seed,
                                  target_se=args.target_se, max_passes=args.max_passes,
                                  progress=not args.quiet)
     result.update({"checkpoint": str(pipe.checkpoint), "weights": pipe.weights, "split": args.split,
-                   "data": args.data or cfg.data.data,
+                   "data": data.source,
                    "tokenizer": tok.kind, "dtype": str(dtype).removeprefix("torch."),
                    "objective": "ar" if pipe.is_autoregressive else "mdlm"})
     unit = "char" if tok.kind == "char" else "token"
@@ -156,13 +155,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.noise_curve and not pipe.is_autoregressive:
         from dlm.eval.likelihood import loss_by_noise_level
 
-        curve = loss_by_noise_level(pipe.model, windows, mask_id=tok.mask_id, device=pipe.device, dtype=dtype,
+        curve = loss_by_noise_level(pipe.model, windows, tok.special, device=pipe.device, dtype=dtype,
                                     levels=args.noise_curve, batch_size=args.batch_size, seed=args.seed)
         result["noise_curve"] = curve
         print("  loss vs t (nats per masked token): "
               + " ".join(f"{p['t']:.2f}:{p['nll_per_masked_token']:.3f}" for p in curve))
     if args.gen:
-        from dlm.eval.generation import evaluate_generation, generation_summary
+        from dlm.eval.generation_eval import evaluate_generation, generation_summary
         sampler_options = options_from_flags(args)
         result["generation"] = evaluate_generation(
             pipe, corpus.split(args.split), num_samples=args.gen, length=args.gen_length, steps=args.gen_steps,
@@ -190,7 +189,15 @@ def cmd_presets(args: argparse.Namespace) -> int:
     from dlm.presets import PRESETS, get_preset
 
     if args.show:
-        print(json.dumps(get_preset(args.show).to_dict(), indent=2))
+        cfg = get_preset(args.show)
+        if args.json:
+            print(json.dumps(cfg.to_dict(), indent=2))
+        else:
+            from dlm.config_docs import describe_config
+
+            print(describe_config(cfg, f"# preset {args.show}: {(PRESETS[args.show].__doc__ or '').strip()}\n"
+                                       "# (model.vocab_size and model.causal are set from the tokenizer and the "
+                                       "objective)"))
         return 0
     for name, fn in PRESETS.items():
         print(f"{name:24s} {(fn.__doc__ or '').strip()}")
@@ -284,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("presets", help="list the named configs")
-    p.add_argument("--show", metavar="NAME", help="print one preset's full config as JSON")
+    p.add_argument("--show", metavar="NAME", help="print every field of one preset: its value and what it means")
+    p.add_argument("--json", action="store_true", help="with --show: the config as JSON instead")
     p.set_defaults(func=cmd_presets)
     return parser
 

@@ -13,20 +13,9 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 
+from dlm.data.config import DataConfig
 from dlm.errors import DlmError
-from dlm.model.transformer import ModelConfig
-
-
-@dataclass
-class DataConfig:
-    data: str = "tinyshakespeare"
-    """Corpus: 'tinyshakespeare' (downloaded once, cached), a file, a folder or a glob."""
-    tokenizer: str = "char"
-    """'char' (one id per character) or 'bpe' (byte-level BPE trained on the corpus)."""
-    vocab_size: int = 8192
-    """BPE vocabulary size, special tokens included (ignored for 'char')."""
-    val_fraction: float = 0.1
-    """The last this-fraction of the token stream is the validation split."""
+from dlm.model.config import ModelConfig
 
 
 @dataclass
@@ -55,23 +44,35 @@ class TrainConfig:
     batch_size: int = 64
     """Sequences per optimizer step (split into grad_accum micro-batches)."""
     grad_accum: int = 1
+    """Micro-batches per step: the same update as the whole batch, in 1/grad_accum of the memory."""
     lr: float = 1e-3
+    """Peak learning rate of AdamW (reached after warmup_steps, then cosine decay)."""
     min_lr_ratio: float = 0.1
     """Cosine decay ends at lr × min_lr_ratio."""
     warmup_steps: int = 100
+    """Steps of linear warmup from 0 to lr."""
     max_steps: int = 5000
+    """Stop (after saving) after this many optimizer steps."""
     max_time: float = 0.0
     """Stop (after saving) when this many seconds have passed; 0 = no limit."""
     lr_decay_time: bool = True
     """With max_time, decay the LR over the time budget instead of over max_steps."""
     weight_decay: float = 0.1
+    """AdamW's decoupled weight decay, applied to matrices only (not norms or biases)."""
     beta1: float = 0.9
+    """AdamW's first-moment decay."""
     beta2: float = 0.95
+    """AdamW's second-moment decay."""
     grad_clip: float = 1.0
+    """Clip the global gradient norm to this value."""
     eval_interval: int = 250
+    """Steps between quick validation estimates (val_loss in the log)."""
     eval_batches: int = 20
+    """Batches per quick validation estimate (use `dlm eval` for figures with error bars)."""
     log_interval: int = 10
+    """Steps between records in RUN/log.jsonl."""
     ckpt_interval: int = 500
+    """Steps between checkpoints (one is also saved whenever the run stops)."""
     keep_last: int = 2
     """Checkpoints kept in RUN/checkpoints (older ones are deleted)."""
     ema_decay: float = 0.999
@@ -85,6 +86,7 @@ class TrainConfig:
     wandb: bool = False
     """Also log to Weights & Biases (a no-op with a message when wandb is not installed)."""
     seed: int = 1337
+    """Seeds the initial weights, the batch order and the masking noise."""
     dtype: str = "auto"
     """'auto' (bf16 on CUDA and on CPUs with bf16 units, else fp32), 'bf16' or 'fp32'."""
     compile: str = "auto"
@@ -96,6 +98,7 @@ class TrainConfig:
 @dataclass
 class RunConfig:
     preset: str = ""
+    """The preset this config started from (informational)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -115,6 +118,7 @@ class RunConfig:
                 raise DlmError(f"config has an unknown section {section!r}; known: {', '.join(SECTIONS)}")
             sub = getattr(cfg, section)
             for key, value in values.items():
+                key = RENAMED.get(f"{section}.{key}", f"{section}.{key}").split(".", 1)[1]
                 set_field(sub, key, value, f"{section}.{key}")
         return cfg
 
@@ -160,6 +164,9 @@ class RunConfig:
 
 
 SECTIONS = ("model", "data", "diffusion", "train")
+# Fields renamed since runs were first written: config.json files of older runs still load.
+# Old name → new dotted name; both a config.json key and a bare or dotted override.
+RENAMED = {"data.data": "data.source", "data": "data.source"}
 # Set by the trainer from the tokenizer and the objective; a bare key never means these.
 DERIVED = ("model.vocab_size", "model.causal")
 
@@ -207,13 +214,14 @@ def set_field(obj, name: str, value, key: str) -> None:
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply `key=value` strings to cfg (in place) and return it."""
+    """A copy of cfg with the `key=value` strings applied (cfg itself is not changed)."""
     cfg = copy.deepcopy(cfg)
     for item in overrides:
         if "=" not in item:
             raise DlmError(f"override {item!r} is not of the form key=value (e.g. train.lr=3e-4)")
         key, value = item.split("=", 1)
         key = key.strip().lstrip("-").replace("-", "_")
+        key = RENAMED.get(key, key)
         if "." in key:
             section, name = key.split(".", 1)
             if section not in SECTIONS:
@@ -221,7 +229,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         else:
             owners = [s for s in SECTIONS if name_in(getattr(cfg, s), key) and f"{s}.{key}" not in DERIVED]
             if not owners:
-                raise DlmError(f"unknown config key {key!r}; see `dlm config --preset NAME` for all keys")
+                raise DlmError(f"unknown config key {key!r}; `dlm presets --show NAME` lists every key")
             if len(owners) > 1:
                 raise DlmError(f"config key {key!r} is ambiguous; write one of "
                                + ", ".join(f"{s}.{key}" for s in owners))

@@ -36,7 +36,7 @@ def owt_124m() -> RunConfig:
     cfg = RunConfig(preset="owt-124m")
     m = cfg.model
     m.n_layer, m.n_head, m.d_model, m.block_size, m.tie_weights, m.vocab_size = 12, 12, 768, 1024, True, 50257
-    cfg.data.data, cfg.data.tokenizer, cfg.data.vocab_size = "hf:Skylion007/openwebtext", "bpe", 50257
+    cfg.data.source, cfg.data.tokenizer, cfg.data.vocab_size = "hf:Skylion007/openwebtext", "bpe", 50257
     cfg.data.val_fraction = 0.0005
     t = cfg.train
     t.batch_size, t.grad_accum, t.lr, t.warmup_steps, t.max_steps = 512, 16, 6e-4, 2500, 200_000
@@ -48,7 +48,7 @@ def fineweb_124m() -> RunConfig:
     """owt-124m's model and recipe on FineWeb-Edu (sample-10BT)."""
     cfg = owt_124m()
     cfg.preset = "fineweb-124m"
-    cfg.data.data = "hf:HuggingFaceFW/fineweb-edu:sample-10BT"
+    cfg.data.source = "hf:HuggingFaceFW/fineweb-edu:sample-10BT"
     return cfg
 
 

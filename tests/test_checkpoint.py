@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,14 +16,14 @@ from dlm.config import RunConfig
 from dlm.errors import DlmError
 from dlm.model import Transformer
 from dlm.presets import tiny
+from dlm.run_folder import RunFolder, load_trainer_state
 from dlm.runtime import pick_dtype
-from dlm.train.checkpoint import latest_checkpoint, list_checkpoints, load_trainer_state
 from dlm.train.trainer import train
 
 
 def tiny_config(corpus: Path, max_steps: int = 20, **train_fields) -> RunConfig:
     cfg = tiny()
-    cfg.data.data = str(corpus)
+    cfg.data.source = str(corpus)
     cfg.train.max_steps, cfg.train.ckpt_interval, cfg.train.compile = max_steps, 10, "no"
     cfg.train.log_interval, cfg.train.eval_batches = 5, 2
     for name, value in train_fields.items():
@@ -43,7 +45,7 @@ def test_run_layout_and_load(corpus_file: Path, tmp_path: Path) -> None:
     assert result.step == 20 and result.stopped_by == "max_steps"
     assert result.val_loss is not None and result.val_loss > 0
     assert (run / "config.json").is_file() and (run / "tokenizer.json").is_file()
-    assert [c.name for c in list_checkpoints(run)] == ["step-00000010", "step-00000020"]
+    assert [c.name for c in RunFolder(run).checkpoints()] == ["step-00000010", "step-00000020"]
 
     x = torch.randint(0, 40, (2, 32), generator=torch.Generator().manual_seed(0))
     pipe = dlm.load(run)
@@ -86,10 +88,10 @@ def test_exact_resume(corpus_file: Path, tmp_path: Path) -> None:
     loss_steps = [r["step"] for r in records if "loss" in r]
     assert loss_steps == [5, 10, 15, 20]
     assert all(r["step"] > 10 for r in records[n_first:])
-    assert load_trainer_state(latest_checkpoint(resumed))["step"] == 20
+    assert load_trainer_state(RunFolder(resumed).latest_checkpoint())["step"] == 20
 
     # Same data order, noise, optimizer state and LR schedule: bit-identical weights on CPU.
-    a, b = latest_checkpoint(straight), latest_checkpoint(resumed)
+    a, b = RunFolder(straight).latest_checkpoint(), RunFolder(resumed).latest_checkpoint()
     for name in ("model.safetensors", "ema.safetensors"):
         if (a / name).is_file():
             wa, wb = weights(a, name), weights(b, name)
@@ -104,18 +106,18 @@ def test_exact_resume(corpus_file: Path, tmp_path: Path) -> None:
 def test_keep_last(corpus_file: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train(tiny_config(corpus_file, 20, ckpt_interval=5, keep_last=1), run, quiet=True)
-    assert [c.name for c in list_checkpoints(run)] == ["step-00000020"]
+    assert [c.name for c in RunFolder(run).checkpoints()] == ["step-00000020"]
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp")]
 
 
 def test_truncated_checkpoint_is_skipped(corpus_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
     train(tiny_config(corpus_file), run, quiet=True)
-    older, newest = list_checkpoints(run)
+    older, newest = RunFolder(run).checkpoints()
     path = newest / "model.safetensors"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
-    assert latest_checkpoint(run) == older
+    assert RunFolder(run).latest_checkpoint() == older
     assert "truncated" in capsys.readouterr().err
     assert dlm.load(run).checkpoint == older
     with pytest.raises(DlmError, match="damaged"):
@@ -125,13 +127,13 @@ def test_truncated_checkpoint_is_skipped(corpus_file: Path, tmp_path: Path, caps
 def test_corrupted_bytes_are_detected(corpus_file: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train(tiny_config(corpus_file, 10), run, quiet=True)
-    (ckpt,) = list_checkpoints(run)
+    (ckpt,) = RunFolder(run).checkpoints()
     path = ckpt / "model.safetensors"
     data = bytearray(path.read_bytes())
     middle = len(data) // 2
     data[middle:middle + 16] = bytes(16)  # same size, different content
     path.write_bytes(bytes(data))
-    assert latest_checkpoint(run, quiet=True) is None
+    assert RunFolder(run).latest_checkpoint(quiet=True) is None
     with pytest.raises(DlmError, match="sha256"):
         dlm.load(ckpt)
     with pytest.raises(DlmError, match="no intact checkpoint"):
@@ -141,7 +143,7 @@ def test_corrupted_bytes_are_detected(corpus_file: Path, tmp_path: Path) -> None
 def test_resume_after_damage_uses_the_older_checkpoint(corpus_file: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train(tiny_config(corpus_file, 20), run, quiet=True)
-    older, newest = list_checkpoints(run)
+    older, newest = RunFolder(run).checkpoints()
     (newest / "manifest.json").unlink()  # as if the write had been cut short
     result = train(tiny_config(corpus_file, 20), run, resume=True, quiet=True)
     assert result.step == 20
@@ -161,3 +163,24 @@ def test_load_errors(tmp_path: Path) -> None:
         dlm.load(tmp_path / "missing")
     with pytest.raises(DlmError, match="not a dlm run folder"):
         dlm.load(tmp_path)
+
+
+def test_a_resumed_run_says_where_it_continues_from(corpus_file: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(corpus_file, 10), run, quiet=True)
+    capsys.readouterr()
+    train(tiny_config(corpus_file, 20, max_time=600.0), run, resume=True, quiet=True)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert re.fullmatch(rf"dlm: resuming {re.escape(str(run))} from checkpoint step-00000010 \(step 10 of 20, "
+                        r"0\.01M tokens seen, \d+ s trained\); \d+ s of the 600 s time budget left", first), first
+
+
+def test_training_leaves_the_callers_config_alone(corpus_file: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(corpus_file, 2)
+    before = copy.deepcopy(cfg)
+    result = train(cfg, tmp_path / "run", quiet=True)
+    assert cfg == before
+    # The resolved copy has what the run derived: the tokenizer's vocabulary and the objective's mask.
+    assert result.config.model.vocab_size == dlm.load(tmp_path / "run").tokenizer.vocab_size != before.model.vocab_size
+    assert result.config.model.causal is False and result.config.train == before.train

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from dlm.cli import main
-from dlm.train.checkpoint import list_checkpoints
+from dlm.presets import get_preset
+from dlm.run_folder import RunFolder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,8 +32,16 @@ def test_help_exits_zero(args: list[str]) -> None:
 def test_presets_lists_and_shows(capsys: pytest.CaptureFixture) -> None:
     assert main(["presets"]) == 0
     assert "tiny" in capsys.readouterr().out
-    assert main(["presets", "--show", "tiny"]) == 0
+    assert main(["presets", "--show", "tiny", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["model"]["block_size"] == 32
+    # The text form: every field with its value and the first line of its docstring.
+    assert main(["presets", "--show", "tiny"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+    assert any(re.fullmatch(r"model\.block_size\s+= 32\s+# Longest sequence the model sees.*", line) for line in lines)
+    assert any(re.fullmatch(r"train\.compile\s+= 'no'\s+# torch\.compile the model.*", line) for line in lines)
+    sections = get_preset("tiny").to_dict()
+    assert len(lines) == sum(len(v) if isinstance(v, dict) else 1 for v in sections.values())  # one per field
+    assert all(re.search(r"= .+  # \S", line) for line in lines)  # none without its meaning
 
 
 def train_run(corpus: Path, out: Path, *extra: str) -> int:
@@ -154,7 +164,7 @@ def test_ckpt_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
 
 
 def test_corrupted_weights(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
-    (ckpt,) = list_checkpoints(trained_run)
+    (ckpt,) = RunFolder(trained_run).checkpoints()
     path = ckpt / "model.safetensors"
     data = bytearray(path.read_bytes())
     middle = len(data) // 2

@@ -70,7 +70,8 @@ def test_bad_value(override: str) -> None:
                                       "batch_size=10", "val_fraction=1.5", "n_head=3", "ema_decay=1"])
 def test_validate_rejects_bad_choices(override: str) -> None:
     cfg = apply_overrides(tiny(), [override, "grad_accum=4"] if override == "batch_size=10" else [override])
-    with pytest.raises(DlmError):
+    key = override.split("=")[0]
+    with pytest.raises(DlmError, match=rf"\b{key}\b"):  # the message names the bad setting
         cfg.validate()
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from dlm.data.config import DataConfig
 from dlm.data.corpus import TINYSHAKESPEARE_SHA256, resolve_files, sha256_file
 from dlm.data.loader import RandomWindows, eval_windows
 from dlm.data.shards import prepare_corpus
@@ -29,7 +30,7 @@ def check_split_sizes(corpus, total: int) -> None:
 
 
 def test_prepare_file(corpus_file: Path, corpus_text: str) -> None:
-    corpus = prepare_corpus(str(corpus_file))
+    corpus = prepare_corpus(DataConfig(source=str(corpus_file)))
     check_split_sizes(corpus, len(corpus_text))  # char tokenizer, one document: no [EOS]
     assert corpus.tokenizer.decode(all_tokens(corpus)) == corpus_text
     assert corpus.meta["sources"] == [str(corpus_file)]
@@ -43,35 +44,35 @@ def test_prepare_folder_and_glob(tmp_path: Path, corpus_text: str) -> None:
     (folder / "sub" / "b.md").write_text(b, encoding="utf-8")
     (folder / "ignored.py").write_text("print('not text')\n", encoding="utf-8")
 
-    corpus = prepare_corpus(str(folder))
+    corpus = prepare_corpus(DataConfig(source=str(folder)))
     assert corpus.meta["sources"] == [str(folder / "a.txt"), str(folder / "sub" / "b.md")]
     check_split_sizes(corpus, len(a) + 1 + len(b))  # documents joined by one [EOS]
     ids = all_tokens(corpus)
     assert (ids == corpus.tokenizer.eos_id).sum() == 1
     assert corpus.tokenizer.decode(ids[: len(a)]) == a and ids[len(a)] == corpus.tokenizer.eos_id
 
-    by_glob = prepare_corpus(str(folder / "**" / "*.md"))
+    by_glob = prepare_corpus(DataConfig(source=str(folder / "**" / "*.md")))
     assert by_glob.meta["sources"] == [str(folder / "sub" / "b.md")]
     check_split_sizes(by_glob, len(b))
 
 
 def test_second_call_hits_the_cache(corpus_file: Path, isolated_cache: Path) -> None:
-    first = prepare_corpus(str(corpus_file))
+    first = prepare_corpus(DataConfig(source=str(corpus_file)))
     assert first.folder.parent == isolated_cache / "prepared"
     stat = (first.folder / "train.bin").stat()
-    second = prepare_corpus(str(corpus_file))
+    second = prepare_corpus(DataConfig(source=str(corpus_file)))
     assert second.folder == first.folder
     again = (second.folder / "train.bin").stat()
     assert (again.st_ino, again.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)  # not rebuilt
     assert np.array_equal(second.split("val"), first.split("val"))
     # Other settings (or changed text) get their own folder.
-    assert prepare_corpus(str(corpus_file), val_fraction=0.2).folder != first.folder
+    assert prepare_corpus(DataConfig(source=str(corpus_file), val_fraction=0.2)).folder != first.folder
     corpus_file.write_text(corpus_file.read_text() + "More text.\n")
-    assert prepare_corpus(str(corpus_file)).folder != first.folder
+    assert prepare_corpus(DataConfig(source=str(corpus_file))).folder != first.folder
 
 
 def test_bpe_corpus(corpus_file: Path, corpus_text: str) -> None:
-    corpus = prepare_corpus(str(corpus_file), tokenizer="bpe", vocab_size=300)
+    corpus = prepare_corpus(DataConfig(source=str(corpus_file), tokenizer="bpe", vocab_size=300))
     assert corpus.tokenizer.kind == "bpe" and corpus.tokenizer.vocab_size == 300
     assert corpus.tokenizer.decode(all_tokens(corpus)) == corpus_text
 
@@ -81,20 +82,20 @@ def test_empty_corpus(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "empty.txt"
     path.write_bytes(content)
     with pytest.raises(DlmError, match="empty|only"):
-        prepare_corpus(str(path))
+        prepare_corpus(DataConfig(source=str(path)))
 
 
 def test_missing_path(tmp_path: Path) -> None:
     with pytest.raises(DlmError, match="not found"):
-        prepare_corpus(str(tmp_path / "nope.txt"))
+        prepare_corpus(DataConfig(source=str(tmp_path / "nope.txt")))
     with pytest.raises(DlmError, match="matches no files"):
-        prepare_corpus(str(tmp_path / "*.nothing"))
+        prepare_corpus(DataConfig(source=str(tmp_path / "*.nothing")))
 
 
 def test_folder_without_text_files(tmp_path: Path) -> None:
     (tmp_path / "code.py").write_text("x = 1\n")
     with pytest.raises(DlmError, match="no text files"):
-        prepare_corpus(str(tmp_path))
+        prepare_corpus(DataConfig(source=str(tmp_path)))
 
 
 @pytest.mark.parametrize("tokenizer", ["char", "bpe"])
@@ -102,21 +103,21 @@ def test_non_utf8_file(tmp_path: Path, tokenizer: str) -> None:
     path = tmp_path / "latin1.txt"
     path.write_bytes("café au lait\n".encode("latin-1") * 50)
     with pytest.raises(DlmError, match="UTF-8"):
-        prepare_corpus(str(path), tokenizer=tokenizer, vocab_size=300)
+        prepare_corpus(DataConfig(source=str(path), tokenizer=tokenizer, vocab_size=300))
 
 
 def test_given_tokenizer_rejects_unknown_characters(corpus_file: Path, tmp_path: Path) -> None:
-    tok = prepare_corpus(str(corpus_file)).tokenizer
+    tok = prepare_corpus(DataConfig(source=str(corpus_file))).tokenizer
     other = tmp_path / "other.txt"
     other.write_text("Ça va? " * 100, encoding="utf-8")
     with pytest.raises(DlmError, match="'Ç'"):
-        prepare_corpus(str(other), tokenizer_override=tok)
+        prepare_corpus(DataConfig(source=str(other)), tokenizer=tok)
 
 
 def test_hf_dataset_without_the_datasets_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
     with pytest.raises(DlmError, match="datasets"):
-        prepare_corpus("hf:someone/some-corpus")
+        prepare_corpus(DataConfig(source="hf:someone/some-corpus"))
 
 
 def test_random_windows_are_windows_of_the_stream() -> None:
@@ -151,14 +152,14 @@ def test_eval_windows_tile_the_split() -> None:
     windows = eval_windows(np.arange(100, dtype=np.uint16), 32)
     assert windows.shape == (3, 32)
     assert torch.equal(windows.flatten(), torch.arange(96))
-    with pytest.raises(DlmError):
+    with pytest.raises(DlmError, match="has 10 tokens, fewer than block_size=32"):
         eval_windows(np.arange(10, dtype=np.uint16), 32)
 
 
 def test_tinyshakespeare_from_env(shakespeare: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DLM_TINYSHAKESPEARE", str(shakespeare))
     assert resolve_files("tinyshakespeare") == [shakespeare]
-    corpus = prepare_corpus("tinyshakespeare")
+    corpus = prepare_corpus(DataConfig(source="tinyshakespeare"))
     n = len(shakespeare.read_text(encoding="utf-8"))
     assert n == 1_115_394
     check_split_sizes(corpus, n)
@@ -179,7 +180,7 @@ def refuse_network(*args, **kwargs):
 def test_offline_download_failure_mentions_data(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(urllib.request, "urlopen", refuse_network)
     with pytest.raises(DlmError, match="--data") as info:
-        prepare_corpus("tinyshakespeare")
+        prepare_corpus(DataConfig(source="tinyshakespeare"))
     assert "DLM_TINYSHAKESPEARE" in str(info.value)
 
 
@@ -203,7 +204,7 @@ def test_bpe_corpus_that_spells_special_tokens(tmp_path: Path, corpus_text: str)
     path = tmp_path / "mlm.txt"
     text = corpus_text[:20000] + "Fill the [MASK] token; [PAD] [BOS] and [EOS] are words here.\n" * 20
     path.write_text(text, encoding="utf-8")
-    corpus = prepare_corpus(str(path), tokenizer="bpe", vocab_size=300)
+    corpus = prepare_corpus(DataConfig(source=str(path), tokenizer="bpe", vocab_size=300))
     ids = all_tokens(corpus)
     assert not np.isin(ids, corpus.tokenizer.special_ids).any()
     assert corpus.tokenizer.decode(ids) == text

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import dlm
+from dlm.data.config import DataConfig
 from dlm.data.loader import eval_windows
 from dlm.data.shards import prepare_corpus
 from dlm.eval.likelihood import evaluate_likelihood
@@ -25,34 +26,33 @@ def unigram_entropy(tokens: np.ndarray) -> float:
 
 def val_nelbo(run: Path, max_windows: int = 512) -> dict:
     pipe = dlm.load(run)
-    corpus = prepare_corpus(pipe.config.data.data, tokenizer_override=pipe.tokenizer)
+    corpus = prepare_corpus(pipe.config.data, tokenizer=pipe.tokenizer)
     windows = eval_windows(corpus.split("val"), pipe.config.model.block_size)[:max_windows]
-    tok = pipe.tokenizer
-    return evaluate_likelihood(pipe.model, windows, causal=False, mask_id=tok.mask_id, bos_id=tok.bos_id,
-                               n_real_tokens=tok.n_real_tokens, device=torch.device("cpu"),
+    return evaluate_likelihood(pipe.model, windows, pipe.tokenizer.special, causal=False, device=torch.device("cpu"),
                                dtype=torch.float32, target_se=0.02, progress=False)
 
 
 def test_diffusion_beats_unigram_on_generated_corpus(corpus_file: Path, tmp_path: Path) -> None:
     cfg = tiny()
-    cfg.data.data = str(corpus_file)
+    cfg.data.source = str(corpus_file)
     cfg.train.max_steps, cfg.train.eval_interval = 600, 1000  # ~5 s on one core
     result = train(cfg, tmp_path / "run", quiet=True)
-    entropy = unigram_entropy(prepare_corpus(str(corpus_file)).split("train"))
+    entropy = unigram_entropy(prepare_corpus(DataConfig(source=str(corpus_file))).split("train"))
     assert 2.8 < entropy < 3.4  # English-ish characters
     nelbo = val_nelbo(tmp_path / "run")
     assert result.val_loss is not None
     assert nelbo["nats_per_token"] < entropy - 0.3, (nelbo, entropy)
 
 
+@pytest.mark.slow  # 40 s of training
 def test_diffusion_learns_tiny_shakespeare(shakespeare: Path, tmp_path: Path) -> None:
     cfg = tiny()
-    cfg.data.data = str(shakespeare)
+    cfg.data.source = str(shakespeare)
     # A time budget rather than a step count, so a slower machine trains fewer steps instead of longer.
     cfg.train.max_steps, cfg.train.max_time, cfg.train.eval_interval = 1_000_000, 40.0, 1_000_000
     result = train(cfg, tmp_path / "run", quiet=True)
     assert result.stopped_by in ("max_time", "max_steps")
-    entropy = unigram_entropy(prepare_corpus(str(shakespeare)).split("train"))
+    entropy = unigram_entropy(prepare_corpus(DataConfig(source=str(shakespeare))).split("train"))
     assert entropy == pytest.approx(3.31, abs=0.02)
     nelbo = val_nelbo(tmp_path / "run")
     assert nelbo["nats_per_token"] < entropy - 0.3, (nelbo, entropy, result.step)

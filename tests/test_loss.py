@@ -9,12 +9,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from dlm.diffusion.loss import ar_loss, mdlm_loss
 from dlm.diffusion.schedules import get_schedule
 from dlm.eval.likelihood import evaluate_likelihood, loss_by_noise_level
+from dlm.objectives import ar_loss, mdlm_loss
+from dlm.special_ids import SpecialIds
 
 V = 10  # real tokens 0..V-1; the four specials follow, as in the char tokenizer
 MASK, PAD, BOS, EOS = V, V + 1, V + 2, V + 3
+SPECIAL = SpecialIds(mask=MASK, pad=PAD, bos=BOS, eos=EOS)
 L = 32
 
 
@@ -102,9 +104,8 @@ def test_nelbo_is_unbiased_for_a_unigram_model() -> None:
 
 def test_evaluate_likelihood_uniform_model() -> None:
     windows = random_tokens(128, seed=1)
-    result = evaluate_likelihood(uniform_model(), windows, causal=False, mask_id=MASK, bos_id=BOS,
-                                 n_real_tokens=V, device=torch.device("cpu"), dtype=torch.float32,
-                                 batch_size=64, target_se=0.02, progress=False)
+    result = evaluate_likelihood(uniform_model(), windows, SPECIAL, causal=False, device=torch.device("cpu"),
+                                 dtype=torch.float32, batch_size=64, target_se=0.02, progress=False)
     assert result["kind"] == "nelbo_bound"
     assert result["mc_standard_error"] > 0
     assert abs(result["nats_per_token"] - math.log(V)) < 3 * result["mc_standard_error"] + 1e-3
@@ -114,9 +115,8 @@ def test_evaluate_likelihood_uniform_model() -> None:
 
 def test_evaluate_likelihood_ar_is_exact() -> None:
     windows = random_tokens(16, seed=2)
-    result = evaluate_likelihood(uniform_model(), windows, causal=True, mask_id=MASK, bos_id=BOS,
-                                 n_real_tokens=V, device=torch.device("cpu"), dtype=torch.float32,
-                                 progress=False)
+    result = evaluate_likelihood(uniform_model(), windows, SPECIAL, causal=True, device=torch.device("cpu"),
+                                 dtype=torch.float32, progress=False)
     assert result["kind"] == "exact_nll"
     assert result["mc_standard_error"] == 0
     assert result["nats_per_token"] == pytest.approx(math.log(V), abs=1e-5)
@@ -151,7 +151,8 @@ def test_loss_by_noise_level_is_flat_for_a_uniform_model():
             return logits
 
     windows = torch.randint(0, 10, (16, 32))
-    curve = loss_by_noise_level(Uniform(), windows, mask_id=10, device=torch.device("cpu"), dtype=torch.float32,
+    special = SpecialIds(mask=10, pad=11, bos=12, eos=13)
+    curve = loss_by_noise_level(Uniform(), windows, special, device=torch.device("cpu"), dtype=torch.float32,
                                 levels=8)
     assert [round(p["t"], 4) for p in curve] == [round((k + 0.5) / 8, 4) for k in range(8)]
     assert all(p["nll_per_masked_token"] == pytest.approx(math.log(10), rel=1e-5) for p in curve)

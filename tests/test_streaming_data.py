@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dlm.data.config import DataConfig
 from dlm.data.corpus import read_documents
 from dlm.data.shards import prepare_corpus, tokenize_documents
 from dlm.errors import DlmError
@@ -31,8 +32,8 @@ def test_streaming_multi_file_equals_in_memory(tmp_path: Path, corpus_text: str,
     texts = ["".join(lines[i::4]) for i in range(4)] + ["ünïcödé line\n\nand a last line without newline"]
     paths = write_corpus(tmp_path / "corpus", texts)
     # Tiny chunks: many chunk boundaries inside each document, all tokenized by worker threads.
-    prepared = prepare_corpus(str(tmp_path / "corpus"), kind, vocab_size=300, val_fraction=0.1,
-                              chunk_chars=257)
+    data = DataConfig(source=str(tmp_path / "corpus"), tokenizer=kind, vocab_size=300, val_fraction=0.1)
+    prepared = prepare_corpus(data, chunk_chars=257)
     reference = tokenize_documents(read_documents(paths), prepared.tokenizer)
     streamed = np.concatenate([prepared.split("train"), prepared.split("val")])
     assert np.array_equal(streamed, reference)
@@ -42,7 +43,8 @@ def test_streaming_multi_file_equals_in_memory(tmp_path: Path, corpus_text: str,
 
 def test_streamed_bpe_tokenizer_matches_one_trained_in_memory(tmp_path: Path, corpus_text: str):
     write_corpus(tmp_path / "corpus", [corpus_text])
-    streamed = prepare_corpus(str(tmp_path / "corpus"), "bpe", vocab_size=300, chunk_chars=1000).tokenizer
+    data = DataConfig(source=str(tmp_path / "corpus"), tokenizer="bpe", vocab_size=300)
+    streamed = prepare_corpus(data, chunk_chars=1000).tokenizer
     in_memory = BPETokenizer.train([corpus_text], vocab_size=300)
     sample = corpus_text[:2000]
     assert streamed.encode(sample) == in_memory.encode(sample)
@@ -57,7 +59,7 @@ def test_hf_dataset_source_streams_the_text_column(tmp_path: Path, monkeypatch: 
         return iter({"text": para, "id": i} for i, para in enumerate(corpus_text.split("\n\n")))
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    prepared = prepare_corpus("hf:someone/corpus:sample", "char", val_fraction=0.1)
+    prepared = prepare_corpus(DataConfig(source="hf:someone/corpus:sample", tokenizer="char", val_fraction=0.1))
     assert calls[0] == ("someone/corpus", "sample", "train", True)
     docs = corpus_text.split("\n\n")
     reference = tokenize_documents(docs, prepared.tokenizer)
@@ -67,7 +69,7 @@ def test_hf_dataset_source_streams_the_text_column(tmp_path: Path, monkeypatch: 
 def test_hf_source_without_datasets_installed_says_how_to_install(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # import fails
     with pytest.raises(DlmError, match=r"pip install 'dlm\[hf\]'"):
-        prepare_corpus("hf:someone/corpus")
+        prepare_corpus(DataConfig(source="hf:someone/corpus"))
 
 
 def test_an_interrupted_preparation_leaves_no_cache_entry(tmp_path: Path, corpus_text: str, monkeypatch):
@@ -80,6 +82,6 @@ def test_an_interrupted_preparation_leaves_no_cache_entry(tmp_path: Path, corpus
 
     monkeypatch.setattr(shards, "stream_tokens", broken)
     with pytest.raises(KeyboardInterrupt):
-        prepare_corpus(str(tmp_path / "corpus"), root=tmp_path / "cache")
+        prepare_corpus(DataConfig(source=str(tmp_path / "corpus")), root=tmp_path / "cache")
     assert not any((tmp_path / "cache").iterdir())  # no half-written folder to be mistaken for a result
     monkeypatch.undo()

@@ -13,12 +13,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dlm.config import RunConfig, apply_overrides
-from dlm.diffusion.loss import T_MIN, mdlm_loss
 from dlm.diffusion.process import corrupt_tokens, mask_tokens, sample_prompt, sample_t
 from dlm.diffusion.schedules import Schedule, get_schedule
 from dlm.errors import DlmError
 from dlm.model import ModelConfig, Transformer
 from dlm.objectives import make_objective
+from dlm.objectives.mdlm import T_MIN, mdlm_loss
 from dlm.presets import tiny
 from dlm.tokenizers import Tokenizer
 from dlm.tokenizers.base import SPECIAL_TOKENS
@@ -327,7 +327,7 @@ def test_good_values_validate_and_round_trip() -> None:
 
 def test_training_with_both_options_resumes_exactly(corpus_file: Path, tmp_path: Path) -> None:
     def cfg(steps: int) -> RunConfig:
-        return apply_overrides(tiny(), [f"data={corpus_file}", f"max_steps={steps}", "dtype=fp32",
+        return apply_overrides(tiny(), [f"data.source={corpus_file}", f"max_steps={steps}", "dtype=fp32",
                                         "ckpt_interval=3", "log_interval=1", "eval_interval=1000",
                                         "edit_prob=0.1", "prompt_prob=0.5", "edit_weight=0.5"])
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from dlm.data.config import DataConfig
 from dlm.data.corpus import cache_dir
 from dlm.data.sources import CHUNK_CHARS, Chunk, corpus_chunks, describe
 from dlm.errors import DlmError
@@ -118,27 +119,26 @@ def stream_tokens(chunks: Iterator[Chunk], tokenizer: Tokenizer, out_path: Path,
     return count, has_text
 
 
-def prepare_corpus(spec: str, tokenizer: str = "char", vocab_size: int = 8192,
-                   val_fraction: float = 0.1, tokenizer_override: Tokenizer | None = None,
-                   root: Path | None = None, chunk_chars: int = CHUNK_CHARS,
-                   progress: bool = False) -> PreparedCorpus:
-    """Tokenize `spec` (or find it in the cache) and return its splits and tokenizer.
+def prepare_corpus(data: DataConfig, *, tokenizer: Tokenizer | None = None, root: Path | None = None,
+                   chunk_chars: int = CHUNK_CHARS, progress: bool = False) -> PreparedCorpus:
+    """Tokenize the corpus `data` names (or find it in the cache) and return its splits and tokenizer.
 
-    `spec`: 'tinyshakespeare', a file, a folder, a glob, or 'hf:NAME[:CONFIG]'.
-    `tokenizer_override` encodes with an existing tokenizer (evaluating a trained model on new
-    text) instead of building one from the corpus.
+    `data.source`: 'tinyshakespeare', a file, a folder, a glob, or 'hf:NAME[:CONFIG]'.
+    `tokenizer` encodes with an existing tokenizer (a trained model's, to score new text or resume)
+    instead of building one from the corpus as `data.tokenizer` and `data.vocab_size` say.
     """
-    tok_key = tokenizer if tokenizer_override is None else \
-        "given:" + hashlib.sha256(tokenizer_override.to_json().encode()).hexdigest()[:16]
-    key = _corpus_key(spec, tok_key, vocab_size, val_fraction)
+    spec, val_fraction = data.source, data.val_fraction
+    tok_key = data.tokenizer if tokenizer is None else \
+        "given:" + hashlib.sha256(tokenizer.to_json().encode()).hexdigest()[:16]
+    key = _corpus_key(spec, tok_key, data.vocab_size, val_fraction)
     folder = (root or cache_dir() / "prepared") / key
     meta_path = folder / "meta.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        tok = tokenizer_override or load_tokenizer(folder / "tokenizer.json")
+        tok = tokenizer or load_tokenizer(folder / "tokenizer.json")
         return PreparedCorpus(folder, tok, meta)
 
-    tok = tokenizer_override or build_tokenizer(corpus_chunks(spec, chunk_chars), tokenizer, vocab_size)
+    tok = tokenizer or build_tokenizer(corpus_chunks(spec, chunk_chars), data.tokenizer, data.vocab_size)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= np.iinfo(np.uint16).max else np.uint32)
     work = folder.with_name(f".tmp-{key}-{os.getpid()}")  # renamed into place when complete
     shutil.rmtree(work, ignore_errors=True)
@@ -169,5 +169,4 @@ def prepare_corpus(spec: str, tokenizer: str = "char", vocab_size: int = 8192,
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return PreparedCorpus(folder, load_tokenizer(folder / "tokenizer.json") if tokenizer_override is None
-                          else tokenizer_override, meta)
+    return PreparedCorpus(folder, tokenizer or load_tokenizer(folder / "tokenizer.json"), meta)

@@ -1,1 +1,2 @@
-"""Absorbing-state diffusion: schedules, the forward process, the MDLM bound."""
+"""Absorbing-state diffusion: noise schedules and the forward (masking) process. The bound built on
+them is the MDLM objective, in dlm.objectives.mdlm."""

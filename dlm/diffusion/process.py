@@ -8,7 +8,7 @@ SUBS (MDLM §3.2) needs no code of its own here: the loss scores masked position
 [MASK] logit at −inf, and samplers only ever write to masked positions, so visible tokens are
 carried through unchanged.
 
-Two training-only additions, both off unless asked for (see dlm.diffusion.loss):
+Two training-only additions, both off unless asked for (see dlm.objectives.mdlm):
   * `sample_prompt`: a random prefix of some sequences is a prompt, never masked or scored
     (conditional training for classifier-free guidance);
   * `corrupt_tokens`: visible tokens are replaced by uniform real tokens (Seed-Diffusion-style

@@ -2,10 +2,10 @@
 
 α(t) is the probability that a token survives (is still unmasked) at noise level t ∈ [0, 1];
 each schedule gives α(t) and its derivative α'(t). The MDLM loss weight −α'/(1−α) is written
-once, in `dlm.diffusion.loss`.
+once, in `dlm.objectives.mdlm`.
 
 Schedules whose α(0) < 1 (clipped cosine, sigmoid) or α(1) > 0 (log-linear, clipped cosine,
-sigmoid) leave boundary terms in the bound; `dlm.diffusion.loss` adds them, so the training loss
+sigmoid) leave boundary terms in the bound; `dlm.objectives.mdlm` adds them, so the training loss
 is a true bound under every schedule.
 """
 

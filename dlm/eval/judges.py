@@ -22,7 +22,8 @@ from typing import Protocol
 import torch
 
 from dlm.errors import DlmError
-from dlm.eval.generative import causal_nll_sum, judge_features
+from dlm.inference import Pipeline, load
+from dlm.objectives.autoregressive import ar_loss
 
 
 class Judge(Protocol):
@@ -51,9 +52,7 @@ class DlmJudge:
     kind = "dlm"
     token_unit = "dlm token"
 
-    def __init__(self, path: str, pipe) -> None:
-        from dlm.api import load
-
+    def __init__(self, path: str, pipe: Pipeline) -> None:
         self.path = path
         self.pipe = load(path, device=str(pipe.device.type))
         if not self.pipe.is_autoregressive:
@@ -71,6 +70,36 @@ class DlmJudge:
 
     def describe(self) -> dict:
         return {"judge": self.path, "judge_kind": self.kind}
+
+
+@torch.no_grad()
+def causal_nll_sum(judge: torch.nn.Module, samples: torch.Tensor, bos_id: int,
+                   batch_size: int = 32) -> tuple[float, int]:
+    """Summed NLL (nats) of `samples` (N, L) under a causal `judge`, each scored from [BOS], and the
+    number of tokens scored."""
+    judge.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(samples), batch_size):
+        out = ar_loss(judge, samples[i:i + batch_size], bos_id)
+        total += float(out.nll_sum)
+        count += out.n_tokens
+    return total, count
+
+
+@torch.no_grad()
+def judge_features(judge: torch.nn.Module, samples: torch.Tensor, bos_id: int, batch_size: int = 32) -> torch.Tensor:
+    """(N, D) features for MAUVE: the causal judge's final hidden state at the last position,
+    which has read the whole sequence (as MAUVE does with GPT-2)."""
+    judge.eval()
+    out = []
+    for i in range(0, len(samples), batch_size):
+        x = samples[i:i + batch_size]
+        inputs = torch.cat((torch.full_like(x[:, :1], bos_id), x), dim=1)
+        # A sample as long as the context leaves no room for [BOS]: drop it (the last position still
+        # reads every token of the sample).
+        inputs = inputs[:, -judge.cfg.block_size:] if hasattr(judge, "cfg") else inputs
+        out.append(judge(inputs, return_hidden=True)[:, -1].float().cpu())
+    return torch.cat(out)
 
 
 def judge_kind(path: str | Path) -> str:
@@ -92,7 +121,7 @@ def judge_kind(path: str | Path) -> str:
                    "(no config.json with model_type); pass an AR run or a save_pretrained folder")
 
 
-def load_judge(path: str, pipe) -> Judge:
+def load_judge(path: str, pipe: Pipeline) -> Judge:
     """The judge at `path` for samples of `pipe` (a dlm Pipeline), on `pipe`'s device."""
     if judge_kind(path) == "dlm":
         return DlmJudge(path, pipe)

@@ -22,9 +22,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dlm.diffusion.loss import ar_loss, mdlm_loss
 from dlm.diffusion.schedules import Linear
+from dlm.objectives.autoregressive import ar_loss
+from dlm.objectives.mdlm import mdlm_loss
 from dlm.runtime import autocast
+from dlm.special_ids import SpecialIds
 
 
 def _stratified_t(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -33,11 +35,12 @@ def _stratified_t(n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_likelihood(model: torch.nn.Module, windows: torch.Tensor, *, causal: bool, mask_id: int,
-                        bos_id: int, n_real_tokens: int, device: torch.device, dtype: torch.dtype,
-                        batch_size: int = 64, seed: int = 0, target_se: float = 0.01, min_passes: int = 4,
-                        max_passes: int = 200, progress: bool = True) -> dict:
-    """Score `windows` (N, L). Returns a dict of figures in nats/token (see module docstring)."""
+def evaluate_likelihood(model: torch.nn.Module, windows: torch.Tensor, special: SpecialIds, *, causal: bool,
+                        device: torch.device, dtype: torch.dtype, batch_size: int = 64, seed: int = 0,
+                        target_se: float = 0.01, min_passes: int = 4, max_passes: int = 200,
+                        progress: bool = True) -> dict:
+    """Score `windows` (N, L) of token ids: the NELBO (diffusion) or the exact NLL (`causal`).
+    Returns a dict of figures in nats/token (see module docstring)."""
     model.eval()
     N, L = windows.shape
     generator = torch.Generator().manual_seed(seed)
@@ -48,9 +51,9 @@ def evaluate_likelihood(model: torch.nn.Module, windows: torch.Tensor, *, causal
             x = windows[i:i + batch_size].to(device)
             with autocast(device, dtype):
                 if causal:
-                    out = ar_loss(model, x, bos_id)
-                else:
-                    out = mdlm_loss(model, x, Linear(), mask_id, n_real_tokens, generator=generator,
+                    out = ar_loss(model, x, special.bos)
+                else:  # linear: α(1) = 0, so the bound has no prior term (no vocabulary size needed)
+                    out = mdlm_loss(model, x, Linear(), special.mask, generator=generator,
                                     t=t_all[i:i + batch_size].to(device))
             per_window.append(out.per_sequence.double().cpu().numpy())
         return np.concatenate(per_window)
@@ -93,15 +96,15 @@ def evaluate_likelihood(model: torch.nn.Module, windows: torch.Tensor, *, causal
 
 
 @torch.no_grad()
-def loss_by_noise_level(model: torch.nn.Module, windows: torch.Tensor, *, mask_id: int, device: torch.device,
+def loss_by_noise_level(model: torch.nn.Module, windows: torch.Tensor, special: SpecialIds, *, device: torch.device,
                         dtype: torch.dtype, levels: int = 20, batch_size: int = 64, seed: int = 0) -> list[dict]:
     """The loss-vs-t curve, for diagnosing schedules: at each noise level t on a midpoint grid,
     the mean −log p(x_l | z_t) over the masked tokens of every window (linear masking, α = 1 − t).
 
     The NELBO under the linear schedule is the integral of this curve over t ∈ [0, 1].
     """
-    from dlm.diffusion.loss import masked_nll
     from dlm.diffusion.process import mask_tokens
+    from dlm.objectives.mdlm import masked_nll
 
     model.eval()
     generator = torch.Generator().manual_seed(seed)
@@ -112,9 +115,9 @@ def loss_by_noise_level(model: torch.nn.Module, windows: torch.Tensor, *, mask_i
         for i in range(0, len(windows), batch_size):
             x = windows[i:i + batch_size].to(device)
             t = torch.full((len(x),), t_value, device=device)
-            z, masked = mask_tokens(x, t, schedule, mask_id, generator)
+            z, masked = mask_tokens(x, t, schedule, special.mask, generator)
             with autocast(device, dtype):
-                total += float(masked_nll(model, x, z, masked, t, mask_id).sum())
+                total += float(masked_nll(model, x, z, masked, t, special.mask).sum())
             count += int(masked.sum())
         curve.append({"t": t_value, "nll_per_masked_token": total / max(count, 1), "masked_tokens": count})
     return curve

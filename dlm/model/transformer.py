@@ -5,7 +5,8 @@ SwiGLU MLP). `ModelConfig.causal` is the only difference between the diffusion n
 (bidirectional) and its autoregressive twin; everything else, parameter count included, is shared.
 
 The model knows nothing of diffusion: it maps token ids (and, when `time_conditioning` is on,
-a noise level t per sequence) to logits. SUBS parameterisation lives in `dlm.diffusion`.
+a noise level t per sequence) to logits. SUBS parameterisation lives in `dlm.objectives.mdlm`
+and the samplers.
 
 Shapes: B batch, T sequence, D width, H heads, Hd head width, V vocabulary.
 """
@@ -13,45 +14,13 @@ Shapes: B batch, T sequence, D width, H heads, Hd head width, V vocabulary.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dlm.model.config import ModelConfig
 from dlm.model.kv_cache import KVCache
-
-
-@dataclass
-class ModelConfig:
-    vocab_size: int = 69
-    """Number of token ids, special tokens included (set from the tokenizer)."""
-    n_layer: int = 6
-    n_head: int = 6
-    d_model: int = 384
-    block_size: int = 256
-    """Longest sequence the model sees (RoPE tables are built for it)."""
-    mlp: str = "relu2"
-    """'relu2' (4x hidden, squared ReLU) or 'swiglu' (8/3x hidden, gated SiLU)."""
-    tie_weights: bool = False
-    """Share the input embedding and output projection."""
-    time_conditioning: bool = False
-    """Feed the noise level t to every block via adaptive RMSNorm (MDLM finds it optional)."""
-    causal: bool = False
-    """Causal attention: the autoregressive twin. False: bidirectional (diffusion)."""
-    rope_base: float = 10000.0
-    dropout: float = 0.0
-
-    def validate(self) -> None:
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
-        if (self.d_model // self.n_head) % 2:
-            raise ValueError("head width d_model/n_head must be even for RoPE")
-        if self.mlp not in ("relu2", "swiglu"):
-            raise ValueError(f"mlp={self.mlp!r} is not one of 'relu2', 'swiglu'")
-        for name in ("vocab_size", "n_layer", "n_head", "d_model", "block_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 def rope_tables(block_size: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:

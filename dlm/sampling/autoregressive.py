@@ -12,10 +12,11 @@ from collections.abc import Iterator
 
 import torch
 
-from dlm.sampling.base import SpecialIds, apply_repetition_penalty, gumbel_noise, row_generators, sample_categorical
+from dlm.sampling.base import apply_repetition_penalty, gumbel_noise, row_generators, sample_categorical
 from dlm.sampling.canvas import attention_mask, build_canvas
 from dlm.sampling.config import SamplerConfig
-from dlm.sampling.diffusion import DenoiseStep, GenerationResult
+from dlm.sampling.denoiser import DenoiseStep, GenerationResult
+from dlm.special_ids import SpecialIds
 
 
 class ARDecoder:

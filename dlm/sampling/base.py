@@ -7,9 +7,9 @@ silently sharpens the distribution — a lower effective temperature (Zheng et a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+
+from dlm.special_ids import SpecialIds
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -55,19 +55,6 @@ def sample_categorical(logits: torch.Tensor, temperature: float = 1.0, top_k: in
         gumbel = gumbel_noise(log_probs.shape, generator, logits.device)
     ids = (log_probs + gumbel).argmax(dim=-1)
     return ids, log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-
-
-@dataclass(frozen=True)
-class SpecialIds:
-    """The reserved ids a sampler needs (samplers never see a tokenizer)."""
-    mask: int
-    pad: int
-    bos: int
-    eos: int
-
-    @property
-    def all(self) -> tuple[int, int, int, int]:
-        return (self.mask, self.pad, self.bos, self.eos)
 
 
 def row_generators(seed: int, batch: int, device: torch.device | str = "cpu") -> list[torch.Generator]:

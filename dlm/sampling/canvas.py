@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dlm.sampling.base import SpecialIds
+from dlm.special_ids import SpecialIds
 
 
 @dataclass

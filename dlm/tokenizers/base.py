@@ -10,6 +10,7 @@ import numpy as np
 
 from dlm.errors import DlmError
 from dlm.io import atomic_write_text
+from dlm.special_ids import SpecialIds
 
 SPECIAL_TOKENS = ("[MASK]", "[PAD]", "[BOS]", "[EOS]")
 
@@ -53,6 +54,11 @@ class Tokenizer(ABC):
     @property
     def eos_id(self) -> int:
         return self.token_to_id("[EOS]")
+
+    @property
+    def special(self) -> SpecialIds:
+        """The four reserved ids, as samplers, objectives and evaluation take them."""
+        return SpecialIds(mask=self.mask_id, pad=self.pad_id, bos=self.bos_id, eos=self.eos_id)
 
     @property
     def special_ids(self) -> list[int]:

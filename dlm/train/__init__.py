@@ -1,1 +1,1 @@
-"""Training: optimizer and LR schedule, checkpoints, the loop."""
+"""Training: the state a checkpoint holds, the loop in parts, optimizer, EMA, distributed wrapping, logs."""

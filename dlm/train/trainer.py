@@ -1,13 +1,16 @@
-"""The training loop: gradient accumulation, bf16 autocast, clipping, EMA, a NaN guard, periodic
-validation, JSONL logs, atomic checkpoints, exact resume, DDP under torchrun, and a graceful stop
-on a time budget or a signal."""
+"""Training, in parts: `prepare` (what the run is), `build_state` (the model, optimizer and loader,
+restored from a checkpoint when resuming), `optimizer_step` (one step: gradient accumulation, bf16
+autocast, clipping, a NaN guard, EMA), `stop_decision`, `validate`, `save`, and `train`, the loop
+that composes them with JSONL logs, a progress bar, DDP/FSDP under torchrun, and a graceful stop on
+a time budget or a signal. Chat fine-tuning and sweeps reuse the parts rather than the loop.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import random
+import copy
 import resource
-import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,35 +23,27 @@ from dlm.config import RunConfig
 from dlm.data.loader import RandomWindows
 from dlm.data.shards import prepare_corpus
 from dlm.errors import DlmError
-from dlm.io import atomic_write_json
-from dlm.model import Transformer
-from dlm.objectives import make_objective
+from dlm.model.transformer import Transformer
+from dlm.objectives import Objective, make_objective
+from dlm.run_folder import RunFolder, load_trainer_state, load_weights
 from dlm.runtime import autocast, pick_device, pick_dtype, should_compile
-from dlm.tokenizers import load_tokenizer
-from dlm.train.checkpoint import (
-    clone_state,
-    latest_checkpoint,
-    load_model_weights,
-    load_trainer_state,
-    model_state,
-    save_checkpoint,
-)
+from dlm.tokenizers import Tokenizer
 from dlm.train.distributed import (
+    DistInfo,
     all_reduce_sum,
     barrier,
     cleanup,
-    full_state_dicts,
     gradient_sync,
     init_distributed,
-    load_full_optimizer_state,
-    optimizer_state_by_index,
-    optimizer_state_by_name,
     shard_model,
     wrap_model,
 )
 from dlm.train.ema import EMA
 from dlm.train.logging import RunLogger
 from dlm.train.optim import lr_at, make_optimizer
+from dlm.train.signals import StopFlag
+from dlm.train.state import TrainState, noise_seed, seed_everything
+from dlm.train.validation import quick_val_loss
 
 
 @dataclass
@@ -58,301 +53,282 @@ class TrainResult:
     last_loss: float
     val_loss: float | None
     stopped_by: str
+    config: RunConfig
+    """The resolved config the run trained with (vocabulary size and causality filled in)."""
 
 
-class StopFlag:
-    """SIGTERM, SIGINT and SIGUSR1 ask the loop to save and exit at the next step boundary;
-    a second SIGINT aborts at once."""
+@dataclass
+class TrainSetup:
+    """What the run is, fixed for its life: rebuilt from the config and the corpus, never saved."""
+    cfg: RunConfig
+    run: RunFolder
+    dist: DistInfo
+    device: torch.device
+    dtype: torch.dtype
+    tokenizer: Tokenizer
+    objective: Objective
+    train_tokens: np.ndarray
+    val_tokens: np.ndarray
+    quiet: bool
 
-    def __init__(self):
-        self.reason: str | None = None
-        self._previous: dict = {}
+    @property
+    def micro_batch(self) -> int:
+        """Sequences per forward pass, over all ranks (each rank reads its share)."""
+        return self.cfg.train.batch_size // self.cfg.train.grad_accum
 
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None)):
-            if sig is not None:
-                try:
-                    self._previous[sig] = signal.signal(sig, self._handle)
-                except ValueError:  # not the main thread (e.g. some test runners)
-                    pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.reason is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.reason = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.train.batch_size * self.cfg.model.block_size
 
 
-def rng_state() -> dict:
-    # Plain Python types only: trainer_state.pt is loaded with weights_only=True, which refuses
-    # numpy arrays (np.random.get_state() holds one).
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    numpy_state = (name, keys.tolist(), int(pos), int(has_gauss), float(cached))
-    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+@dataclass
+class StepOutcome:
+    loss_sum: torch.Tensor
+    """Summed loss of the step's tokens on this rank (on the device: no sync per step)."""
+    grad_norm: torch.Tensor
+    skipped: bool
+    """Non-finite gradients: no update was made."""
 
 
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def prepare(cfg: RunConfig, run_dir: Path, resume: bool = False,
+            quiet: bool = False) -> tuple[TrainSetup, Path | None, dict | None]:
+    """Validate, join the process group, pick device and dtype, seed, tokenize the corpus.
 
-
-def noise_seed(seed: int, step: int, micro: int, rank: int) -> int:
-    """Masking noise is a pure function of (seed, step, micro-batch, rank): nothing to save, and a
-    resumed run draws exactly the noise the uninterrupted run would have drawn."""
-    return (seed * 1_000_003 + step * 4_099 + micro * 131 + rank) % (2**63 - 1)
-
-
-@torch.no_grad()
-def quick_val_loss(model, objective, val_tokens: np.ndarray, block_size: int, batch_size: int,
-                   n_batches: int, device, dtype) -> float:
-    """A fast, fixed-seed estimate for monitoring; `dlm eval` gives the full figure with errors."""
-    was_training = model.training
-    model.eval()
-    windows = RandomWindows(val_tokens, block_size, seed=0, device=device)
-    noise = torch.Generator().manual_seed(0)
-    total, count = 0.0, 0
-    for _ in range(n_batches):
-        with autocast(device, dtype):
-            out = objective(model, windows.next_batch(batch_size), noise)
-        total += out.nll_sum.item()
-        count += out.n_tokens
-    model.train(was_training)
-    return total / count
-
-
-def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = False) -> TrainResult:
+    Returns (setup, the checkpoint to resume from or None, its trainer state or None). `cfg` is
+    not changed: the setup holds a resolved copy."""
+    cfg = copy.deepcopy(cfg)
     cfg.validate()
-    run_dir = Path(run_dir)
-    tc = cfg.train
-    dist_info, device_name = init_distributed(tc.device)
-    quiet = quiet or not dist_info.is_main
-    if tc.batch_size % (tc.grad_accum * dist_info.world_size):
+    run, tc = RunFolder(run_dir), cfg.train
+    dist, device_name = init_distributed(tc.device)
+    quiet = quiet or not dist.is_main
+    if tc.batch_size % (tc.grad_accum * dist.world_size):
         raise DlmError(f"train.batch_size={tc.batch_size} must be a multiple of grad_accum × ranks "
-                       f"= {tc.grad_accum * dist_info.world_size}")
-    ckpt = latest_checkpoint(run_dir, quiet=not dist_info.is_main) if resume else None
-    if not resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        raise DlmError(f"{run_dir} already holds a training run; pass --resume to continue it "
+                       f"= {tc.grad_accum * dist.world_size}")
+    ckpt = run.latest_checkpoint(quiet=not dist.is_main) if resume else None
+    if not resume and run.checkpoints_dir.is_dir() and any(run.checkpoints_dir.iterdir()):
+        raise DlmError(f"{run.path} already holds a training run; pass --resume to continue it "
                        "or choose a new --out folder")
-    if resume and ckpt is None and not quiet:
-        print(f"dlm: no intact checkpoint in {run_dir}; starting from step 0")
+    saved = load_trainer_state(ckpt) if ckpt is not None else None
+    if resume and dist.is_main:  # said even with --quiet: where a run continues from is never noise
+        print(resume_message(run, ckpt, saved, tc.max_steps, tc.max_time), flush=True)
 
     device = pick_device(device_name)
     dtype = pick_dtype(tc.dtype, device)
-    torch.manual_seed(tc.seed)
-    random.seed(tc.seed)
-    np.random.seed(tc.seed)
-
+    seed_everything(tc.seed)
     # A resumed run keeps its own tokenizer, whatever the corpus cache holds now.
-    saved_tokenizer = load_tokenizer(run_dir / "tokenizer.json") if ckpt is not None else None
-    if dist_info.is_main:  # tokenize once, then the other ranks read the cache
-        corpus = prepare_corpus(cfg.data.data, cfg.data.tokenizer, cfg.data.vocab_size, cfg.data.val_fraction,
-                                tokenizer_override=saved_tokenizer, progress=not quiet)
-    barrier(dist_info)
-    if not dist_info.is_main:
-        corpus = prepare_corpus(cfg.data.data, cfg.data.tokenizer, cfg.data.vocab_size, cfg.data.val_fraction,
-                                tokenizer_override=saved_tokenizer)
+    saved_tokenizer = run.read_tokenizer() if ckpt is not None else None
+    if dist.is_main:  # tokenize once, then the other ranks read the cache
+        corpus = prepare_corpus(cfg.data, tokenizer=saved_tokenizer, progress=not quiet)
+    barrier(dist)
+    if not dist.is_main:
+        corpus = prepare_corpus(cfg.data, tokenizer=saved_tokenizer)
     tokenizer = corpus.tokenizer
     cfg.model.vocab_size = tokenizer.vocab_size
     cfg.model.causal = tc.objective == "ar"
-    fsdp = tc.fsdp and dist_info.enabled
+    dc = cfg.diffusion
+    objective = make_objective(tc.objective, dc.schedule, tokenizer, edit_prob=dc.edit_prob, antithetic=dc.antithetic,
+                               edit_weight=dc.edit_weight, prompt_prob=dc.prompt_prob)
+    setup = TrainSetup(cfg, run, dist, device, dtype, tokenizer, objective, corpus.split("train"),
+                       corpus.split("val"), quiet)
+    return setup, ckpt, saved
+
+
+def resume_message(run: RunFolder, ckpt: Path | None, saved: dict | None, max_steps: int, max_time: float) -> str:
+    """The first line of a resumed run: where it continues from, and what is left of its budget."""
+    if ckpt is None:
+        return f"dlm: no intact checkpoint in {run.path}; starting from step 0"
+    budget = ""
+    if max_time > 0:
+        left = max(max_time - saved["elapsed"], 0.0)
+        budget = f"; {left:,.0f} s of the {max_time:,.0f} s time budget left"
+    return (f"dlm: resuming {run.path} from checkpoint {ckpt.name} (step {saved['step']:,} of {max_steps:,}, "
+            f"{saved['tokens_seen'] / 1e6:,.2f}M tokens seen, {saved['elapsed']:,.0f} s trained){budget}")
+
+
+def build_state(setup: TrainSetup, ckpt: Path | None = None, saved: dict | None = None) -> TrainState:
+    """Model, EMA, optimizer and loader; with a checkpoint, everything as it was saved."""
+    cfg, tc, device = setup.cfg, setup.cfg.train, setup.device
+    fsdp = tc.fsdp and setup.dist.enabled
     model = Transformer(cfg.model).to(device)
     ema_start = None
     if ckpt is not None:  # weights go in before sharding: every rank reads the full file
-        load_model_weights(model, ckpt)
+        load_weights(model, ckpt)
         if tc.ema_decay > 0 and (ckpt / "ema.safetensors").is_file():
             ema_start = Transformer(cfg.model).to(device)
-            load_model_weights(ema_start, ckpt, "ema.safetensors")
-    wrapped = wrap_model(model, dist_info, fsdp)
+            load_weights(ema_start, ckpt, "ema.safetensors")
+    wrapped = wrap_model(model, setup.dist, fsdp)
     if fsdp and ema_start is not None:
         shard_model(ema_start)  # same layout as the model, so shards line up
     ema = EMA(model, tc.ema_decay) if tc.ema_decay > 0 else None
     optimizer = make_optimizer(model, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), fused=not fsdp)
-    dc = cfg.diffusion
-    objective = make_objective(tc.objective, dc.schedule, tokenizer, edit_prob=dc.edit_prob, antithetic=dc.antithetic,
-                               edit_weight=dc.edit_weight, prompt_prob=dc.prompt_prob)
-    train_tokens, val_tokens = corpus.split("train"), corpus.split("val")
-    loader = RandomWindows(train_tokens, cfg.model.block_size, seed=tc.seed, device=device)
-    noise = torch.Generator()
-
-    step, tokens_seen, elapsed_before = 0, 0, 0.0
-    if ckpt is not None:
-        state = load_trainer_state(ckpt)
-        # Either format loads either way: a run can move between DDP, FSDP and one process.
-        optim_state, by_name = state["optimizer"], state.get("optimizer_format") == "fsdp-full"
-        if fsdp:
-            load_full_optimizer_state(model, optimizer, optim_state if by_name else
-                                      optimizer_state_by_name(optimizer, model, optim_state))
-        else:
-            optimizer.load_state_dict(optimizer_state_by_index(optim_state) if by_name else optim_state)
-        loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"])
-        step, tokens_seen, elapsed_before = state["step"], state["tokens_seen"], state["elapsed"]
-        if ema is not None:
-            if ema_start is not None:
-                ema.load_state_dict({n: p.detach().float() for n, p in ema_start.named_parameters()},
-                                    state.get("ema_updates", step))
-                del ema_start
-            elif not quiet:
-                print("dlm: the checkpoint has no EMA weights; the average restarts from the current weights")
-
-    if dist_info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", cfg.to_dict())
-        tokenizer.save(run_dir / "tokenizer.json")
-
+    loader = RandomWindows(setup.train_tokens, cfg.model.block_size, seed=tc.seed, device=device)
     compiled = torch.compile(wrapped) if should_compile(tc.compile, device) else wrapped
-    global_micro = tc.batch_size // tc.grad_accum
-    tokens_per_step = tc.batch_size * cfg.model.block_size  # over all ranks
-    local_tokens_per_step = tokens_per_step // dist_info.world_size
+    state = TrainState(model, wrapped, compiled, optimizer, ema, loader, fsdp)
+    if ckpt is not None:
+        state.restore(saved, ema_start)
+        if ema is not None and ema_start is None and not setup.quiet:
+            print("dlm: the checkpoint has no EMA weights; the average restarts from the current weights")
+    return state
+
+
+def learning_rate(state: TrainState, setup: TrainSetup) -> float:
+    """Warmup then cosine decay, over max_steps or (with lr_decay_time) over the time budget."""
+    tc = setup.cfg.train
+    progress = state.step / tc.max_steps
+    if tc.max_time > 0 and tc.lr_decay_time:
+        progress = max(progress, state.elapsed() / tc.max_time)
+    return lr_at(progress, state.step, tc.lr, tc.warmup_steps, tc.min_lr_ratio)
+
+
+def optimizer_step(state: TrainState, setup: TrainSetup, lr: float, noise: torch.Generator) -> StepOutcome:
+    """One optimizer step over grad_accum micro-batches; skipped (no update) when the gradients
+    are not finite. Advances the step counter either way."""
+    tc, dist = setup.cfg.train, setup.dist
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    local_tokens = setup.tokens_per_step // dist.world_size
+    loss_sum = torch.zeros((), device=setup.device)
+    for micro in range(tc.grad_accum):
+        x = state.loader.next_batch(setup.micro_batch, dist.rank, dist.world_size)
+        noise.manual_seed(noise_seed(tc.seed, state.step, micro, dist.rank))
+        # Gradients are all-reduced only on the last micro-batch.
+        sync = micro == tc.grad_accum - 1 or not dist.enabled
+        with gradient_sync(state.wrapped, sync):
+            with autocast(setup.device, setup.dtype):
+                out = setup.objective(state.compiled, x, noise)
+            # Divide by this rank's tokens of the whole step: DDP averages over ranks, so the update
+            # equals the one big batch would give.
+            (out.nll_sum / local_tokens).backward()
+        loss_sum += out.nll_sum.detach()
+    # The norm is of the all-reduced gradients, so every rank sees the same verdict.
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), tc.grad_clip)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
+        grad_norm = grad_norm.full_tensor()
+    skipped = not bool(torch.isfinite(grad_norm))
+    if not skipped:
+        state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    if not skipped:
+        if state.ema is not None:
+            state.ema.update(state.model)
+        state.tokens_seen += setup.tokens_per_step
+    state.step += 1
+    return StepOutcome(loss_sum, grad_norm, skipped)
+
+
+def stop_decision(state: TrainState, setup: TrainSetup, stop: StopFlag) -> tuple[bool, bool]:
+    """(out of time, signalled), agreed by every rank so all take the same branch."""
+    tc = setup.cfg.train
+    out_of_time = tc.max_time > 0 and state.elapsed() >= tc.max_time
+    signalled = stop.reason is not None
+    if setup.dist.enabled:
+        flags = torch.tensor([float(out_of_time), float(signalled)], device=setup.device)
+        out_of_time, signalled = (all_reduce_sum(flags, setup.dist) > 0).tolist()
+    return out_of_time, signalled
+
+
+def validate(state: TrainState, setup: TrainSetup) -> float:
+    """A quick fixed-seed validation loss, on the EMA weights when there are any."""
+    tc = setup.cfg.train
+    context = state.ema.swapped_in(state.model) if state.ema is not None else contextlib.nullcontext()
+    with context:
+        return quick_val_loss(state.model, setup.objective, setup.val_tokens, setup.cfg.model.block_size,
+                              setup.micro_batch, tc.eval_batches, setup.device, setup.dtype)
+
+
+def save(state: TrainState, setup: TrainSetup) -> None:
+    """A checkpoint of the current step (a collective under FSDP; only the main rank writes)."""
+    payload = state.checkpoint_payload(setup.dist.is_main)
+    if payload is not None:
+        weights, trainer_state = payload
+        setup.run.save_checkpoint(state.step, weights, trainer_state, setup.cfg.train.keep_last)
+    barrier(setup.dist)
+
+
+def describe(state: TrainState, setup: TrainSetup) -> str:
+    cfg, dist, tok = setup.cfg, setup.dist, setup.tokenizer
+    ranks = f", {dist.world_size} ranks ({'FSDP2' if state.fsdp else 'DDP'})" if dist.enabled else ""
+    return (f"dlm: {cfg.train.objective} model, {state.model.num_params() / 1e6:.2f}M parameters, "
+            f"{cfg.model.n_layer}×{cfg.model.d_model}, vocab {tok.vocab_size} ({tok.kind}); "
+            f"device {setup.device}, {str(setup.dtype).removeprefix('torch.')}, "
+            f"compile {'on' if state.compiled is not state.wrapped else 'off'}{ranks}; "
+            f"train {len(setup.train_tokens):,} / val {len(setup.val_tokens):,} tokens")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """GPU allocator peak on CUDA; peak resident memory of the process on CPU (KiB on Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = False) -> TrainResult:
+    """Train `cfg` into `run_dir` (continuing its newest intact checkpoint with `resume`)."""
+    setup, ckpt, saved = prepare(cfg, Path(run_dir), resume, quiet)
+    state = build_state(setup, ckpt, saved)
+    cfg, tc, dist, quiet = setup.cfg, setup.cfg.train, setup.dist, setup.quiet
+    if dist.is_main:
+        setup.run.path.mkdir(parents=True, exist_ok=True)
+        setup.run.write_config(cfg)
+        setup.run.write_tokenizer(setup.tokenizer)
     if not quiet:
-        ranks = f", {dist_info.world_size} ranks ({'FSDP2' if fsdp else 'DDP'})" if dist_info.enabled else ""
-        print(f"dlm: {tc.objective} model, {model.num_params() / 1e6:.2f}M parameters, "
-              f"{cfg.model.n_layer}×{cfg.model.d_model}, vocab {tokenizer.vocab_size} ({tokenizer.kind}); "
-              f"device {device}, {str(dtype).removeprefix('torch.')}, "
-              f"compile {'on' if compiled is not wrapped else 'off'}{ranks}; "
-              f"train {len(train_tokens):,} / val {len(val_tokens):,} tokens")
-
-    def save(current_step: int) -> None:
-        if fsdp:  # gathering the full state is a collective: every rank takes part
-            raw, optim_state = full_state_dicts(model, optimizer)
-            if ema is not None:
-                with ema.swapped_in(model):
-                    averaged, _ = full_state_dicts(model, None)
-        if not dist_info.is_main:
-            return
-        if fsdp:
-            weights = {"model.safetensors": clone_state(raw)}
-            if ema is not None:
-                weights["ema.safetensors"] = clone_state(averaged)
-        else:
-            optim_state = optimizer.state_dict()
-            weights = {"model.safetensors": model_state(model)}
-            if ema is not None:
-                with ema.swapped_in(model):
-                    weights["ema.safetensors"] = model_state(model)
-        state = {"optimizer": optim_state, "optimizer_format": "fsdp-full" if fsdp else "torch",
-                 "loader": loader.state_dict(), "rng": rng_state(),
-                 "step": current_step, "tokens_seen": tokens_seen,
-                 "elapsed": elapsed_before + time.time() - start, "ema_updates": ema.updates if ema else 0}
-        save_checkpoint(run_dir, current_step, weights, state, tc.keep_last)
-
-    def validate() -> float:
-        context = ema.swapped_in(model) if ema is not None else contextlib.nullcontext()
-        with context:
-            return quick_val_loss(model, objective, val_tokens, cfg.model.block_size, global_micro,
-                                  tc.eval_batches, device, dtype)
-
-    logger = RunLogger(run_dir, dist_info.is_main, tensorboard=tc.tensorboard, wandb=tc.wandb,
-                       config=cfg.to_dict())
-    log = logger.log
-
-    start = time.time()
-    window_loss, window_tokens, window_start = torch.zeros((), device=device), 0, time.time()
+        print(describe(state, setup))
+    logger = RunLogger(setup.run.path, dist.is_main, tensorboard=tc.tensorboard, wandb=tc.wandb, config=cfg.to_dict())
+    noise = torch.Generator()
+    state.started_at = time.time()
+    window_loss, window_tokens, window_start = torch.zeros((), device=setup.device), 0, time.time()
     last_loss, val_loss, stopped_by, bad_steps = float("nan"), None, "max_steps", []
     # With a time budget the step count is not the limit: show steps and the time left instead.
-    bar = tqdm(total=None if tc.max_time > 0 else tc.max_steps, initial=step, disable=quiet,
-               dynamic_ncols=True, unit="step")
-    model.train()
+    bar = tqdm(total=None if tc.max_time > 0 else tc.max_steps, initial=state.step, disable=quiet,
+               dynamic_ncols=True, unit="step", file=sys.stderr)
+    state.model.train()
     with StopFlag() as stop:
-        while step < tc.max_steps:
-            elapsed = elapsed_before + time.time() - start
-            progress = step / tc.max_steps
-            if tc.max_time > 0 and tc.lr_decay_time:
-                progress = max(progress, elapsed / tc.max_time)
-            lr = lr_at(progress, step, tc.lr, tc.warmup_steps, tc.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-
-            step_loss = torch.zeros((), device=device)
-            for micro in range(tc.grad_accum):
-                x = loader.next_batch(global_micro, dist_info.rank, dist_info.world_size)
-                noise.manual_seed(noise_seed(tc.seed, step, micro, dist_info.rank))
-                # Gradients are all-reduced only on the last micro-batch.
-                sync = micro == tc.grad_accum - 1 or not dist_info.enabled
-                with gradient_sync(wrapped, sync):
-                    with autocast(device, dtype):
-                        out = objective(compiled, x, noise)
-                    # Divide by this rank's tokens of the whole step: DDP averages over ranks, so
-                    # the update equals the one big batch would give.
-                    (out.nll_sum / local_tokens_per_step).backward()
-                step_loss += out.nll_sum.detach()
-            # The norm is of the all-reduced gradients, so every rank sees the same verdict.
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
-                grad_norm = grad_norm.full_tensor()
-            if not torch.isfinite(grad_norm):
-                optimizer.zero_grad(set_to_none=True)  # skip this update
-                bad_steps.append(step)
-                log({"step": step, "skipped": "non-finite loss or gradient"})
+        while state.step < tc.max_steps:
+            lr = learning_rate(state, setup)
+            outcome = optimizer_step(state, setup, lr, noise)
+            if outcome.skipped:
+                bad_steps.append(state.step - 1)
+                logger.log({"step": state.step - 1, "skipped": "non-finite loss or gradient"})
                 if len(bad_steps) >= tc.max_bad_steps:
                     raise DlmError(f"{len(bad_steps)} steps in a row had non-finite loss or gradients (steps "
                                    f"{bad_steps[0]}–{bad_steps[-1]}); lower train.lr or use train.dtype=fp32")
-                step += 1
                 continue
             bad_steps = []
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update(model)
-            step += 1
-            tokens_seen += tokens_per_step
-            window_loss += step_loss  # stays on the device: no sync per step
-            window_tokens += tokens_per_step
+            window_loss += outcome.loss_sum
+            window_tokens += setup.tokens_per_step
             bar.update(1)
-
-            if step % tc.log_interval == 0 or step == tc.max_steps:
+            if state.step % tc.log_interval == 0 or state.step == tc.max_steps:
                 now = time.time()
-                last_loss = all_reduce_sum(window_loss, dist_info).item() / window_tokens
-                record = {"step": step, "loss": last_loss, "lr": lr, "grad_norm": float(grad_norm),
-                          "tokens_per_s": window_tokens / (now - window_start),
-                          "tokens_seen": tokens_seen, "elapsed_s": elapsed_before + now - start}
-                if device.type == "cuda":
-                    record["max_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-                else:  # peak resident memory of the process (KiB on Linux)
-                    record["max_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-                log(record)
+                last_loss = all_reduce_sum(window_loss, dist).item() / window_tokens
+                record = {"step": state.step, "loss": last_loss, "lr": lr, "grad_norm": float(outcome.grad_norm),
+                          "tokens_per_s": window_tokens / (now - window_start), "tokens_seen": state.tokens_seen,
+                          "elapsed_s": state.elapsed(), "max_memory_mb": peak_memory_mb(setup.device)}
+                logger.log(record)
                 postfix = {"loss": f"{last_loss:.3f}", "tok_s": f"{record['tokens_per_s']:,.0f}", "lr": f"{lr:.1e}"}
                 if tc.max_time > 0:
                     postfix["left"] = f"{max(tc.max_time - record['elapsed_s'], 0):.0f}s"
                 bar.set_postfix(postfix)
-                window_loss, window_tokens, window_start = torch.zeros((), device=device), 0, time.time()
+                window_loss, window_tokens, window_start = torch.zeros((), device=setup.device), 0, time.time()
 
-            # Every rank takes the same branch: the decision to stop is shared.
-            out_of_time = tc.max_time > 0 and elapsed_before + time.time() - start >= tc.max_time
-            signalled = stop.reason is not None
-            if dist_info.enabled:
-                flags = torch.tensor([float(out_of_time), float(signalled)], device=device)
-                out_of_time, signalled = (all_reduce_sum(flags, dist_info) > 0).tolist()
-            finishing = step == tc.max_steps or out_of_time or signalled
-            if step % tc.eval_interval == 0 or finishing:
-                val_loss = validate()
-                log({"step": step, "val_loss": val_loss, "elapsed_s": elapsed_before + time.time() - start})
+            out_of_time, signalled = stop_decision(state, setup, stop)
+            finishing = state.step == tc.max_steps or out_of_time or signalled
+            if state.step % tc.eval_interval == 0 or finishing:
+                val_loss = validate(state, setup)
+                logger.log({"step": state.step, "val_loss": val_loss, "elapsed_s": state.elapsed()})
                 if not quiet:
-                    bar.write(f"step {step}: train {last_loss:.4f}  val {val_loss:.4f} nats/token"
-                              f"{' (EMA weights)' if ema is not None else ''}")
-            if step % tc.ckpt_interval == 0 or finishing:
-                save(step)
-                barrier(dist_info)
+                    bar.write(f"step {state.step}: train {last_loss:.4f}  val {val_loss:.4f} nats/token"
+                              f"{' (EMA weights)' if state.ema is not None else ''}")
+            if state.step % tc.ckpt_interval == 0 or finishing:
+                save(state, setup)
             if out_of_time:
                 stopped_by = "max_time"
                 break
             if signalled:
                 stopped_by = stop.reason or "signal on another rank"
                 if not quiet:
-                    bar.write(f"dlm: {stopped_by} received; saved step {step}, exiting")
+                    bar.write(f"dlm: {stopped_by} received; saved step {state.step}, exiting")
                 break
     bar.close()
     logger.close()
-    cleanup(dist_info)
-    return TrainResult(run_dir, step, last_loss, val_loss, stopped_by)
+    cleanup(dist)
+    return TrainResult(setup.run.path, state.step, last_loss, val_loss, stopped_by, cfg)

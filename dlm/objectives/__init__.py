@@ -1,4 +1,8 @@
-"""The two training objectives behind one call: batch of token ids → LossOutput (sums and counts)."""
+"""The two training objectives behind one call: (model, batch of ids, noise generator) → LossOutput.
+
+`mdlm` — the masked-diffusion NELBO (dlm.objectives.mdlm); `ar` — the causal twin's exact
+next-token NLL (dlm.objectives.autoregressive). Both return sums and counts (dlm.objectives.output).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,22 @@ from collections.abc import Callable
 
 import torch
 
-from dlm.diffusion.loss import LossOutput, ar_loss, mdlm_loss
 from dlm.diffusion.schedules import get_schedule
+from dlm.objectives.autoregressive import ar_loss
+from dlm.objectives.mdlm import mdlm_loss
+from dlm.objectives.output import LossOutput
 from dlm.tokenizers import Tokenizer
 
 Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Generator | None], LossOutput]
+
+__all__ = ["LossOutput", "Objective", "ar_loss", "make_objective", "mdlm_loss"]
 
 
 def make_objective(objective: str, schedule: str, tokenizer: Tokenizer, *, edit_prob: float = 0.0,
                    edit_weight: float = 1.0, prompt_prob: float = 0.0, antithetic: bool = True) -> Objective:
     """The training loss. `edit_prob`, `edit_weight`, `prompt_prob` and `antithetic` are the diffusion
-    config's training-time options (see dlm.diffusion.loss and .process); the AR objective has none."""
+    config's training-time options (see dlm.objectives.mdlm and dlm.diffusion.process); the AR
+    objective has none."""
     if objective == "ar":
         return lambda model, x, gen: ar_loss(model, x, tokenizer.bos_id)
     sched = get_schedule(schedule)

@@ -29,7 +29,6 @@ import torch
 
 from dlm.diffusion.schedules import get_schedule
 from dlm.sampling.base import (
-    SpecialIds,
     apply_repetition_penalty,
     gumbel_noise,
     position_scores,
@@ -38,6 +37,7 @@ from dlm.sampling.base import (
 )
 from dlm.sampling.canvas import Canvas, attention_mask
 from dlm.sampling.config import SamplerConfig
+from dlm.special_ids import SpecialIds
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Sample-quality measures on hand-made inputs, and gen-PPL of a judge on its own samples."""
+"""Sample-quality measures on hand-made inputs, and the NLL a causal judge gives its own samples."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from dlm.eval.generative import distinct_n, generative_perplexity, mean_unigram_entropy, sample_quality, unigram_entropy
+from dlm.eval.judges import causal_nll_sum, judge_features
+from dlm.eval.sample_metrics import distinct_n, mean_unigram_entropy, sample_quality, unigram_entropy
 
 
 def test_unigram_entropy_of_hand_made_samples():
@@ -40,21 +41,22 @@ def test_gen_ppl_of_the_judges_own_samples_matches_its_entropy():
     probs = torch.tensor([0.5, 0.25, 0.125, 0.125, 0.0])  # id 4 plays [BOS]; never sampled
     entropy = -(probs[:4] * probs[:4].log()).sum().item()  # 1.2130 nats
     samples = torch.multinomial(probs, 64 * 128, replacement=True, generator=torch.Generator().manual_seed(0))
-    result = generative_perplexity(UnigramJudge(probs), samples.view(64, 128), bos_id=4)
-    assert result["judge_nll_per_token"] == pytest.approx(entropy, abs=0.02)
-    assert result["gen_ppl"] == pytest.approx(math.exp(entropy), rel=0.03)
-    assert result["tokens"] == 64 * 128
+    total, count = causal_nll_sum(UnigramJudge(probs), samples.view(64, 128), bos_id=4)
+    assert count == 64 * 128
+    assert total / count == pytest.approx(entropy, abs=0.02)
+    assert math.exp(total / count) == pytest.approx(math.exp(entropy), rel=0.03)
 
 
 def test_low_gen_ppl_from_repetition_shows_as_low_entropy():
     probs = torch.tensor([0.97, 0.01, 0.01, 0.01, 0.0])
     repetitive = torch.zeros(8, 32, dtype=torch.long)  # the judge's favourite token, over and over
-    quality = sample_quality(repetitive, UnigramJudge(probs), bos_id=4)
-    assert quality["gen_ppl"] < 1.05 and quality["unigram_entropy"] == 0.0 and quality["distinct_1"] < 0.01
+    total, count = causal_nll_sum(UnigramJudge(probs), repetitive, bos_id=4)
+    quality = sample_quality(repetitive)
+    assert math.exp(total / count) < 1.05 and quality["unigram_entropy"] == 0.0 and quality["distinct_1"] < 0.01
 
 
 def test_bleu_and_self_bleu_on_hand_made_samples():
-    from dlm.eval.generative import bleu, self_bleu
+    from dlm.eval.sample_metrics import bleu, self_bleu
 
     sentence = [1, 2, 3, 4, 5, 6, 7, 8]
     assert bleu(sentence, [sentence]) == pytest.approx(1.0)
@@ -67,9 +69,6 @@ def test_bleu_and_self_bleu_on_hand_made_samples():
 
 
 def test_judge_features_of_samples_as_long_as_the_context() -> None:
-    import torch
-
-    from dlm.eval.generative import judge_features
     from dlm.model import ModelConfig, Transformer
 
     judge = Transformer(ModelConfig(vocab_size=10, n_layer=1, n_head=2, d_model=16, block_size=8, causal=True))

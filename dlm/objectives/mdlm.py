@@ -33,7 +33,6 @@ on the rest of the sequence only.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -41,24 +40,13 @@ import torch.nn.functional as F
 
 from dlm.diffusion.process import corrupt_tokens, mask_tokens, sample_prompt, sample_t
 from dlm.diffusion.schedules import Schedule
+from dlm.objectives.output import LossOutput
 
 # Noise levels below T_MIN are raised to it (the weight −α'/(1−α) explodes as t → 0 while almost
 # nothing is masked). This replaces the integrand on [0, T_MIN) by its value at T_MIN; as the
 # integrand (expected per-token NLL of the masked tokens) grows with the noise level, this can
 # only raise the estimate, and by at most T_MIN · (its value) ≈ 1e-5 nats/token: still a bound.
 T_MIN = 1e-5
-
-
-@dataclass
-class LossOutput:
-    nll_sum: torch.Tensor
-    """Sum over the batch of per-sequence NELBO contributions, in nats (0-dim, float32)."""
-    n_tokens: int
-    """Number of tokens the sum covers (B·L)."""
-    per_sequence: torch.Tensor
-    """(B,) NELBO per token of each sequence (detached), for variance estimates."""
-    t: torch.Tensor
-    """(B,) the noise levels used."""
 
 
 def token_nll(model: nn.Module, x: torch.Tensor, z: torch.Tensor, t: torch.Tensor,
@@ -76,14 +64,15 @@ def masked_nll(model: nn.Module, x: torch.Tensor, z: torch.Tensor, masked: torch
 
 
 def mdlm_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int,
-              n_real_tokens: int, generator: torch.Generator | None = None,
+              n_real_tokens: int | None = None, generator: torch.Generator | None = None,
               t: torch.Tensor | None = None, *, edit_prob: float = 0.0, edit_weight: float = 1.0,
               prompt_prob: float = 0.0, real_ids: torch.Tensor | None = None, antithetic: bool = True) -> LossOutput:
     """One-sample estimate of the NELBO of each sequence in x (B, L).
 
     The keyword options are the training-time additions of the module docstring, off by default;
     with edit_prob > 0 or prompt_prob > 0 the result is a training loss, not the NELBO.
-    `real_ids` (V_real,) are the ids corrupted tokens are drawn from (needed when edit_prob > 0).
+    `real_ids` (V_real,) are the ids corrupted tokens are drawn from (needed when edit_prob > 0);
+    `n_real_tokens`, the ids text can produce, sizes the prior term (needed when α(1) > 0).
     """
     B, L = x.shape
     if t is None:
@@ -108,18 +97,9 @@ def mdlm_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: in
         z0, masked0 = mask_tokens(x, t0, schedule, mask_id, generator, keep=prompt)
         per_seq = per_seq + masked_nll(model, x, z0, masked0, t0, mask_id).sum(1) / L
     if alpha_1 > 1e-9:  # prior term at t = 1 (analytic)
+        assert n_real_tokens is not None, f"schedule {schedule.name} leaves α(1) > 0: pass n_real_tokens"
         prior = alpha_1 * math.log(n_real_tokens)
         if prompt is not None:  # prompt tokens are given, not generated: they add nothing
             prior = prior * (~prompt).sum(1) / L  # (B,)
         per_seq = per_seq + prior
     return LossOutput(per_seq.sum() * L, B * L, per_seq.detach(), t)
-
-
-def ar_loss(model: nn.Module, x: torch.Tensor, bos_id: int) -> LossOutput:
-    """Exact NLL of x (B, L) under the causal twin, predicting every token after a [BOS]."""
-    B, L = x.shape
-    inputs = torch.cat((torch.full_like(x[:, :1], bos_id), x[:, :-1]), dim=1)
-    logits = model(inputs).float()
-    nll = F.cross_entropy(logits.transpose(1, 2), x, reduction="none")  # (B, L)
-    per_seq = nll.mean(1)
-    return LossOutput(nll.sum(), B * L, per_seq.detach(), torch.zeros(B, device=x.device))

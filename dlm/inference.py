@@ -1,8 +1,12 @@
-"""The Python API: `dlm.load(run_dir)` → a Pipeline with the model, tokenizer and `generate`."""
+"""Inference on a trained run: `load(run_dir)` → a `Pipeline` (model, tokenizer, config) that turns
+text into ids, samples with either twin (generate, stream, infill, edit) and turns ids back into text.
+
+This is what `dlm.load` returns, and what evaluation, chat and the server receive. It reads the run
+through dlm.run_folder and samples through dlm.sampling; it knows nothing of training.
+"""
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -13,12 +17,15 @@ import torch
 
 from dlm.config import RunConfig
 from dlm.errors import DlmError
-from dlm.model import Transformer
+from dlm.model.transformer import Transformer
+from dlm.run_folder import load_weights, locate_checkpoint
 from dlm.runtime import autocast, pick_device, pick_dtype
-from dlm.sampling import Denoiser, DenoiseStep, GenerationResult, SamplerConfig, SpecialIds, build_canvas
 from dlm.sampling.autoregressive import ARDecoder
-from dlm.tokenizers import Tokenizer, load_tokenizer
-from dlm.train.checkpoint import find_checkpoint, load_model_weights
+from dlm.sampling.canvas import build_canvas
+from dlm.sampling.config import SamplerConfig
+from dlm.sampling.denoiser import Denoiser, DenoiseStep, GenerationResult
+from dlm.special_ids import SpecialIds
+from dlm.tokenizers import Tokenizer
 
 TEMPLATE_MASK = re.compile(r"\[MASK(?:\*(\d+))?\]")
 
@@ -40,8 +47,7 @@ class Pipeline:
 
     @property
     def special_ids(self) -> SpecialIds:
-        tok = self.tokenizer
-        return SpecialIds(mask=tok.mask_id, pad=tok.pad_id, bos=tok.bos_id, eos=tok.eos_id)
+        return self.tokenizer.special
 
     def encode_prompt(self, prompt: str, length: int) -> list[int]:
         ids = self.tokenizer.encode(prompt) if prompt else []
@@ -175,19 +181,16 @@ def load(path: str | Path, device: str = "auto", dtype: str = "auto", weights: s
     """
     if weights not in ("auto", "ema", "raw"):
         raise DlmError(f"weights={weights!r} is not one of auto, ema, raw")
-    run_dir, ckpt = find_checkpoint(path)
-    try:
-        config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    except json.JSONDecodeError as e:
-        raise DlmError(f"{run_dir / 'config.json'} is not valid JSON ({e}); restore it from the run") from None
-    tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+    run, ckpt = locate_checkpoint(path)
+    config = run.read_config()
+    tokenizer = run.read_tokenizer()
     torch_device = pick_device(device)
     model = Transformer(config.model).to(torch_device)
     has_ema = (ckpt / "ema.safetensors").is_file()
     if weights == "ema" and not has_ema:
         raise DlmError(f"checkpoint {ckpt} has no EMA weights (trained with ema_decay=0); use --weights raw")
     use_ema = has_ema and weights != "raw"
-    load_model_weights(model, ckpt, "ema.safetensors" if use_ema else "model.safetensors")
+    load_weights(model, ckpt, "ema.safetensors" if use_ema else "model.safetensors")
     model.eval()
     # The network runs in bf16 where training does (CUDA, CPUs with bf16 units: 5-8x faster than
     # fp32 on the 2-core dev machine), with the logits computed in fp32 so sampling probabilities

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from dlm.errors import DlmError
-from dlm.eval.generative import sample_quality
 from dlm.eval.judges import Judge, judge_kind, judge_perplexity, load_judge
+from dlm.eval.sample_metrics import sample_quality
+from dlm.inference import Pipeline
 
 
 def check_judge(judge: str | None, mauve: bool = False) -> None:
@@ -32,14 +33,14 @@ def check_judge(judge: str | None, mauve: bool = False) -> None:
 
 def check_sampler_options(options: dict) -> None:
     """Fail fast on sampler options --gen cannot use (before minutes of likelihood evaluation)."""
-    from dlm.sampling import SamplerConfig
+    from dlm.sampling.config import SamplerConfig
 
     SamplerConfig.from_kwargs(**options)
     if options.get("stop_at_eos"):
         raise DlmError("--stop-at-eos gives samples of different lengths, which --gen does not score; drop it")
 
 
-def evaluate_generation(pipe, split_tokens: np.ndarray, *, num_samples: int, length: int = 0, steps: int = 0,
+def evaluate_generation(pipe: Pipeline, split_tokens: np.ndarray, *, num_samples: int, length: int = 0, steps: int = 0,
                         batch_size: int = 64, seed: int = 0, judge: str | None = None, mauve: bool = False,
                         sampler_options: dict | None = None) -> dict:
     """Sample `num_samples` sequences of `length` tokens (default: the context) with `steps` denoising

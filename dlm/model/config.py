@@ -1,0 +1,42 @@
+"""The network's shape and options: a plain dataclass, importable without torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 69
+    """Number of token ids, special tokens included (set from the tokenizer)."""
+    n_layer: int = 6
+    """Transformer blocks."""
+    n_head: int = 6
+    """Attention heads per block (d_model / n_head must be even, for RoPE)."""
+    d_model: int = 384
+    """Width of the residual stream."""
+    block_size: int = 256
+    """Longest sequence the model sees (RoPE tables are built for it)."""
+    mlp: str = "relu2"
+    """'relu2' (4x hidden, squared ReLU) or 'swiglu' (8/3x hidden, gated SiLU)."""
+    tie_weights: bool = False
+    """Share the input embedding and output projection."""
+    time_conditioning: bool = False
+    """Feed the noise level t to every block via adaptive RMSNorm (MDLM finds it optional)."""
+    causal: bool = False
+    """Causal attention: the autoregressive twin. False: bidirectional (diffusion)."""
+    rope_base: float = 10000.0
+    """Base of the rotary position embedding's frequencies."""
+    dropout: float = 0.0
+    """Dropout on attention weights (training only; 0 = off, the usual choice for small data)."""
+
+    def validate(self) -> None:
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
+        if (self.d_model // self.n_head) % 2:
+            raise ValueError("head width d_model/n_head must be even for RoPE")
+        if self.mlp not in ("relu2", "swiglu"):
+            raise ValueError(f"mlp={self.mlp!r} is not one of 'relu2', 'swiglu'")
+        for name in ("vocab_size", "n_layer", "n_head", "d_model", "block_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

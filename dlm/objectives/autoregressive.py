@@ -1,0 +1,19 @@
+"""The autoregressive twin's objective: the exact next-token NLL, each sequence read from a [BOS]."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dlm.objectives.output import LossOutput
+
+
+def ar_loss(model: nn.Module, x: torch.Tensor, bos_id: int) -> LossOutput:
+    """Exact NLL of x (B, L) under the causal twin, predicting every token after a [BOS]."""
+    B, L = x.shape
+    inputs = torch.cat((torch.full_like(x[:, :1], bos_id), x[:, :-1]), dim=1)
+    logits = model(inputs).float()
+    nll = F.cross_entropy(logits.transpose(1, 2), x, reduction="none")  # (B, L)
+    per_seq = nll.mean(1)
+    return LossOutput(nll.sum(), B * L, per_seq.detach(), torch.zeros(B, device=x.device))
