@@ -55,19 +55,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.fsdp:
         overrides.append("train.fsdp=true")
     run_dir = Path(args.out) if args.out else None
-    if args.resume:
-        if run_dir is None:
-            raise DlmError("--resume needs --out RUN_DIR (the run to continue)")
-        run = RunFolder(run_dir)
-        if not run.has_config():
-            raise DlmError(f"cannot resume: {run.config_path} not found; check --out or train without --resume")
+    resume = args.resume or args.fresh_optimizer
+    if resume and run_dir is None:
+        raise DlmError("--resume needs --out RUN_DIR (the run to continue)")
+    run = RunFolder(run_dir) if run_dir is not None else None
+    if resume and run.has_config():  # continue the run with its own config (key=value may still change it)
         cfg = run.read_config()
-    else:
+    elif resume and run.checkpoints():
+        raise DlmError(f"cannot resume: {run.config_path} is missing but {run.checkpoints_dir} is not; restore "
+                       "config.json from a backup, or move the folder aside")
+    else:  # nothing to resume yet: a new run, so one script serves the first submission and every requeue
         cfg = get_preset(args.preset or _default_preset())
     cfg = apply_overrides(cfg, overrides)
     if run_dir is None:
         run_dir = Path("runs") / f"{cfg.preset or 'run'}-{cfg.train.objective}"
-    result = train(cfg, run_dir, resume=args.resume, quiet=args.quiet)
+    result = train(cfg, run_dir, resume=resume, quiet=args.quiet, fresh_optimizer=args.fresh_optimizer)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(f"dlm: stopped at step {result.step} ({result.stopped_by}); run saved in {result.run_dir}")
     return 0
@@ -79,7 +81,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     pipe = load(args.ckpt, device=args.device, dtype=args.dtype, weights=args.weights)
     options = {**sampler_options(args), "seed": args.seed}
-    if args.steps:
+    if args.steps is not None:
         options["steps"] = args.steps
     if args.edit is not None:
         print(pipe.edit(args.edit, rounds=args.edit_rounds or 4, threshold=args.edit_threshold or 0.1,
@@ -152,6 +154,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"{passes})")
     print(f"  = {result['bits_per_token']:.4f} bits/{unit}; perplexity"
           f"{'' if pipe.is_autoregressive else ' bound'} {math.exp(result['nats_per_token']):.3f}")
+    if args.l2r and not pipe.is_autoregressive:
+        from dlm.eval.likelihood import evaluate_left_to_right
+
+        scored = windows[:args.l2r_windows] if args.l2r_windows else windows
+        l2r = evaluate_left_to_right(pipe.model, scored, tok.special, device=pipe.device, dtype=dtype,
+                                     batch_size=max(1, args.batch_size // 16), progress=not args.quiet,
+                                     time_conditioned=pipe.config.model.time_conditioning)
+        result["left_to_right"] = l2r
+        se = l2r["window_standard_error"]
+        print(f"  left-to-right NLL (exact, the model decoding left to right): {l2r['nats_per_token']:.4f} "
+              f"nats/{unit} (s.e. over windows {'n/a' if se is None else f'{se:.4f}'}; {l2r['windows']} windows, "
+              f"{l2r['sequences_scored']:,} sequences scored in {l2r['seconds']:.0f} s, against "
+              f"{result['passes'] * result['windows']:,} for the NELBO)")
     if args.noise_curve and not pipe.is_autoregressive:
         from dlm.eval.likelihood import loss_by_noise_level
 
@@ -171,6 +186,64 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_json(Path(args.json), result)
         print(f"  written to {args.json}")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from dlm.experiments.study import (
+        DEFAULT_GRID,
+        parse_grid,
+        plan_study,
+        run_cell,
+        slurm_script,
+        write_study_report,
+    )
+
+    if (args.budget_time is None) == (args.budget_tokens is None):
+        raise DlmError("give one budget per cell: --budget-time SECONDS (equal wall time) or --budget-tokens N "
+                       "(equal training tokens)")
+    budget = {"time": args.budget_time} if args.budget_time is not None else {"tokens": int(args.budget_tokens)}
+    base = ([args.preset] if args.preset else []) + ([f"data.source={args.data}"] if args.data else []) + args.overrides
+    grid = parse_grid(args.grid) if args.grid else DEFAULT_GRID
+    eval_args = ["--target-se", str(args.target_se)]
+    if args.gen:
+        eval_args += ["--gen", str(args.gen), "--gen-length", str(args.gen_length), "--gen-steps", str(args.gen_steps)]
+    plan = plan_study(Path(args.out), base, grid, budget, eval_args)
+    command = "dlm " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["study"] else "dlm study ..."
+    if args.slurm:
+        path = slurm_script(plan, [a for a in sys.argv if a != "--slurm"] if sys.argv[1:2] == ["study"]
+                            else ["dlm", "study", "--out", args.out])
+        print(f"dlm study: {len(plan.cells)} cells; array job written to {path} (see its header for how to submit)")
+        return 0
+    if not args.report_only:
+        indices = [args.cell] if args.cell is not None else range(len(plan.cells))
+        for index in indices:
+            if not 0 <= index < len(plan.cells):
+                raise DlmError(f"--cell {index} is not a cell of this study (0–{len(plan.cells) - 1})")
+            run_cell(plan, index)
+    path = write_study_report(plan, command)
+    crashed = sum(c["status"] == "crashed" for c in plan.cells)
+    done = sum(c["status"] == "done" for c in plan.cells)
+    print(f"dlm study: {done}/{len(plan.cells)} cells done, {crashed} crashed; table in {path}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from dlm.config import apply_overrides
+    from dlm.experiments.sweep import parse_param, run_sweep, write_sweep_report
+    from dlm.presets import get_preset
+
+    if (args.budget_time is None) == (args.budget_tokens is None):
+        raise DlmError("give one budget per trial: --budget-time SECONDS or --budget-tokens N")
+    if not args.param:
+        raise DlmError("nothing to search: give at least one --param KEY=log:LOW:HIGH (or float:, int:, choice:)")
+    params = [parse_param(p) for p in args.param]
+    base = apply_overrides(get_preset(args.preset or _default_preset()),
+                           ([f"data.source={args.data}"] if args.data else []) + args.overrides)
+    budget = {"time": args.budget_time} if args.budget_time is not None else {"tokens": int(args.budget_tokens)}
+    study = run_sweep(Path(args.out), base, params, args.trials, budget, args.eval_windows, args.pruner, args.seed)
+    path, best = write_sweep_report(Path(args.out), study, base, "dlm " + " ".join(sys.argv[1:]))
+    print(f"dlm sweep: {len(study.trials)} trials; table in {path}" + (f"; best config {best}" if best else ""))
     return 0
 
 
@@ -219,7 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--max-time", type=float, help="stop (after saving) after this many seconds")
     p.add_argument("--objective", choices=("mdlm", "ar"), help="mdlm (diffusion) or ar (the causal twin)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest intact "
+                   "checkpoint (a folder with none yet starts a new run)")
+    p.add_argument("--fresh-optimizer", action="store_true", help="with --resume, when no checkpoint is wholly "
+                   "intact: continue from the newest intact weights with a fresh optimizer and data order")
     p.add_argument("--compile", choices=("auto", "yes", "no"),
                    help="torch.compile the model (auto: when a C++ compiler or CUDA is present)")
     p.add_argument("--fsdp", action="store_true",
@@ -261,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-se", type=float, default=0.01,
                    help="add passes until the Monte-Carlo standard error is below this (nats)")
     p.add_argument("--max-passes", type=int, default=200)
+    p.add_argument("--l2r", action="store_true", help="also the exact left-to-right NLL of a diffusion model "
+                   "(one forward pass per position: about context-length times the cost of one NELBO pass)")
+    p.add_argument("--l2r-windows", type=int, default=0, metavar="N",
+                   help="with --l2r: score only the first N windows of the split (default: all)")
     p.add_argument("--noise-curve", type=int, default=0, metavar="LEVELS",
                    help="also report the loss per masked token at LEVELS noise levels (diffusion runs)")
     p.add_argument("--gen", type=int, default=0, metavar="N",
@@ -280,6 +360,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_sampler_flags(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("study", help="train a grid of configurations at an equal budget and tabulate them",
+                       description="Train every combination of --grid values (default: the 6 schedules × uniform/"
+                       "entropy masking × elbo/flat weighting) at an equal budget, each in its own process, evaluate "
+                       "each with the same estimator, sampler and judge (an AR twin trained first), and write "
+                       "OUT/study.md. Re-running the same command resumes a half-done study.")
+    p.add_argument("--out", required=True, help="the study folder (cells, table, plots)")
+    p.add_argument("--preset", help="the base config of every cell (default: shakespeare-char-cpu)")
+    p.add_argument("--data", help="corpus of every cell (default: the preset's)")
+    p.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="a config field and its values; repeat "
+                   "for more fields (the grid is their product)")
+    p.add_argument("--budget-time", type=float, help="seconds of training per cell (equal wall time)")
+    p.add_argument("--budget-tokens", type=float, help="training tokens per cell (equal data; independent of load)")
+    p.add_argument("--target-se", type=float, default=0.01, help="Monte-Carlo standard error of each NELBO (nats)")
+    p.add_argument("--gen", type=int, default=32, help="samples per cell for gen-PPL, entropy and self-BLEU (0: none)")
+    p.add_argument("--gen-length", type=int, default=256)
+    p.add_argument("--gen-steps", type=int, default=256)
+    p.add_argument("--cell", type=int, help="run only this cell (0 = the AR reference), e.g. one array-job task")
+    p.add_argument("--slurm", action="store_true", help="write OUT/study.sbatch, one array task per cell, and exit")
+    p.add_argument("--report-only", action="store_true", help="rebuild OUT/study.md from what is done")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every cell")
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("sweep", help="Optuna search over config fields, one training run per trial",
+                       description="Search config fields with Optuna (pip install 'dlm[sweep]'): each trial trains at "
+                       "the budget, is pruned early on its validation loss, and is scored by the validation NELBO. "
+                       "Re-running continues the search. Writes OUT/sweep.md and OUT/best.json.")
+    p.add_argument("--out", required=True, help="the sweep folder (trials, journal, table, best config)")
+    p.add_argument("--param", action="append", metavar="KEY=SPEC", help="a field to search: log:LOW:HIGH, "
+                   "float:LOW:HIGH, int:LOW:HIGH or choice:A,B,…; repeat for more")
+    p.add_argument("--trials", type=int, default=20, help="trials in all (counting those already run)")
+    p.add_argument("--preset", help="base config (default: the default preset), or a config JSON file")
+    p.add_argument("--data", help="corpus (default: the preset's)")
+    p.add_argument("--budget-time", type=float, help="seconds of training per trial")
+    p.add_argument("--budget-tokens", type=float, help="training tokens per trial")
+    p.add_argument("--eval-windows", type=int, default=64, help="validation windows each trial is scored on")
+    p.add_argument("--pruner", choices=("median", "none"), default="median",
+                   help="stop trials whose validation loss is worse than the median at the same step")
+    p.add_argument("--seed", type=int, default=0, help="the search's own seed (the sampler of parameters)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every trial")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="Markdown report and plots from run folders and eval JSON files",
                        description="Tables of runs, likelihood and sample quality, and plots of loss vs step and "
@@ -304,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come between flags (argparse takes only one run of positionals).
-    if extra and args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+    if extra and args.command in ("train", "study", "sweep") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -35,6 +35,15 @@ class DiffusionConfig:
     """Training only: the fraction of sequences whose prefix (uniform length in [1, L/2]) is a prompt:
     never masked, corrupted or scored; the rest are the unconditional branch of classifier-free
     guidance. > 0 makes the training loss a conditional bound, not the NELBO. In [0, 1]; 0 = off."""
+    weighting: str = "elbo"
+    """Training loss weight of a masked token at noise level t: elbo (−α'/(1−α), the NELBO: a bound),
+    flat (1: a plain masked cross-entropy, not a bound) or clipped (the ELBO weight capped at 5, not a bound)."""
+    masking: str = "uniform"
+    """Which tokens are masked: uniform (each with probability 1 − α(t), the NELBO's) or entropy
+    (microDLM: that probability × clamp(2 − e/mean e, 0.5, 1.5), e a token's entropy under the AR
+    twin in diffusion.entropy_run; a training objective, not a bound)."""
+    entropy_run: str = ""
+    """With masking=entropy: the AR run (trained on the same corpus) whose predictive entropies weight the masking."""
 
 
 @dataclass
@@ -149,6 +158,13 @@ class RunConfig:
             raise DlmError(f"diffusion.edit_weight={d.edit_weight} must be ≥ 0")
         if not 0 <= d.prompt_prob <= 1:
             raise DlmError(f"diffusion.prompt_prob={d.prompt_prob} must be in [0, 1] (0 turns prompts off)")
+        if d.weighting not in ("elbo", "flat", "clipped"):
+            raise DlmError(f"diffusion.weighting={d.weighting!r} is not one of elbo, flat, clipped")
+        if d.masking not in ("uniform", "entropy"):
+            raise DlmError(f"diffusion.masking={d.masking!r} is not one of uniform, entropy")
+        if d.masking == "entropy" and not d.entropy_run and t.objective != "ar":
+            raise DlmError("diffusion.masking=entropy needs diffusion.entropy_run=AR_RUN (an AR twin trained on "
+                           "the same corpus, whose token entropies weight the masking)")
         if t.objective == "ar" and (d.edit_prob > 0 or d.prompt_prob > 0):
             raise DlmError("diffusion.edit_prob and diffusion.prompt_prob are for diffusion runs; "
                            "set them to 0 for train.objective=ar")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 from dlm.config import RunConfig
 from dlm.errors import DlmError
@@ -84,6 +86,16 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
 
 
 def get_preset(name: str) -> RunConfig:
+    """A named preset, or a config saved as JSON (a sweep's best.json, `dlm presets --show NAME --json`)."""
+    if name.endswith(".json"):
+        return preset_from_file(Path(name))
     if name not in PRESETS:
-        raise DlmError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise DlmError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}, or pass a config JSON file")
     return PRESETS[name]()
+
+
+def preset_from_file(path: Path) -> RunConfig:
+    try:
+        return RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, AttributeError) as e:
+        raise DlmError(f"cannot read the preset file {path} ({e}); pass a config JSON written by dlm") from None

@@ -11,21 +11,29 @@
 
 A checkpoint is written under a temporary name and renamed into place when complete, so a
 crash never leaves a torn checkpoint under a real name; one whose files do not match its
-manifest is skipped with a message. The newest `keep_last` are kept.
+manifest is skipped with a message. Pruning keeps the newest `keep_last` *intact* checkpoints and
+the one just written; it never deletes a damaged one (the user decides) and says so when it
+deletes one newer than the step being saved. A full disk stops the save cleanly, naming the bytes
+needed, with the earlier checkpoints untouched.
+
+One writer per run: a trainer holds `RUN/train.lock` (an flock, released by the kernel however the
+process dies, so `kill -9` never leaves a stale lock) for its whole life. Readers never take it.
 
 Training writes through this module and inference reads through it; neither knows the other.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from dlm.config import RunConfig
@@ -35,6 +43,7 @@ from dlm.tokenizers import Tokenizer, load_tokenizer
 
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.pt"
+LOCK = "train.lock"
 
 
 class RunFolder:
@@ -42,6 +51,7 @@ class RunFolder:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._intact: dict[Path, int] = {}  # checkpoint → manifest mtime when it last verified
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -91,40 +101,148 @@ class RunFolder:
     def latest_checkpoint(self, quiet: bool = False) -> Path | None:
         """The newest intact checkpoint; damaged ones are skipped with a message on stderr."""
         for ckpt in reversed(self.checkpoints()):
-            problem = verify_checkpoint(ckpt)
+            problem = self.checkpoint_problem(ckpt)
             if problem is None:
                 return ckpt
             if not quiet:
                 print(f"dlm: skipping checkpoint {ckpt}: {problem}", file=sys.stderr)
         return None
 
+    def damaged_checkpoints(self) -> dict[Path, str]:
+        """Checkpoint folders that fail verification → what is wrong with each."""
+        problems = {ckpt: self.checkpoint_problem(ckpt) for ckpt in self.checkpoints()}
+        return {ckpt: problem for ckpt, problem in problems.items() if problem is not None}
+
+    def checkpoint_problem(self, ckpt: Path) -> str | None:
+        """verify_checkpoint, remembered while the manifest is unchanged (hashing is not free)."""
+        try:
+            stamp = (ckpt / MANIFEST).stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        if stamp is not None and self._intact.get(ckpt) == stamp:
+            return None
+        problem = verify_checkpoint(ckpt)
+        if problem is None and stamp is not None:
+            self._intact[ckpt] = stamp
+        return problem
+
+    def lock(self) -> RunLock:
+        """Take the run's writer lock, or fail naming the process that holds it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        return RunLock(self.path / LOCK)
+
     def save_checkpoint(self, step: int, weights: dict[str, dict[str, torch.Tensor]], trainer_state: dict,
                         keep_last: int = 2) -> Path:
-        """Write checkpoint `step` atomically. weights: file name → state dict (model.safetensors,
-        ema.safetensors); trainer_state: plain tensors and Python values (loaded with weights_only)."""
+        """Write checkpoint `step` atomically, then prune. weights: file name → state dict
+        (model.safetensors, ema.safetensors); trainer_state: plain tensors and Python values
+        (loaded with weights_only). A full disk raises DlmError and leaves every earlier checkpoint."""
         root = self.checkpoints_dir
         root.mkdir(parents=True, exist_ok=True)
         final = root / f"step-{step:08d}"
-        for stale in root.glob(".tmp-*"):  # left by a killed run
+        for stale in root.glob(".tmp-*"):  # left by a killed run (the lock says no one else is writing)
             shutil.rmtree(stale, ignore_errors=True)
         tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
-        tmp.mkdir()
-        for name, state in weights.items():
-            save_file(state, str(tmp / name))
-        torch.save(trainer_state, tmp / TRAINER_STATE)
-        files = {}
-        for name in [*weights, TRAINER_STATE]:
-            with open(tmp / name, "rb+") as f:
-                os.fsync(f.fileno())
-            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
-        atomic_write_json(tmp / MANIFEST, {"step": step, "files": files})
-        if final.exists():  # re-saving the same step (e.g. a stop right after a periodic save)
-            _remove(final)
+        try:
+            tmp.mkdir()
+            for name, state in weights.items():
+                save_file(state, str(tmp / name))
+            torch.save(trainer_state, tmp / TRAINER_STATE)
+            files = {}
+            for name in [*weights, TRAINER_STATE]:
+                with open(tmp / name, "rb+") as f:
+                    os.fsync(f.fileno())
+                files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+            atomic_write_json(tmp / MANIFEST, {"step": step, "files": files})
+        except (OSError, RuntimeError, SafetensorError) as e:  # the writers wrap I/O errors their own ways
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _save_error(e, root, final.name, weights, trainer_state) from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if final.exists():  # re-saving a step: after a stop right after a periodic save, or a resume
+            if self.checkpoint_problem(final) is None:
+                _remove(final)
+            else:  # a damaged one is the user's to judge: set aside, never deleted
+                aside = root / f"damaged-{final.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+                os.replace(final, aside)
+                print(f"dlm: the damaged checkpoint {final.name} is kept as {aside.name}", file=sys.stderr)
         os.replace(tmp, final)
         _fsync_dir(root)
-        for old in self.checkpoints()[:-keep_last] if keep_last > 0 else []:
-            _remove(old)
+        self._intact[final] = (final / MANIFEST).stat().st_mtime_ns
+        self.prune(keep_last, final)
         return final
+
+    def prune(self, keep_last: int, just_written: Path) -> list[Path]:
+        """Delete intact checkpoints beyond the newest `keep_last` (by step), never `just_written`
+        and never a damaged one. Returns what was deleted."""
+        if keep_last <= 0:
+            return []
+        intact = [c for c in self.checkpoints() if self.checkpoint_problem(c) is None]
+        doomed = [c for c in intact[:-keep_last] if c != just_written]
+        for ckpt in doomed:
+            if ckpt.name > just_written.name:
+                print(f"dlm: deleting checkpoint {ckpt.name}, newer than the {just_written.name} just saved, "
+                      f"to keep the newest {keep_last} (train.keep_last)", file=sys.stderr)
+            _remove(ckpt)
+            self._intact.pop(ckpt, None)
+        return doomed
+
+
+class RunLock:
+    """An exclusive flock on RUN/train.lock, holding the holder's pid; `release` (or process death) frees it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: one writer is the user's to ensure
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self._fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(self._fd)
+            self._fd = None
+            raise DlmError(f"{path.parent} is being trained by {holder} (it holds {path}); wait for it to end or "
+                           "stop it, or train into another --out folder") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"process {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+def _tensor_bytes(obj) -> int:
+    """Bytes of every tensor inside nested dicts, lists and tuples (what a checkpoint writes)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 2**20:,.1f} MB"
+
+
+def _save_error(error: Exception, root: Path, name: str, weights: dict, trainer_state: dict) -> DlmError:
+    needed = _tensor_bytes(weights) + _tensor_bytes(trainer_state)
+    free = shutil.disk_usage(root).free
+    text = str(error)
+    full = (getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text
+            or "os error 28" in text or free < needed)
+    if full:
+        return DlmError(f"no space left on the device of {root} to save checkpoint {name}: it needs about "
+                        f"{_megabytes(needed)}, {_megabytes(free)} are free; the earlier checkpoints are intact — "
+                        "free some space (or lower train.keep_last), then continue with --resume")
+    reason = getattr(error, "strerror", None) or text.splitlines()[0] if text else type(error).__name__
+    return DlmError(f"cannot write checkpoint {name} in {root} ({reason}); the earlier checkpoints are intact — "
+                    "fix the folder's permissions or disk, then continue with --resume")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -157,8 +275,37 @@ def verify_checkpoint(ckpt: Path) -> str | None:
                 return f"{name} has {path.stat().st_size} bytes, expected {info['bytes']} (truncated)"
             if sha256_file(path) != info["sha256"]:
                 return f"{name} fails its sha256 check (corrupted)"
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):  # ValueError: bad JSON or not UTF-8 at all
         return "manifest is unreadable"
+    return None
+
+
+def checkpoint_step(ckpt: Path) -> int:
+    """The step a checkpoint was saved at: from its manifest, else from its folder name."""
+    try:
+        return int(json.loads((ckpt / MANIFEST).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return int(ckpt.name.removeprefix("step-"))
+
+
+def weights_intact(ckpt: Path, name: str = "model.safetensors") -> bool:
+    """Whether one weights file of a checkpoint matches its manifest entry (the rest may be damaged)."""
+    try:
+        info = json.loads((ckpt / MANIFEST).read_text())["files"][name]
+        path = ckpt / name
+        return path.stat().st_size == info["bytes"] and sha256_file(path) == info["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def weights_readable(ckpt: Path, name: str = "model.safetensors") -> str | None:
+    """None if a weights file opens as safetensors (its header parses), else why not. Cheap: reads
+    the header only. Catches a file the manifest vouches for that is not safetensors at all."""
+    try:
+        with safe_open(str(ckpt / name), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as e:
+        return f"{name} is not a readable safetensors file ({str(e).splitlines()[0][:80]})"
     return None
 
 

@@ -11,6 +11,7 @@ write deterministically instead of sleeping and hoping:
     before-manifest  every file written and synced, the manifest not yet
     after-rename     the checkpoint renamed into place, older ones not yet pruned
     mid-prune        an old checkpoint renamed out of the namespace, not yet deleted
+    enospc           not a kill: the disk is full when model.safetensors is written (OSError ENOSPC)
 
 The rest runs exactly as `python -m dlm ...` would.
 """
@@ -18,11 +19,12 @@ The rest runs exactly as `python -m dlm ...` would.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
 
-POINTS = ("weights-half", "trainer-state", "before-manifest", "after-rename", "mid-prune")
+POINTS = ("weights-half", "trainer-state", "before-manifest", "after-rename", "mid-prune", "enospc")
 
 
 def die() -> None:
@@ -45,6 +47,8 @@ def install(point: str, at_save: int) -> None:
     def save_file(state, filename, *args, **kwargs):
         if filename.endswith("model.safetensors"):
             saves["n"] += 1
+            if armed() and point == "enospc":
+                raise OSError(errno.ENOSPC, "No space left on device", filename)
         real_save_file(state, filename, *args, **kwargs)
         if armed() and point == "weights-half" and filename.endswith("model.safetensors"):
             os.truncate(filename, os.path.getsize(filename) // 2)

@@ -87,7 +87,9 @@ def test_exact_resume(corpus_file: Path, tmp_path: Path) -> None:
     records = log_records(resumed)
     loss_steps = [r["step"] for r in records if "loss" in r]
     assert loss_steps == [5, 10, 15, 20]
-    assert all(r["step"] > 10 for r in records[n_first:])
+    marker, *continued = records[n_first:]  # a session starts with a marker naming its checkpoint
+    assert marker["event"] == "resume" and marker["checkpoint"] == "step-00000010" and marker["step"] == 10
+    assert all(r["step"] > 10 for r in continued)
     assert load_trainer_state(RunFolder(resumed).latest_checkpoint())["step"] == 20
 
     # Same data order, noise, optimizer state and LR schedule: bit-identical weights on CPU.

@@ -184,9 +184,23 @@ def test_missing_ckpt_path(command: str, tmp_path: Path, capsys: pytest.CaptureF
     assert_one_line_error(capsys, "missing", "not found")
 
 
-def test_resume_without_a_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["train", "--out", str(tmp_path / "nothing"), "--resume"]) == 2
-    assert_one_line_error(capsys, "cannot resume")
+def test_resume_on_a_fresh_folder_starts_a_new_run(tmp_path: Path, corpus_file: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    # The cluster recipe: one command line for the first submission and every requeue.
+    run = tmp_path / "run"
+    command = ["train", "--preset", "tiny", "--data", str(corpus_file), "--out", str(run), "--resume", "--quiet"]
+    assert main([*command, "--max-steps", "10"]) == 0
+    first = capsys.readouterr().out.splitlines()
+    assert first[0] == f"dlm: no checkpoint in {run} yet; starting a new run from step 0"
+    assert main([*command, "--max-steps", "20"]) == 0
+    assert capsys.readouterr().out.startswith(f"dlm: resuming {run} from checkpoint step-00000010 (step 10 of 20")
+    assert [c.name for c in RunFolder(run).checkpoints()] == ["step-00000010", "step-00000020"]
+
+
+def test_resume_with_checkpoints_but_no_config(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
+    (trained_run / "config.json").unlink()
+    assert main(["train", "--out", str(trained_run), "--resume"]) == 2
+    assert_one_line_error(capsys, "cannot resume", "config.json is missing")
 
 
 def test_training_into_an_existing_run(trained_run: Path, corpus_file: Path, capsys: pytest.CaptureFixture) -> None:
@@ -208,6 +222,8 @@ def test_eval_with_generation_judge_and_noise_curve(corpus_file: Path, tmp_path:
     gen = result["generation"]
     assert gen["samples"] == 3 and gen["length"] == 16 and gen["steps"] == 4 and gen["forward_passes"] == 4
     assert gen["gen_ppl"] > 1 and 0 < gen["unigram_entropy"] <= math.log(16) and gen["judge"] == str(judge)
+    # What was judged is kept: the texts of the samples, as many as were scored, each 16 characters.
+    assert len(gen["texts"]) == 3 and all(isinstance(t, str) and len(t) == 16 for t in gen["texts"])
     assert main(["eval", "--ckpt", str(judge), "--quiet", "--gen", "24", "--gen-length", "16", "--judge", str(judge),
                  "--mauve", "--json", str(report)]) == 0
     gen = json.loads(report.read_text())["generation"]

@@ -157,3 +157,41 @@ def test_loss_by_noise_level_is_flat_for_a_uniform_model():
     assert [round(p["t"], 4) for p in curve] == [round((k + 0.5) / 8, 4) for k in range(8)]
     assert all(p["nll_per_masked_token"] == pytest.approx(math.log(10), rel=1e-5) for p in curve)
     assert curve[0]["masked_tokens"] < curve[-1]["masked_tokens"]  # more masks at higher noise
+
+
+class Bigram(nn.Module):
+    """p(x_i | x_{i−1}) from a fixed table, reading the token before each position (a [MASK] there
+    reads as a start): its predictions never look at the masked positions to the right."""
+
+    def __init__(self, table: torch.Tensor, causal_input: bool):
+        super().__init__()
+        self.table, self.causal_input = table, causal_input  # (V + 4, V + 4) logits; rows: previous token
+
+    def forward(self, idx, t=None, cache=None):
+        previous = idx if self.causal_input else torch.cat((torch.full_like(idx[:, :1], BOS), idx[:, :-1]), 1)
+        previous = torch.where(previous == MASK, torch.full_like(previous, BOS), previous)
+        return self.table[previous]
+
+
+def test_left_to_right_likelihood_of_a_left_reading_model_equals_its_ar_likelihood() -> None:
+    from dlm.eval.likelihood import evaluate_left_to_right
+
+    table = torch.randn(V + 4, V + 4, generator=torch.Generator().manual_seed(0))
+    table[:, V:] = -1e9  # never a special token
+    windows = random_tokens(6, seed=4)
+    l2r = evaluate_left_to_right(Bigram(table, causal_input=False), windows, SPECIAL, device=torch.device("cpu"),
+                                 dtype=torch.float32, batch_size=4, max_logits=5000, progress=False)
+    # The AR twin reads [BOS] + x[:-1]: the same conditionals, the causal way.
+    ar = ar_loss(Bigram(table, causal_input=True), windows, BOS)
+    assert l2r["nats_per_token"] == pytest.approx(ar.nll_sum.item() / ar.n_tokens, rel=1e-5)
+    assert l2r["sequences_scored"] == 6 * L and l2r["forward_passes"] > 1  # chunked by max_logits
+
+
+def test_left_to_right_of_a_context_free_model_is_its_cross_entropy() -> None:
+    from dlm.eval.likelihood import evaluate_left_to_right
+
+    p = torch.softmax(torch.randn(V, generator=torch.Generator().manual_seed(1)), 0)
+    windows = random_tokens(3, seed=5)
+    l2r = evaluate_left_to_right(FixedLogProbs(p.log()), windows, SPECIAL, device=torch.device("cpu"),
+                                 dtype=torch.float32, progress=False)
+    assert l2r["nats_per_token"] == pytest.approx(float(-p.log()[windows].mean()), rel=1e-5)

@@ -102,8 +102,8 @@ def test_nan_guard_skips_bad_steps_then_stops_naming_them(corpus_file: Path, tmp
     def poisoned(*args, **kwargs):
         objective = real(*args, **kwargs)
 
-        def run(model, x, gen):
-            out = objective(model, x, gen)
+        def run(model, x, gen, **kwargs):
+            out = objective(model, x, gen, **kwargs)
             out.nll_sum = out.nll_sum * float("nan")
             return out
         return run

@@ -15,13 +15,17 @@ from dlm.errors import DlmError
 class RandomWindows:
     """(B, T) int64 batches of random length-T windows from a 1-D token array."""
 
-    def __init__(self, tokens: np.ndarray, block_size: int, seed: int, device: torch.device | str = "cpu"):
+    def __init__(self, tokens: np.ndarray, block_size: int, seed: int, device: torch.device | str = "cpu",
+                 aux: np.ndarray | None = None):
         if len(tokens) < block_size + 1:
             raise DlmError(f"the training split has {len(tokens)} tokens, fewer than block_size={block_size}; "
                            "use more text or a smaller model.block_size")
-        self.tokens, self.block_size, self.device = tokens, block_size, torch.device(device)
+        assert aux is None or len(aux) == len(tokens), "aux holds one value per token"
+        self.tokens, self.block_size, self.device, self.aux = tokens, block_size, torch.device(device), aux
         self.generator = torch.Generator().manual_seed(seed)
         self._offsets = torch.arange(block_size)
+        self.last_aux: torch.Tensor | None = None
+        """(B, T) float32: the `aux` values of the windows of the last batch (per-token masking scales)."""
 
     def next_batch(self, batch_size: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
         """The next global batch of `batch_size` windows; with several ranks, this rank's slice.
@@ -34,10 +38,15 @@ class RandomWindows:
         per_rank = batch_size // world_size
         starts = starts[rank * per_rank:(rank + 1) * per_rank]
         index = (starts[:, None] + self._offsets).numpy()
-        batch = torch.from_numpy(self.tokens[index].astype(np.int64))
+        batch = self._to_device(torch.from_numpy(self.tokens[index].astype(np.int64)))
+        if self.aux is not None:
+            self.last_aux = self._to_device(torch.from_numpy(self.aux[index].astype(np.float32)))
+        return batch
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
-            return batch.pin_memory().to(self.device, non_blocking=True)
-        return batch.to(self.device)
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -8,7 +8,9 @@ SUBS (MDLM §3.2) needs no code of its own here: the loss scores masked position
 [MASK] logit at −inf, and samplers only ever write to masked positions, so visible tokens are
 carried through unchanged.
 
-Two training-only additions, both off unless asked for (see dlm.objectives.mdlm):
+Training-only additions, off unless asked for (see dlm.objectives.mdlm):
+  * `entropy_mask_scale`: masking probability scaled per token by its entropy under a trained AR
+    twin (microDLM's entropy-weighted masking), instead of uniform;
   * `sample_prompt`: a random prefix of some sequences is a prompt, never masked or scored
     (conditional training for classifier-free guidance);
   * `corrupt_tokens`: visible tokens are replaced by uniform real tokens (Seed-Diffusion-style
@@ -36,19 +38,29 @@ def sample_t(batch: int, device: torch.device | str = "cpu",
 
 
 def mask_tokens(x: torch.Tensor, t: torch.Tensor, schedule: Schedule, mask_id: int,
-                generator: torch.Generator | None = None,
-                keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                generator: torch.Generator | None = None, keep: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """z_t ~ q(z_t | x). x: (B, T) ids; t: (B,). Returns (z_t, masked) with masked (B, T) bool.
 
-    `keep` (B, T) bool marks positions that are never masked (a prompt).
+    `keep` (B, T) bool marks positions that are never masked (a prompt). `scale` (B, T) multiplies
+    each token's mask probability (entropy-weighted masking; the result is clamped to [0, 1]).
     """
     mask_prob = (1 - schedule.alpha(t.double())).float()[:, None]  # (B, 1)
+    if scale is not None:
+        mask_prob = (mask_prob * scale.float()).clamp(0.0, 1.0)  # (B, T)
     u = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
     masked = u < mask_prob
     if keep is not None:
         masked &= ~keep
     return torch.where(masked, torch.full_like(x, mask_id), x), masked
 
+
+
+def entropy_mask_scale(entropy: torch.Tensor, mean_entropy: float) -> torch.Tensor:
+    """microDLM's entropy-weighted masking: a token's mask probability is multiplied by
+    clamp(2 − e_norm, 0.5, 1.5), with e_norm its entropy over the corpus mean (so 1 on average).
+    Hard-to-predict tokens (high entropy) are masked less often, easy ones more."""
+    return (2.0 - entropy.float() / mean_entropy).clamp(0.5, 1.5)
 
 
 def sample_prompt(batch: int, length: int, prompt_prob: float, device: torch.device | str = "cpu",

@@ -67,6 +67,7 @@ def evaluate_generation(pipe: Pipeline, split_tokens: np.ndarray, *, num_samples
         torch.cuda.synchronize()
     wall = time.perf_counter() - start
     samples = torch.cat(batches).cpu()
+    special = set(pipe.tokenizer.special_ids) - {pipe.tokenizer.eos_id}  # what was judged, as text
     peak = (torch.cuda.max_memory_allocated() if pipe.device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
     quality = sample_quality(samples)
@@ -80,7 +81,9 @@ def evaluate_generation(pipe: Pipeline, split_tokens: np.ndarray, *, num_samples
         scores = mauve_score(scorer.features(samples, batch_size).numpy(),
                              scorer.features(reference, batch_size).numpy(), seed=seed)
         quality.update({k if k == "mauve" else f"mauve_{k}": v for k, v in scores.items()})
-    return {**quality, **options, "sampler": "autoregressive" if pipe.is_autoregressive else options.get("sampler"),
+    texts = [pipe.tokenizer.decode([i for i in row if i not in special]) for row in samples.tolist()]
+    sampler = "autoregressive" if pipe.is_autoregressive else options.get("sampler")
+    return {**quality, **options, "texts": texts, "sampler": sampler,
             "steps": length if pipe.is_autoregressive else steps, "seed": seed, "batch_size": batch_size,
             "judge": judge, "wall_s": wall, "tokens_per_s": samples.numel() / wall, "forward_passes": passes,
             "peak_memory_mb": peak, "dtype": str(pipe.dtype).removeprefix("torch.")}

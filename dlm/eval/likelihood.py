@@ -12,11 +12,18 @@ tokens the diffusion bound covers.
 
 Both also report the standard error over windows (how much the figure would move with other
 text of the same kind), which is a different quantity from the estimator's Monte-Carlo error.
+
+Left to right (`evaluate_left_to_right`). A diffusion model is also a left-to-right model: reveal
+the window one token at a time, each predicted with everything before it visible and everything
+after it masked. The product of those probabilities is an exact likelihood (of the model used as a
+left-to-right sampler), usually tighter than the NELBO, which averages over all orders; it costs
+one forward pass per position.
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
@@ -121,3 +128,47 @@ def loss_by_noise_level(model: torch.nn.Module, windows: torch.Tensor, special: 
             count += int(masked.sum())
         curve.append({"t": t_value, "nll_per_masked_token": total / max(count, 1), "masked_tokens": count})
     return curve
+
+
+@torch.no_grad()
+def evaluate_left_to_right(model: torch.nn.Module, windows: torch.Tensor, special: SpecialIds, *,
+                           device: torch.device, dtype: torch.dtype, batch_size: int = 64,
+                           time_conditioned: bool = False, max_logits: int = 2**25,
+                           progress: bool = True) -> dict:
+    """Exact NLL of `windows` (N, L) under a diffusion model decoding left to right: token i is
+    scored from x_<i visible and x_≥i masked. One forward pass per position (batched)."""
+    model.eval()
+    N, L = windows.shape
+    vocab = None
+    started, passes, per_window = time.perf_counter(), 0, np.zeros(N)
+    columns = torch.arange(L)
+    bar = tqdm(total=N * L, disable=not progress, desc="left-to-right", leave=False, unit="pos")
+    for w in range(0, N, batch_size):
+        x = windows[w:w + batch_size].to(device)  # (b, L)
+        b = len(x)
+        chunk = max(1, max_logits // max(b * L * (vocab or 1024), 1))  # positions per forward
+        for first in range(0, L, chunk):
+            positions = torch.arange(first, min(first + chunk, L))  # (P,)
+            P = len(positions)
+            hidden = columns[None, :] >= positions[:, None]  # (P, L): what is masked when scoring i
+            inputs = x[:, None, :].expand(b, P, L).masked_fill(hidden.to(device)[None], special.mask)
+            t = ((L - positions).float() / L).repeat(b).to(device) if time_conditioned else None
+            with autocast(device, dtype):
+                logits = model(inputs.reshape(b * P, L), t=t)  # (b·P, L, V)
+            vocab = logits.shape[-1]
+            rows = torch.arange(b * P, device=device)
+            at = logits[rows, positions.repeat(b).to(device)].float()  # (b·P, V): each row's scored column
+            at[:, special.mask] = float("-inf")
+            target = x[:, positions.to(device)].reshape(-1)  # (b·P,)
+            nll = -at.log_softmax(-1).gather(-1, target[:, None]).squeeze(-1)
+            per_window[w:w + b] += nll.view(b, P).double().sum(1).cpu().numpy()
+            passes += 1
+            bar.update(b * P)
+    bar.close()
+    per_token = per_window / L
+    nats = float(per_token.mean())
+    return {"kind": "left_to_right_nll", "nats_per_token": nats, "bits_per_token": nats / math.log(2),
+            "perplexity": math.exp(nats),
+            "window_standard_error": float(np.std(per_token, ddof=1) / math.sqrt(N)) if N > 1 else None,
+            "windows": N, "window_length": L, "tokens": N * L, "forward_passes": passes,
+            "sequences_scored": N * L, "seconds": time.perf_counter() - started}

@@ -16,23 +16,27 @@ from dlm.objectives.mdlm import mdlm_loss
 from dlm.objectives.output import LossOutput
 from dlm.tokenizers import Tokenizer
 
-Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Generator | None], LossOutput]
+Objective = Callable[..., LossOutput]
+"""objective(model, x (B, L) ids, noise generator, mask_scale=None) → LossOutput."""
 
 __all__ = ["LossOutput", "Objective", "ar_loss", "make_objective", "mdlm_loss"]
 
 
 def make_objective(objective: str, schedule: str, tokenizer: Tokenizer, *, edit_prob: float = 0.0,
-                   edit_weight: float = 1.0, prompt_prob: float = 0.0, antithetic: bool = True) -> Objective:
-    """The training loss. `edit_prob`, `edit_weight`, `prompt_prob` and `antithetic` are the diffusion
-    config's training-time options (see dlm.objectives.mdlm and dlm.diffusion.process); the AR
-    objective has none."""
+                   edit_weight: float = 1.0, prompt_prob: float = 0.0, antithetic: bool = True,
+                   weighting: str = "elbo") -> Objective:
+    """The training loss: objective(model, x, generator, mask_scale=None). `edit_prob`, `edit_weight`,
+    `prompt_prob`, `antithetic` and `weighting` are the diffusion config's training-time options
+    (see dlm.objectives.mdlm and dlm.diffusion.process); `mask_scale` (B, L), entropy-weighted
+    masking's per-token factors. The AR objective has none of them."""
     if objective == "ar":
-        return lambda model, x, gen: ar_loss(model, x, tokenizer.bos_id)
+        return lambda model, x, gen, mask_scale=None: ar_loss(model, x, tokenizer.bos_id)
     sched = get_schedule(schedule)
     special = set(tokenizer.special_ids)
     # Where the specials sit depends on the tokenizer (last for char, first for BPE).
     real_ids = torch.tensor([i for i in range(tokenizer.vocab_size) if i not in special])  # (V_real,)
     assert len(real_ids) == tokenizer.n_real_tokens
-    return lambda model, x, gen: mdlm_loss(model, x, sched, tokenizer.mask_id, tokenizer.n_real_tokens,
-                                           generator=gen, edit_prob=edit_prob, edit_weight=edit_weight,
-                                           prompt_prob=prompt_prob, real_ids=real_ids, antithetic=antithetic)
+    return lambda model, x, gen, mask_scale=None: mdlm_loss(
+        model, x, sched, tokenizer.mask_id, tokenizer.n_real_tokens, generator=gen, edit_prob=edit_prob,
+        edit_weight=edit_weight, prompt_prob=prompt_prob, real_ids=real_ids, antithetic=antithetic,
+        weighting=weighting, mask_scale=mask_scale)

@@ -47,6 +47,9 @@ from dlm.objectives.output import LossOutput
 # integrand (expected per-token NLL of the masked tokens) grows with the noise level, this can
 # only raise the estimate, and by at most T_MIN · (its value) ≈ 1e-5 nats/token: still a bound.
 T_MIN = 1e-5
+# The `clipped` weighting caps −α'/(1−α) here: for the linear schedule, t < 1/5 weighs as t = 1/5.
+WEIGHT_CAP = 5.0
+WEIGHTINGS = ("elbo", "flat", "clipped")
 
 
 def token_nll(model: nn.Module, x: torch.Tensor, z: torch.Tensor, t: torch.Tensor,
@@ -63,34 +66,50 @@ def masked_nll(model: nn.Module, x: torch.Tensor, z: torch.Tensor, masked: torch
     return token_nll(model, x, z, t, mask_id) * masked
 
 
+def loss_weight(schedule: Schedule, t: torch.Tensor, weighting: str = "elbo") -> torch.Tensor:
+    """(B,) the weight of a masked token's −log p at noise level t.
+
+    elbo: −α'(t)/(1 − α(t)), the NELBO's (1/t for the linear schedule); flat: 1, a plain masked
+    cross-entropy; clipped: the ELBO weight capped at WEIGHT_CAP (bounded variance at small t).
+    Only `elbo` makes the loss a bound on the NLL."""
+    if weighting == "flat":
+        return torch.ones_like(t)
+    alpha, alpha_prime = schedule.alpha(t), schedule.alpha_prime(t)
+    weight = -alpha_prime / (1 - alpha).clamp_min(1e-12)
+    return weight.clamp(max=WEIGHT_CAP) if weighting == "clipped" else weight
+
+
 def mdlm_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int,
               n_real_tokens: int | None = None, generator: torch.Generator | None = None,
               t: torch.Tensor | None = None, *, edit_prob: float = 0.0, edit_weight: float = 1.0,
-              prompt_prob: float = 0.0, real_ids: torch.Tensor | None = None, antithetic: bool = True) -> LossOutput:
+              prompt_prob: float = 0.0, real_ids: torch.Tensor | None = None, antithetic: bool = True,
+              weighting: str = "elbo", mask_scale: torch.Tensor | None = None) -> LossOutput:
     """One-sample estimate of the NELBO of each sequence in x (B, L).
 
     The keyword options are the training-time additions of the module docstring, off by default;
-    with edit_prob > 0 or prompt_prob > 0 the result is a training loss, not the NELBO.
-    `real_ids` (V_real,) are the ids corrupted tokens are drawn from (needed when edit_prob > 0);
-    `n_real_tokens`, the ids text can produce, sizes the prior term (needed when α(1) > 0).
+    with edit_prob > 0, prompt_prob > 0, a weighting other than 'elbo' or a `mask_scale` the result
+    is a training loss, not the NELBO. `real_ids` (V_real,) are the ids corrupted tokens are drawn
+    from (needed when edit_prob > 0); `n_real_tokens`, the ids text can produce, sizes the prior
+    term (needed when α(1) > 0); `mask_scale` (B, L) multiplies each token's mask probability.
     """
     B, L = x.shape
     if t is None:
         t = sample_t(B, x.device, generator, antithetic=antithetic)
     t = t.clamp(min=T_MIN)
     prompt = sample_prompt(B, L, prompt_prob, x.device, generator) if prompt_prob > 0 else None  # (B, L)
-    z, masked = mask_tokens(x, t, schedule, mask_id, generator, keep=prompt)
+    z, masked = mask_tokens(x, t, schedule, mask_id, generator, keep=prompt, scale=mask_scale)
     if edit_prob > 0:
         assert real_ids is not None, "edit corruption draws from real_ids; pass them"
         z, _ = corrupt_tokens(z, masked, edit_prob, real_ids, generator, keep=prompt)
-    alpha, alpha_prime = schedule.alpha(t), schedule.alpha_prime(t)
-    weight = -alpha_prime / (1 - alpha).clamp_min(1e-12)  # (B,)
+    weight = loss_weight(schedule, t, weighting)  # (B,)
     nll = token_nll(model, x, z, t, mask_id)  # (B, L)
     per_seq = ((nll * masked).sum(1) * weight) / L
     if edit_prob > 0:  # keep-or-fix term at every visible, non-prompt position
         visible = ~masked if prompt is None else ~masked & ~prompt  # (B, L)
         per_seq = per_seq + edit_weight * (nll * visible).sum(1) / L
 
+    if weighting != "elbo":  # the boundary terms belong to the bound only
+        return LossOutput(per_seq.sum() * L, B * L, per_seq.detach(), t)
     alpha_0, alpha_1 = schedule.alpha(torch.tensor([0.0, 1.0], dtype=torch.float64)).tolist()
     if alpha_0 < 1 - 1e-9:  # reconstruction term at t = 0
         t0 = torch.zeros(B, device=x.device)

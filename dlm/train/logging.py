@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from dlm.errors import DlmError
+
 
 class RunLogger:
     def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True, wandb: bool = False,
@@ -39,8 +41,12 @@ class RunLogger:
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        try:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        except OSError as e:  # a full disk, most likely: the checkpoints written so far are intact
+            raise DlmError(f"cannot write the training log {self._jsonl.name} ({e.strerror or e}); free some "
+                           "space, then continue with --resume") from None
         step = record.get("step", 0)
         numbers = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
         if self._tb is not None:

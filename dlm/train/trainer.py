@@ -12,6 +12,7 @@ import copy
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +23,11 @@ from tqdm import tqdm
 from dlm.config import RunConfig
 from dlm.data.loader import RandomWindows
 from dlm.data.shards import prepare_corpus
+from dlm.diffusion.process import entropy_mask_scale
 from dlm.errors import DlmError
 from dlm.model.transformer import Transformer
 from dlm.objectives import Objective, make_objective
-from dlm.run_folder import RunFolder, load_trainer_state, load_weights
+from dlm.run_folder import RunFolder, RunLock, load_weights, weights_intact
 from dlm.runtime import autocast, pick_device, pick_dtype, should_compile
 from dlm.tokenizers import Tokenizer
 from dlm.train.distributed import (
@@ -41,6 +43,7 @@ from dlm.train.distributed import (
 from dlm.train.ema import EMA
 from dlm.train.logging import RunLogger
 from dlm.train.optim import lr_at, make_optimizer
+from dlm.train.resume import ResumePoint, find_resume_point, keep_old_log, resume_message, take_lock
 from dlm.train.signals import StopFlag
 from dlm.train.state import TrainState, noise_seed, seed_everything
 from dlm.train.validation import quick_val_loss
@@ -70,6 +73,11 @@ class TrainSetup:
     train_tokens: np.ndarray
     val_tokens: np.ndarray
     quiet: bool
+    lock: RunLock | None = None
+    """The run's writer lock (main rank only); `train` releases it when it returns or fails."""
+    token_entropy: np.ndarray | None = None
+    """With diffusion.masking=entropy: each training token's entropy under the AR twin."""
+    mean_entropy: float = 1.0
 
     @property
     def micro_batch(self) -> int:
@@ -90,33 +98,46 @@ class StepOutcome:
     """Non-finite gradients: no update was made."""
 
 
-def prepare(cfg: RunConfig, run_dir: Path, resume: bool = False,
-            quiet: bool = False) -> tuple[TrainSetup, Path | None, dict | None]:
-    """Validate, join the process group, pick device and dtype, seed, tokenize the corpus.
+def prepare(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = False,
+            fresh_optimizer: bool = False) -> tuple[TrainSetup, ResumePoint]:
+    """Validate, join the process group, take the run's writer lock, find where to resume, pick
+    device and dtype, seed, tokenize the corpus.
 
-    Returns (setup, the checkpoint to resume from or None, its trainer state or None). `cfg` is
-    not changed: the setup holds a resolved copy."""
+    `cfg` is not changed: the setup holds a resolved copy. The caller releases `setup.lock`."""
     cfg = copy.deepcopy(cfg)
     cfg.validate()
     run, tc = RunFolder(run_dir), cfg.train
     dist, device_name = init_distributed(tc.device)
-    quiet = quiet or not dist.is_main
+    lock = take_lock(run, dist)
+    try:
+        return _prepare_locked(cfg, run, dist, device_name, lock, resume, quiet or not dist.is_main, fresh_optimizer)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _prepare_locked(cfg: RunConfig, run: RunFolder, dist: DistInfo, device_name: str, lock: RunLock | None,
+                    resume: bool, quiet: bool, fresh_optimizer: bool) -> tuple[TrainSetup, ResumePoint]:
+    tc = cfg.train
     if tc.batch_size % (tc.grad_accum * dist.world_size):
         raise DlmError(f"train.batch_size={tc.batch_size} must be a multiple of grad_accum × ranks "
                        f"= {tc.grad_accum * dist.world_size}")
-    ckpt = run.latest_checkpoint(quiet=not dist.is_main) if resume else None
-    if not resume and run.checkpoints_dir.is_dir() and any(run.checkpoints_dir.iterdir()):
+    if not resume and run.checkpoints():
         raise DlmError(f"{run.path} already holds a training run; pass --resume to continue it "
                        "or choose a new --out folder")
-    saved = load_trainer_state(ckpt) if ckpt is not None else None
-    if resume and dist.is_main:  # said even with --quiet: where a run continues from is never noise
-        print(resume_message(run, ckpt, saved, tc.max_steps, tc.max_time), flush=True)
+    point = find_resume_point(run, fresh_optimizer, quiet=not dist.is_main) if resume else ResumePoint()
+    if dist.is_main:
+        if resume:  # said even with --quiet: where a run continues from is never noise
+            print(resume_message(run, point, tc.max_steps, tc.max_time), flush=True)
+        if point.checkpoint is None:
+            keep_old_log(run)
 
     device = pick_device(device_name)
     dtype = pick_dtype(tc.dtype, device)
     seed_everything(tc.seed)
     # A resumed run keeps its own tokenizer, whatever the corpus cache holds now.
-    saved_tokenizer = run.read_tokenizer() if ckpt is not None else None
+    saved_tokenizer = run.read_tokenizer() if point.checkpoint is not None else None
     if dist.is_main:  # tokenize once, then the other ranks read the cache
         corpus = prepare_corpus(cfg.data, tokenizer=saved_tokenizer, progress=not quiet)
     barrier(dist)
@@ -127,33 +148,35 @@ def prepare(cfg: RunConfig, run_dir: Path, resume: bool = False,
     cfg.model.causal = tc.objective == "ar"
     dc = cfg.diffusion
     objective = make_objective(tc.objective, dc.schedule, tokenizer, edit_prob=dc.edit_prob, antithetic=dc.antithetic,
-                               edit_weight=dc.edit_weight, prompt_prob=dc.prompt_prob)
+                               edit_weight=dc.edit_weight, prompt_prob=dc.prompt_prob, weighting=dc.weighting)
     setup = TrainSetup(cfg, run, dist, device, dtype, tokenizer, objective, corpus.split("train"),
-                       corpus.split("val"), quiet)
-    return setup, ckpt, saved
+                       corpus.split("val"), quiet, lock)
+    if dc.masking == "entropy" and tc.objective != "ar":
+        from dlm.train.entropy_masking import cached_entropies
+
+        if dist.is_main:  # computed once, then the other ranks read the cache
+            setup.token_entropy, setup.mean_entropy = cached_entropies(dc.entropy_run, corpus, device, dtype,
+                                                                       progress=not quiet)
+        barrier(dist)
+        if not dist.is_main:
+            setup.token_entropy, setup.mean_entropy = cached_entropies(dc.entropy_run, corpus, device, dtype)
+    return setup, point
 
 
-def resume_message(run: RunFolder, ckpt: Path | None, saved: dict | None, max_steps: int, max_time: float) -> str:
-    """The first line of a resumed run: where it continues from, and what is left of its budget."""
-    if ckpt is None:
-        return f"dlm: no intact checkpoint in {run.path}; starting from step 0"
-    budget = ""
-    if max_time > 0:
-        left = max(max_time - saved["elapsed"], 0.0)
-        budget = f"; {left:,.0f} s of the {max_time:,.0f} s time budget left"
-    return (f"dlm: resuming {run.path} from checkpoint {ckpt.name} (step {saved['step']:,} of {max_steps:,}, "
-            f"{saved['tokens_seen'] / 1e6:,.2f}M tokens seen, {saved['elapsed']:,.0f} s trained){budget}")
-
-
-def build_state(setup: TrainSetup, ckpt: Path | None = None, saved: dict | None = None) -> TrainState:
-    """Model, EMA, optimizer and loader; with a checkpoint, everything as it was saved."""
+def build_state(setup: TrainSetup, point: ResumePoint | None = None) -> TrainState:
+    """Model, EMA, optimizer and loader; from a resume point, everything as it was saved (or, for a
+    weights-only resume, the weights with a fresh optimizer and a data order of its own)."""
     cfg, tc, device = setup.cfg, setup.cfg.train, setup.device
+    point = point or ResumePoint()
+    ckpt = point.checkpoint
     fsdp = tc.fsdp and setup.dist.enabled
     model = Transformer(cfg.model).to(device)
     ema_start = None
     if ckpt is not None:  # weights go in before sharding: every rank reads the full file
         load_weights(model, ckpt)
-        if tc.ema_decay > 0 and (ckpt / "ema.safetensors").is_file():
+        has_ema = (ckpt / "ema.safetensors").is_file() and (not point.weights_only
+                                                             or weights_intact(ckpt, "ema.safetensors"))
+        if tc.ema_decay > 0 and has_ema:
             ema_start = Transformer(cfg.model).to(device)
             load_weights(ema_start, ckpt, "ema.safetensors")
     wrapped = wrap_model(model, setup.dist, fsdp)
@@ -161,13 +184,19 @@ def build_state(setup: TrainSetup, ckpt: Path | None = None, saved: dict | None 
         shard_model(ema_start)  # same layout as the model, so shards line up
     ema = EMA(model, tc.ema_decay) if tc.ema_decay > 0 else None
     optimizer = make_optimizer(model, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), fused=not fsdp)
-    loader = RandomWindows(setup.train_tokens, cfg.model.block_size, seed=tc.seed, device=device)
+    data_seed = tc.seed + point.step if point.weights_only else tc.seed  # not a replay of the first batches
+    loader = RandomWindows(setup.train_tokens, cfg.model.block_size, seed=data_seed, device=device,
+                           aux=setup.token_entropy)
     compiled = torch.compile(wrapped) if should_compile(tc.compile, device) else wrapped
     state = TrainState(model, wrapped, compiled, optimizer, ema, loader, fsdp)
-    if ckpt is not None:
-        state.restore(saved, ema_start)
-        if ema is not None and ema_start is None and not setup.quiet:
-            print("dlm: the checkpoint has no EMA weights; the average restarts from the current weights")
+    if point.saved is not None:
+        state.restore(point.saved, ema_start)
+    elif point.weights_only:
+        state.step, state.tokens_seen = point.step, point.step * setup.tokens_per_step
+        if ema is not None and ema_start is not None:
+            ema.load_state_dict({n: p.detach().float() for n, p in ema_start.named_parameters()}, point.step)
+    if ckpt is not None and ema is not None and ema_start is None and not setup.quiet:
+        print("dlm: the checkpoint has no EMA weights; the average restarts from the current weights")
     return state
 
 
@@ -193,9 +222,12 @@ def optimizer_step(state: TrainState, setup: TrainSetup, lr: float, noise: torch
         noise.manual_seed(noise_seed(tc.seed, state.step, micro, dist.rank))
         # Gradients are all-reduced only on the last micro-batch.
         sync = micro == tc.grad_accum - 1 or not dist.enabled
+        scale = None
+        if setup.token_entropy is not None:
+            scale = entropy_mask_scale(state.loader.last_aux, setup.mean_entropy)
         with gradient_sync(state.wrapped, sync):
             with autocast(setup.device, setup.dtype):
-                out = setup.objective(state.compiled, x, noise)
+                out = setup.objective(state.compiled, x, noise, mask_scale=scale)
             # Divide by this rank's tokens of the whole step: DDP averages over ranks, so the update
             # equals the one big batch would give.
             (out.nll_sum / local_tokens).backward()
@@ -262,10 +294,23 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = False) -> TrainResult:
-    """Train `cfg` into `run_dir` (continuing its newest intact checkpoint with `resume`)."""
-    setup, ckpt, saved = prepare(cfg, Path(run_dir), resume, quiet)
-    state = build_state(setup, ckpt, saved)
+def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = False,
+          fresh_optimizer: bool = False, on_validate: Callable[[int, float], bool] | None = None) -> TrainResult:
+    """Train `cfg` into `run_dir` (continuing its newest intact checkpoint with `resume`; with
+    `fresh_optimizer`, from the newest intact weights when no checkpoint is wholly intact).
+
+    `on_validate(step, val_loss)` is called after each validation; returning True stops the run
+    there (after saving), as a sweep's pruner does."""
+    setup, point = prepare(cfg, Path(run_dir), resume, quiet, fresh_optimizer)
+    try:
+        return _train(setup, point, on_validate)
+    finally:
+        if setup.lock is not None:
+            setup.lock.release()
+
+
+def _train(setup: TrainSetup, point: ResumePoint, on_validate: Callable[[int, float], bool] | None) -> TrainResult:
+    state = build_state(setup, point)
     cfg, tc, dist, quiet = setup.cfg, setup.cfg.train, setup.dist, setup.quiet
     if dist.is_main:
         setup.run.path.mkdir(parents=True, exist_ok=True)
@@ -274,6 +319,10 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     if not quiet:
         print(describe(state, setup))
     logger = RunLogger(setup.run.path, dist.is_main, tensorboard=tc.tensorboard, wandb=tc.wandb, config=cfg.to_dict())
+    # Each session starts with a marker, so a log read later shows where a run resumed or restarted.
+    logger.log({"step": state.step, "event": "resume" if point.checkpoint is not None else "start",
+                "checkpoint": point.checkpoint.name if point.checkpoint is not None else None,
+                "weights_only": point.weights_only, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     noise = torch.Generator()
     state.started_at = time.time()
     window_loss, window_tokens, window_start = torch.zeros((), device=setup.device), 0, time.time()
@@ -312,14 +361,19 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
 
             out_of_time, signalled = stop_decision(state, setup, stop)
             finishing = state.step == tc.max_steps or out_of_time or signalled
+            pruned = False
             if state.step % tc.eval_interval == 0 or finishing:
                 val_loss = validate(state, setup)
                 logger.log({"step": state.step, "val_loss": val_loss, "elapsed_s": state.elapsed()})
                 if not quiet:
                     bar.write(f"step {state.step}: train {last_loss:.4f}  val {val_loss:.4f} nats/token"
                               f"{' (EMA weights)' if state.ema is not None else ''}")
-            if state.step % tc.ckpt_interval == 0 or finishing:
+                pruned = on_validate is not None and not finishing and bool(on_validate(state.step, val_loss))
+            if state.step % tc.ckpt_interval == 0 or finishing or pruned:
                 save(state, setup)
+            if pruned:
+                stopped_by = "pruned"
+                break
             if out_of_time:
                 stopped_by = "max_time"
                 break

@@ -1,0 +1,2 @@
+"""Experiments made of training and evaluation runs: a grid of configurations (study), a
+hyperparameter search (sweep)."""
