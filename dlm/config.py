@@ -105,6 +105,21 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    base: str = ""
+    """The run this one starts from: its newest checkpoint's weights (EMA when saved), vocabulary grown
+    for any new tokens; '' = trained from scratch."""
+    chat: bool = False
+    """Conversations (data.source: JSONL messages, a play script, hf:NAME) with a response-only loss."""
+    fill: str = "pad"
+    """What follows a reply's end-of-turn token on the canvas: pad, eos or block-eos (dlm.data.chat_loader)."""
+    pad_weight: float = 0.1
+    """With fill=pad: loss weight of the [PAD] filler (0: masked but unscored)."""
+    fill_block: int = 32
+    """With fill=block-eos: the block length, counted from the reply's first token."""
+
+
+@dataclass
 class RunConfig:
     preset: str = ""
     """The preset this config started from (informational)."""
@@ -112,6 +127,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,6 +184,16 @@ class RunConfig:
         if t.objective == "ar" and (d.edit_prob > 0 or d.prompt_prob > 0):
             raise DlmError("diffusion.edit_prob and diffusion.prompt_prob are for diffusion runs; "
                            "set them to 0 for train.objective=ar")
+        f = self.finetune
+        if f.fill not in ("pad", "eos", "block-eos"):
+            raise DlmError(f"finetune.fill={f.fill!r} is not one of pad, eos, block-eos")
+        if f.chat and not f.base:
+            raise DlmError("finetune.chat=true needs finetune.base=RUN (a pre-trained run); "
+                           "use dlm finetune --base RUN --chat")
+        if not 0 <= f.pad_weight <= 1 or f.fill_block < 1:
+            raise DlmError(f"finetune.pad_weight={f.pad_weight} must be in [0, 1] and finetune.fill_block ≥ 1")
+        if self.model.lora_rank < 0:
+            raise DlmError(f"model.lora_rank={self.model.lora_rank} must be ≥ 0 (0 = full fine-tuning)")
         if t.batch_size < 1 or t.grad_accum < 1 or t.batch_size % t.grad_accum:
             raise DlmError(f"train.batch_size={t.batch_size} must be a positive multiple of "
                            f"train.grad_accum={t.grad_accum}")
@@ -179,7 +205,7 @@ class RunConfig:
             raise DlmError(f"data.val_fraction={self.data.val_fraction} must be between 0 and 1")
 
 
-SECTIONS = ("model", "data", "diffusion", "train")
+SECTIONS = ("model", "data", "diffusion", "train", "finetune")
 # Fields renamed since runs were first written: config.json files of older runs still load.
 # Old name → new dotted name; both a config.json key and a bare or dotted override.
 RENAMED = {"data.data": "data.source", "data": "data.source"}

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from dlm.config import RunConfig
+from dlm.data.chat import ChatTemplate, check_conversation
 from dlm.errors import DlmError
 from dlm.model.transformer import Transformer
 from dlm.run_folder import load_weights, locate_checkpoint
@@ -172,6 +173,66 @@ class Pipeline:
 
     def decode(self, result: GenerationResult) -> list[str]:
         return [self.tokenizer.decode(row) for row in result.rows()]
+
+    # --- chat -----------------------------------------------------------------------------------
+
+    def _chat_decoder(self, messages: list[dict], max_new_tokens: int | None,
+                      options: dict) -> tuple[Denoiser | ARDecoder, int]:
+        template = ChatTemplate(self.tokenizer)
+        messages = check_conversation({"messages": messages}, "messages")
+        block = self.model.cfg.block_size
+        length = max_new_tokens or block // 2
+        if not 1 <= length < block:
+            raise DlmError(f"max_new_tokens={length} must be between 1 and the context ({block}) minus the prompt")
+        prompt = template.prompt(messages, max_len=block - length)  # the oldest turns give way
+        special = SpecialIds(self.tokenizer.mask_id, self.tokenizer.pad_id, self.tokenizer.bos_id, template.end_id)
+        options.setdefault("steps", length)
+        options.setdefault("stop_at_eos", True)  # the reply ends at its end-of-turn token
+        config = self._config(options)
+        self.model.eval()
+        if self.is_autoregressive:
+            return ARDecoder(self.model, [prompt], length, config, special, self.device), template.end_id
+        canvas = build_canvas([[*prompt, *([None] * length)]], special, self.device)
+        return Denoiser(self.model, canvas, config, special), template.end_id
+
+    def reply_text(self, tokens: torch.Tensor, generated: torch.Tensor, end_id: int) -> str:
+        """The generated text of one row up to its first end-of-turn token ([PAD]/[MASK] left out)."""
+        ids = [t for t, g in zip(tokens.tolist(), generated.tolist(), strict=True) if g]
+        if end_id in ids:
+            ids = ids[:ids.index(end_id)]
+        skip = set(self.tokenizer.reserved_ids)
+        return self.tokenizer.decode([i for i in ids if i not in skip])
+
+    @torch.no_grad()
+    def chat(self, messages: list[dict], max_new_tokens: int | None = None, **options) -> str:
+        """The assistant's next turn after `messages` ([{"role": "system"|"user"|"assistant",
+        "content": ...}, ...]) from a chat fine-tuned run. `options` are SamplerConfig fields; by
+        default one step per token of `max_new_tokens` (half the context) and a stop at the
+        end-of-turn token, so the reply's length is the model's choice."""
+        decoder, end_id = self._chat_decoder(messages, max_new_tokens, options)
+        with autocast(self.device, self.dtype):
+            for _ in decoder.steps():
+                pass
+        result = decoder.result()
+        return self.reply_text(result.tokens[0], result.generated[0], end_id)
+
+    def chat_stream(self, messages: list[dict], max_new_tokens: int | None = None,
+                    **options) -> Iterator[tuple[DenoiseStep, str]]:
+        """Like `chat`, yielding (step, the reply so far with [MASK]s shown as '_') after every step."""
+        decoder, end_id = self._chat_decoder(messages, max_new_tokens, options)
+        generated = decoder.result().generated[0]
+        mask = self.tokenizer.mask_id
+        with torch.no_grad(), autocast(self.device, self.dtype):
+            for state in decoder.steps():
+                row = state.tokens[0]
+                if self.is_autoregressive:  # the decoder's canvas has a [BOS] column first
+                    row = row[1:]
+                ids = [t for t, g in zip(row.tolist(), generated.tolist(), strict=True) if g]
+                if end_id in ids:
+                    ids = ids[:ids.index(end_id)]
+                text = "".join("_" if i == mask else self.tokenizer.decode([i]) for i in ids
+                               if i == mask or i not in self.tokenizer.reserved_ids)
+                yield state, text
 
 
 def load(path: str | Path, device: str = "auto", dtype: str = "auto", weights: str = "auto") -> Pipeline:

@@ -29,6 +29,10 @@ class ModelConfig:
     """Base of the rotary position embedding's frequencies."""
     dropout: float = 0.0
     """Dropout on attention weights (training only; 0 = off, the usual choice for small data)."""
+    lora_rank: int = 0
+    """LoRA fine-tuning: rank of the low-rank update of each linear layer of the blocks (frozen base); 0 = off."""
+    lora_alpha: float = 0.0
+    """LoRA scale α (the update is α/rank·B·A); 0 means α = rank."""
 
     def validate(self) -> None:
         if self.d_model % self.n_head:

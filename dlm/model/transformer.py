@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from dlm.model.config import ModelConfig
 from dlm.model.kv_cache import KVCache
+from dlm.model.lora import add_lora
 
 
 def rope_tables(block_size: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,6 +172,8 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
             elif "modulation" in name:  # adaLN starts as the identity
                 nn.init.zeros_(p)
+        if cfg.lora_rank:
+            add_lora(self, cfg.lora_rank, cfg.lora_alpha or cfg.lora_rank)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -17,7 +17,8 @@ from dlm.objectives.output import LossOutput
 from dlm.tokenizers import Tokenizer
 
 Objective = Callable[..., LossOutput]
-"""objective(model, x (B, L) ids, noise generator, mask_scale=None) → LossOutput."""
+"""objective(model, x (B, L) ids, noise generator, mask_scale=None, prompt_mask=None, token_weight=None)
+→ LossOutput; the keyword tensors are (B, L) batch extras (entropy masking, chat fine-tuning)."""
 
 __all__ = ["LossOutput", "Objective", "ar_loss", "make_objective", "mdlm_loss"]
 
@@ -30,13 +31,14 @@ def make_objective(objective: str, schedule: str, tokenizer: Tokenizer, *, edit_
     (see dlm.objectives.mdlm and dlm.diffusion.process); `mask_scale` (B, L), entropy-weighted
     masking's per-token factors. The AR objective has none of them."""
     if objective == "ar":
-        return lambda model, x, gen, mask_scale=None: ar_loss(model, x, tokenizer.bos_id)
+        return lambda model, x, gen, mask_scale=None, prompt_mask=None, token_weight=None: ar_loss(
+            model, x, tokenizer.bos_id, token_weight=token_weight)
     sched = get_schedule(schedule)
-    special = set(tokenizer.special_ids)
-    # Where the specials sit depends on the tokenizer (last for char, first for BPE).
+    special = set(tokenizer.reserved_ids)
+    # Where the specials sit depends on the tokenizer (last for char, first for BPE; added ones last).
     real_ids = torch.tensor([i for i in range(tokenizer.vocab_size) if i not in special])  # (V_real,)
     assert len(real_ids) == tokenizer.n_real_tokens
-    return lambda model, x, gen, mask_scale=None: mdlm_loss(
+    return lambda model, x, gen, mask_scale=None, prompt_mask=None, token_weight=None: mdlm_loss(
         model, x, sched, tokenizer.mask_id, tokenizer.n_real_tokens, generator=gen, edit_prob=edit_prob,
         edit_weight=edit_weight, prompt_prob=prompt_prob, real_ids=real_ids, antithetic=antithetic,
-        weighting=weighting, mask_scale=mask_scale)
+        weighting=weighting, mask_scale=mask_scale, prompt_mask=prompt_mask, token_weight=token_weight)

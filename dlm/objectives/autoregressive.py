@@ -9,11 +9,16 @@ import torch.nn.functional as F
 from dlm.objectives.output import LossOutput
 
 
-def ar_loss(model: nn.Module, x: torch.Tensor, bos_id: int) -> LossOutput:
-    """Exact NLL of x (B, L) under the causal twin, predicting every token after a [BOS]."""
+def ar_loss(model: nn.Module, x: torch.Tensor, bos_id: int, token_weight: torch.Tensor | None = None) -> LossOutput:
+    """Exact NLL of x (B, L) under the causal twin, predicting every token after a [BOS].
+
+    `token_weight` (B, L) weighs each position (chat fine-tuning: 0 on the prompt, 1 on the reply),
+    the same loss mask the diffusion objective gets."""
     B, L = x.shape
     inputs = torch.cat((torch.full_like(x[:, :1], bos_id), x[:, :-1]), dim=1)
     logits = model(inputs).float()
     nll = F.cross_entropy(logits.transpose(1, 2), x, reduction="none")  # (B, L)
+    if token_weight is not None:
+        nll = nll * token_weight
     per_seq = nll.mean(1)
     return LossOutput(nll.sum(), B * L, per_seq.detach(), torch.zeros(B, device=x.device))

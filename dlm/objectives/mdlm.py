@@ -83,7 +83,8 @@ def mdlm_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: in
               n_real_tokens: int | None = None, generator: torch.Generator | None = None,
               t: torch.Tensor | None = None, *, edit_prob: float = 0.0, edit_weight: float = 1.0,
               prompt_prob: float = 0.0, real_ids: torch.Tensor | None = None, antithetic: bool = True,
-              weighting: str = "elbo", mask_scale: torch.Tensor | None = None) -> LossOutput:
+              weighting: str = "elbo", mask_scale: torch.Tensor | None = None,
+              prompt_mask: torch.Tensor | None = None, token_weight: torch.Tensor | None = None) -> LossOutput:
     """One-sample estimate of the NELBO of each sequence in x (B, L).
 
     The keyword options are the training-time additions of the module docstring, off by default;
@@ -91,19 +92,25 @@ def mdlm_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: in
     is a training loss, not the NELBO. `real_ids` (V_real,) are the ids corrupted tokens are drawn
     from (needed when edit_prob > 0); `n_real_tokens`, the ids text can produce, sizes the prior
     term (needed when α(1) > 0); `mask_scale` (B, L) multiplies each token's mask probability.
+    Chat fine-tuning passes `prompt_mask` (B, L) bool, positions given and never masked or scored
+    (the conversation so far), and `token_weight` (B, L), each scored position's weight (1 on the
+    reply and its end-of-turn token, lower or 0 on the filler after it).
     """
     B, L = x.shape
     if t is None:
         t = sample_t(B, x.device, generator, antithetic=antithetic)
     t = t.clamp(min=T_MIN)
     prompt = sample_prompt(B, L, prompt_prob, x.device, generator) if prompt_prob > 0 else None  # (B, L)
+    if prompt_mask is not None:
+        prompt = prompt_mask if prompt is None else prompt | prompt_mask
     z, masked = mask_tokens(x, t, schedule, mask_id, generator, keep=prompt, scale=mask_scale)
     if edit_prob > 0:
         assert real_ids is not None, "edit corruption draws from real_ids; pass them"
         z, _ = corrupt_tokens(z, masked, edit_prob, real_ids, generator, keep=prompt)
     weight = loss_weight(schedule, t, weighting)  # (B,)
     nll = token_nll(model, x, z, t, mask_id)  # (B, L)
-    per_seq = ((nll * masked).sum(1) * weight) / L
+    scored = masked if token_weight is None else masked * token_weight  # (B, L)
+    per_seq = ((nll * scored).sum(1) * weight) / L
     if edit_prob > 0:  # keep-or-fix term at every visible, non-prompt position
         visible = ~masked if prompt is None else ~masked & ~prompt  # (B, L)
         per_seq = per_seq + edit_weight * (nll * visible).sum(1) / L

@@ -47,6 +47,8 @@ class ARDecoder:
         for i in range(self.length):
             col = self.start + i
             logits[:, [special.mask, special.pad, special.bos]] = float("-inf")
+            if cfg.eos_penalty:
+                logits[:, special.eos] -= cfg.eos_penalty
             if cfg.repetition_penalty != 1.0:
                 visible = self.canvas.valid & (self.x != special.mask)
                 logits = apply_repetition_penalty(logits[:, None], self.x, visible, cfg.repetition_penalty,

@@ -71,6 +71,9 @@ class SamplerConfig:
     guidance_scale: float = 0.0
     """Classifier-free guidance w: logits = cond + w·(cond − uncond), where the unconditional pass
     replaces the prompt (all fixed text) by [MASK]s. 0 = off; costs a second forward per step."""
+    eos_penalty: float = 0.0
+    """Subtract this from the end token's logit ([EOS], or end-of-turn in chat) at every position, so an
+    end is committed only when the model is sure of it (a remedy for end-token flooding). 0 = off."""
     stop_at_eos: bool = False
     """Variable length: a row ends at its first [EOS] once every position before it is filled;
     positions after it become [PAD] and are never decoded."""
@@ -97,8 +100,8 @@ class SamplerConfig:
         for name in ("threshold", "remask", "edit_threshold"):
             if not 0 <= getattr(self, name) <= 1:
                 raise DlmError(f"{name}={getattr(self, name)} must be in [0, 1] (0 = off)")
-        if self.block_length < 0 or self.edit_rounds < 0 or self.guidance_scale < 0:
-            raise DlmError("block_length, edit_rounds and guidance_scale must be ≥ 0")
+        if self.block_length < 0 or self.edit_rounds < 0 or self.guidance_scale < 0 or self.eos_penalty < 0:
+            raise DlmError("block_length, edit_rounds, guidance_scale and eos_penalty must be ≥ 0")
         if self.kv_cache and not self.block_length:
             raise DlmError("kv_cache needs semi-autoregressive blocks: set block_length (e.g. 32)")
         if self.edit_rounds and not self.edit_threshold:

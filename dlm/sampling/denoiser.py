@@ -173,6 +173,8 @@ class Denoiser:
                 mask = self._mask(False, (s, e), T)
                 logits = self._call(self.x[:, s:e], t, (s, e), mask, (s, T))
         logits[..., self._suppress] = float("-inf")  # SUBS: never propose [MASK]; never [PAD]/[BOS]
+        if cfg.eos_penalty:
+            logits[..., self.special.eos] -= cfg.eos_penalty
         self._last = (key, self.x.clone(), logits)
         return logits
 

@@ -43,6 +43,8 @@ def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--edit-rounds", type=int, default=0, help="editing passes after the last mask is filled")
     g.add_argument("--guidance-scale", type=float, default=0.0,
                    help="classifier-free guidance w: cond + w·(cond − uncond), uncond = prompt masked. 0 = off")
+    g.add_argument("--eos-penalty", type=float, default=0.0,
+                   help="subtract this from the end token's logit everywhere (fewer, surer ends); 0 = off")
     g.add_argument("--stop-at-eos", action="store_true",
                    help="variable length: end a sample at its first [EOS] (the rest becomes [PAD])")
 
@@ -51,5 +53,5 @@ def sampler_options(args: argparse.Namespace) -> dict:
     """The SamplerConfig fields set by `add_sampler_flags` (steps and seed are the caller's)."""
     names = ("sampler", "temperature", "top_k", "top_p", "repetition_penalty", "schedule", "threshold",
              "block_length", "block_context", "kv_cache", "reuse_logits", "remask", "remask_schedule",
-             "remask_by", "edit_threshold", "edit_rounds", "guidance_scale", "stop_at_eos")
+             "remask_by", "edit_threshold", "edit_rounds", "guidance_scale", "eos_penalty", "stop_at_eos")
     return {name: getattr(args, name) for name in names}

@@ -65,9 +65,24 @@ class Tokenizer(ABC):
         return [self.token_to_id(t) for t in SPECIAL_TOKENS]
 
     @property
+    def added_tokens(self) -> list[str]:
+        """Reserved tokens added after training (chat roles, end of turn), in id order."""
+        return []
+
+    def with_tokens(self, names: list[str]) -> Tokenizer:
+        """A copy with `names` appended as reserved tokens: every existing id keeps its meaning, so a
+        model trained with this tokenizer only needs new rows for the new ids."""
+        raise NotImplementedError
+
+    @property
+    def reserved_ids(self) -> list[int]:
+        """Ids no text encodes to: the four specials and any added tokens."""
+        return self.special_ids + [self.token_to_id(t) for t in self.added_tokens]
+
+    @property
     def n_real_tokens(self) -> int:
-        """Ids that text can produce: the vocabulary less the four reserved tokens."""
-        return self.vocab_size - len(SPECIAL_TOKENS)
+        """Ids that text can produce: the vocabulary less the reserved tokens."""
+        return self.vocab_size - len(SPECIAL_TOKENS) - len(self.added_tokens)
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(Path(path), self.to_json())

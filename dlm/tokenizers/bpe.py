@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from dlm.errors import DlmError
 from dlm.tokenizers.base import SPECIAL_TOKENS, Tokenizer
@@ -43,6 +43,18 @@ class BPETokenizer(Tokenizer):
             return cls(HFTokenizer.from_str(text))
         except Exception as e:  # tokenizers raises a bare Exception on malformed files
             raise DlmError(f"tokenizer file is not a valid tokenizer ({e}); re-create it by training again") from None
+
+    @property
+    def added_tokens(self) -> list[str]:
+        reserved = set(SPECIAL_TOKENS)
+        added = self.hf.get_added_tokens_decoder()  # id → AddedToken
+        return [added[i].content for i in sorted(added) if added[i].content not in reserved]
+
+    def with_tokens(self, names: list[str]) -> BPETokenizer:
+        copy = HFTokenizer.from_str(self.hf.to_str())
+        copy.add_special_tokens([AddedToken(n, special=True, normalized=False) for n in names
+                                 if copy.token_to_id(n) is None])
+        return BPETokenizer(copy)
 
     @property
     def vocab_size(self) -> int:

@@ -23,11 +23,12 @@ class CharTokenizer(Tokenizer):
 
     kind = "char"
 
-    def __init__(self, chars: list[str]):
+    def __init__(self, chars: list[str], added: list[str] | tuple[str, ...] = ()):
         if not chars:
             raise DlmError("cannot build a character tokenizer from empty text; give a non-empty corpus")
         self.chars = sorted(set(chars))
-        self.itos = self.chars + list(SPECIAL_TOKENS)
+        self.added = list(added)
+        self.itos = self.chars + list(SPECIAL_TOKENS) + self.added
         self.stoi = {s: i for i, s in enumerate(self.itos)}
         self._codepoints = np.array([ord(c) for c in self.chars], dtype=np.uint32)
 
@@ -37,7 +38,14 @@ class CharTokenizer(Tokenizer):
 
     @classmethod
     def from_dict(cls, data: dict) -> CharTokenizer:
-        return cls(list(data["chars"]))
+        return cls(list(data["chars"]), data.get("added_tokens", []))
+
+    @property
+    def added_tokens(self) -> list[str]:
+        return list(self.added)
+
+    def with_tokens(self, names: list[str]) -> CharTokenizer:
+        return CharTokenizer(self.chars, self.added + [n for n in names if n not in self.stoi])
 
     @property
     def vocab_size(self) -> int:
@@ -63,5 +71,7 @@ class CharTokenizer(Tokenizer):
         return "".join(self.itos[int(i)] for i in ids)
 
     def to_json(self) -> str:
-        return json.dumps({"dlm_tokenizer": "char", "chars": "".join(self.chars),
-                           "special_tokens": list(SPECIAL_TOKENS)}, ensure_ascii=False)
+        data = {"dlm_tokenizer": "char", "chars": "".join(self.chars), "special_tokens": list(SPECIAL_TOKENS)}
+        if self.added:
+            data["added_tokens"] = self.added
+        return json.dumps(data, ensure_ascii=False)

@@ -16,13 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from dlm.config import RunConfig
-from dlm.data.loader import RandomWindows
-from dlm.data.shards import prepare_corpus
 from dlm.diffusion.process import entropy_mask_scale
 from dlm.errors import DlmError
 from dlm.model.transformer import Transformer
@@ -30,6 +27,7 @@ from dlm.objectives import Objective, make_objective
 from dlm.run_folder import RunFolder, RunLock, load_weights, weights_intact
 from dlm.runtime import autocast, pick_device, pick_dtype, should_compile
 from dlm.tokenizers import Tokenizer
+from dlm.train.data_source import TrainingData, prepare_training_data
 from dlm.train.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -41,6 +39,7 @@ from dlm.train.distributed import (
     wrap_model,
 )
 from dlm.train.ema import EMA
+from dlm.train.finetune import load_base_weights
 from dlm.train.logging import RunLogger
 from dlm.train.optim import lr_at, make_optimizer
 from dlm.train.resume import ResumePoint, find_resume_point, keep_old_log, resume_message, take_lock
@@ -70,14 +69,10 @@ class TrainSetup:
     dtype: torch.dtype
     tokenizer: Tokenizer
     objective: Objective
-    train_tokens: np.ndarray
-    val_tokens: np.ndarray
+    data: TrainingData
     quiet: bool
     lock: RunLock | None = None
     """The run's writer lock (main rank only); `train` releases it when it returns or fails."""
-    token_entropy: np.ndarray | None = None
-    """With diffusion.masking=entropy: each training token's entropy under the AR twin."""
-    mean_entropy: float = 1.0
 
     @property
     def micro_batch(self) -> int:
@@ -139,28 +134,30 @@ def _prepare_locked(cfg: RunConfig, run: RunFolder, dist: DistInfo, device_name:
     # A resumed run keeps its own tokenizer, whatever the corpus cache holds now.
     saved_tokenizer = run.read_tokenizer() if point.checkpoint is not None else None
     if dist.is_main:  # tokenize once, then the other ranks read the cache
-        corpus = prepare_corpus(cfg.data, tokenizer=saved_tokenizer, progress=not quiet)
+        data = prepare_training_data(cfg, saved_tokenizer, progress=not quiet, echo=print if not quiet else _silent)
     barrier(dist)
     if not dist.is_main:
-        corpus = prepare_corpus(cfg.data, tokenizer=saved_tokenizer)
-    tokenizer = corpus.tokenizer
+        data = prepare_training_data(cfg, saved_tokenizer, echo=_silent)
+    tokenizer = data.tokenizer
     cfg.model.vocab_size = tokenizer.vocab_size
     cfg.model.causal = tc.objective == "ar"
     dc = cfg.diffusion
     objective = make_objective(tc.objective, dc.schedule, tokenizer, edit_prob=dc.edit_prob, antithetic=dc.antithetic,
                                edit_weight=dc.edit_weight, prompt_prob=dc.prompt_prob, weighting=dc.weighting)
-    setup = TrainSetup(cfg, run, dist, device, dtype, tokenizer, objective, corpus.split("train"),
-                       corpus.split("val"), quiet, lock)
     if dc.masking == "entropy" and tc.objective != "ar":
         from dlm.train.entropy_masking import cached_entropies
 
         if dist.is_main:  # computed once, then the other ranks read the cache
-            setup.token_entropy, setup.mean_entropy = cached_entropies(dc.entropy_run, corpus, device, dtype,
-                                                                       progress=not quiet)
+            data.token_entropy, data.mean_entropy = cached_entropies(dc.entropy_run, data.corpus, device, dtype,
+                                                                     progress=not quiet)
         barrier(dist)
         if not dist.is_main:
-            setup.token_entropy, setup.mean_entropy = cached_entropies(dc.entropy_run, corpus, device, dtype)
-    return setup, point
+            data.token_entropy, data.mean_entropy = cached_entropies(dc.entropy_run, data.corpus, device, dtype)
+    return TrainSetup(cfg, run, dist, device, dtype, tokenizer, objective, data, quiet, lock), point
+
+
+def _silent(*args, **kwargs) -> None:
+    pass
 
 
 def build_state(setup: TrainSetup, point: ResumePoint | None = None) -> TrainState:
@@ -172,6 +169,11 @@ def build_state(setup: TrainSetup, point: ResumePoint | None = None) -> TrainSta
     fsdp = tc.fsdp and setup.dist.enabled
     model = Transformer(cfg.model).to(device)
     ema_start = None
+    if ckpt is None and cfg.finetune.base:  # a fine-tune starts from its base's weights
+        used = load_base_weights(model, cfg.finetune.base)
+        if not setup.quiet:
+            print(f"dlm: fine-tuning from {used}" + (f" with LoRA rank {cfg.model.lora_rank}"
+                                                    if cfg.model.lora_rank else ""))
     if ckpt is not None:  # weights go in before sharding: every rank reads the full file
         load_weights(model, ckpt)
         has_ema = (ckpt / "ema.safetensors").is_file() and (not point.weights_only
@@ -185,8 +187,7 @@ def build_state(setup: TrainSetup, point: ResumePoint | None = None) -> TrainSta
     ema = EMA(model, tc.ema_decay) if tc.ema_decay > 0 else None
     optimizer = make_optimizer(model, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), fused=not fsdp)
     data_seed = tc.seed + point.step if point.weights_only else tc.seed  # not a replay of the first batches
-    loader = RandomWindows(setup.train_tokens, cfg.model.block_size, seed=data_seed, device=device,
-                           aux=setup.token_entropy)
+    loader = setup.data.loader(cfg, "train", data_seed, device)
     compiled = torch.compile(wrapped) if should_compile(tc.compile, device) else wrapped
     state = TrainState(model, wrapped, compiled, optimizer, ema, loader, fsdp)
     if point.saved is not None:
@@ -222,12 +223,12 @@ def optimizer_step(state: TrainState, setup: TrainSetup, lr: float, noise: torch
         noise.manual_seed(noise_seed(tc.seed, state.step, micro, dist.rank))
         # Gradients are all-reduced only on the last micro-batch.
         sync = micro == tc.grad_accum - 1 or not dist.enabled
-        scale = None
-        if setup.token_entropy is not None:
-            scale = entropy_mask_scale(state.loader.last_aux, setup.mean_entropy)
+        extras = dict(getattr(state.loader, "last_extras", {}))  # chat: prompt mask and token weights
+        if setup.data.token_entropy is not None:
+            extras["mask_scale"] = entropy_mask_scale(state.loader.last_aux, setup.data.mean_entropy)
         with gradient_sync(state.wrapped, sync):
             with autocast(setup.device, setup.dtype):
-                out = setup.objective(state.compiled, x, noise, mask_scale=scale)
+                out = setup.objective(state.compiled, x, noise, **extras)
             # Divide by this rank's tokens of the whole step: DDP averages over ranks, so the update
             # equals the one big batch would give.
             (out.nll_sum / local_tokens).backward()
@@ -264,7 +265,7 @@ def validate(state: TrainState, setup: TrainSetup) -> float:
     tc = setup.cfg.train
     context = state.ema.swapped_in(state.model) if state.ema is not None else contextlib.nullcontext()
     with context:
-        return quick_val_loss(state.model, setup.objective, setup.val_tokens, setup.cfg.model.block_size,
+        return quick_val_loss(state.model, setup.objective, setup.data.loader(setup.cfg, "val", 0, setup.device),
                               setup.micro_batch, tc.eval_batches, setup.device, setup.dtype)
 
 
@@ -283,8 +284,7 @@ def describe(state: TrainState, setup: TrainSetup) -> str:
     return (f"dlm: {cfg.train.objective} model, {state.model.num_params() / 1e6:.2f}M parameters, "
             f"{cfg.model.n_layer}×{cfg.model.d_model}, vocab {tok.vocab_size} ({tok.kind}); "
             f"device {setup.device}, {str(setup.dtype).removeprefix('torch.')}, "
-            f"compile {'on' if state.compiled is not state.wrapped else 'off'}{ranks}; "
-            f"train {len(setup.train_tokens):,} / val {len(setup.val_tokens):,} tokens")
+            f"compile {'on' if state.compiled is not state.wrapped else 'off'}{ranks}; {setup.data.describe()}")
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -1,0 +1,142 @@
+"""`dlm eval` and `dlm report`."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from dlm.sampling.flags import add_sampler_flags
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from dlm.data.loader import eval_windows
+    from dlm.data.shards import prepare_corpus
+    from dlm.eval.likelihood import evaluate_likelihood
+    from dlm.inference import load
+    from dlm.io import atomic_write_json
+    from dlm.runtime import pick_dtype
+
+    if args.gen:
+        from dlm.eval.generation_eval import check_judge, check_sampler_options
+        from dlm.sampling.flags import sampler_options as options_from_flags
+
+        check_judge(args.judge, args.mauve)  # before the likelihood pass, which can take minutes
+        check_sampler_options(options_from_flags(args))
+    pipe = load(args.ckpt, device=args.device, weights=args.weights, dtype=args.dtype)
+    cfg = pipe.config
+    data = dataclasses.replace(cfg.data, source=args.data) if args.data else cfg.data
+    corpus = prepare_corpus(data, tokenizer=pipe.tokenizer)
+    windows = eval_windows(corpus.split(args.split), cfg.model.block_size)
+    dtype = pick_dtype(args.dtype, pipe.device)
+    tok = pipe.tokenizer
+    result = evaluate_likelihood(pipe.model, windows, tok.special, causal=pipe.is_autoregressive, device=pipe.device,
+                                 dtype=dtype, batch_size=args.batch_size, seed=args.seed,
+                                 target_se=args.target_se, max_passes=args.max_passes,
+                                 progress=not args.quiet)
+    result.update({"checkpoint": str(pipe.checkpoint), "weights": pipe.weights, "split": args.split,
+                   "data": data.source,
+                   "tokenizer": tok.kind, "dtype": str(dtype).removeprefix("torch."),
+                   "objective": "ar" if pipe.is_autoregressive else "mdlm"})
+    unit = "char" if tok.kind == "char" else "token"
+    label = "NLL (exact)" if pipe.is_autoregressive else "NELBO (upper bound on NLL)"
+    passes = "" if pipe.is_autoregressive else f", {result['passes']} passes"
+    window_se = result["window_standard_error"]  # None when the split holds a single window
+    print(f"{label} on {args.split}: {result['nats_per_token']:.4f} nats/{unit} "
+          f"(Monte-Carlo s.e. {result['mc_standard_error']:.4f}, s.e. over windows "
+          f"{'n/a' if window_se is None else f'{window_se:.4f}'}; {result['windows']} windows × "
+          f"{result['window_length']} tokens"
+          f"{passes})")
+    print(f"  = {result['bits_per_token']:.4f} bits/{unit}; perplexity"
+          f"{'' if pipe.is_autoregressive else ' bound'} {math.exp(result['nats_per_token']):.3f}")
+    if args.l2r and not pipe.is_autoregressive:
+        from dlm.eval.likelihood import evaluate_left_to_right
+
+        scored = windows[:args.l2r_windows] if args.l2r_windows else windows
+        l2r = evaluate_left_to_right(pipe.model, scored, tok.special, device=pipe.device, dtype=dtype,
+                                     batch_size=max(1, args.batch_size // 16), progress=not args.quiet,
+                                     time_conditioned=pipe.config.model.time_conditioning)
+        result["left_to_right"] = l2r
+        se = l2r["window_standard_error"]
+        print(f"  left-to-right NLL (exact, the model decoding left to right): {l2r['nats_per_token']:.4f} "
+              f"nats/{unit} (s.e. over windows {'n/a' if se is None else f'{se:.4f}'}; {l2r['windows']} windows, "
+              f"{l2r['sequences_scored']:,} sequences scored in {l2r['seconds']:.0f} s, against "
+              f"{result['passes'] * result['windows']:,} for the NELBO)")
+    if args.noise_curve and not pipe.is_autoregressive:
+        from dlm.eval.likelihood import loss_by_noise_level
+
+        curve = loss_by_noise_level(pipe.model, windows, tok.special, device=pipe.device, dtype=dtype,
+                                    levels=args.noise_curve, batch_size=args.batch_size, seed=args.seed)
+        result["noise_curve"] = curve
+        print("  loss vs t (nats per masked token): "
+              + " ".join(f"{p['t']:.2f}:{p['nll_per_masked_token']:.3f}" for p in curve))
+    if args.gen:
+        from dlm.eval.generation_eval import evaluate_generation, generation_summary
+        sampler_options = options_from_flags(args)
+        result["generation"] = evaluate_generation(
+            pipe, corpus.split(args.split), num_samples=args.gen, length=args.gen_length, steps=args.gen_steps,
+            batch_size=args.batch_size, seed=args.seed, judge=args.judge, mauve=args.mauve,
+            sampler_options=sampler_options)
+        print(f"  {generation_summary(result['generation'])}")
+    if args.json:
+        atomic_write_json(Path(args.json), result)
+        print(f"  written to {args.json}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from dlm.viz.report import write_report
+
+    outcome = write_report(args.runs, args.eval, Path(args.out))
+    plots = f" and {len(outcome.plots)} plot(s)" if outcome.plots else ""
+    print(f"dlm: report written to {outcome.report}{plots}")
+    if outcome.plots_skipped:
+        print(f"dlm: plots skipped: {outcome.plots_skipped}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="likelihood on a split: NELBO bound (diffusion) or exact NLL (AR)")
+    p.add_argument("--ckpt", required=True, help="run folder (or one checkpoint folder inside it)")
+    p.add_argument("--data", help="corpus to score (default: the run's); encoded with the run's tokenizer")
+    p.add_argument("--split", default="val", choices=("val", "train"))
+    p.add_argument("--json", help="also write the figures and settings to this JSON file")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target-se", type=float, default=0.01,
+                   help="add passes until the Monte-Carlo standard error is below this (nats)")
+    p.add_argument("--max-passes", type=int, default=200)
+    p.add_argument("--l2r", action="store_true", help="also the exact left-to-right NLL of a diffusion model "
+                   "(one forward pass per position: about context-length times the cost of one NELBO pass)")
+    p.add_argument("--l2r-windows", type=int, default=0, metavar="N",
+                   help="with --l2r: score only the first N windows of the split (default: all)")
+    p.add_argument("--noise-curve", type=int, default=0, metavar="LEVELS",
+                   help="also report the loss per masked token at LEVELS noise levels (diffusion runs)")
+    p.add_argument("--gen", type=int, default=0, metavar="N",
+                   help="also sample N sequences and report entropy, distinct-n, speed (and gen-PPL with --judge)")
+    p.add_argument("--gen-length", type=int, default=0, help="tokens per sample (default: the context)")
+    p.add_argument("--gen-steps", type=int, default=0, help="denoising steps (default: --gen-length)")
+    p.add_argument("--judge", help="scores the samples (generative perplexity): an AR run with the same tokenizer "
+                   "(per dlm token) or a local Hugging Face causal LM folder, e.g. GPT-2 (per judge token)")
+    p.add_argument("--mauve", action="store_true",
+                   help="with --judge: MAUVE between the samples and as many random windows of the split")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--dtype", default="fp32", choices=("auto", "bf16", "fp32"),
+                   help="network precision for the likelihood and --gen sampling (logits always fp32); "
+                   "auto: bf16 where supported")
+    p.add_argument("--weights", default="auto", choices=("auto", "ema", "raw"),
+                   help="EMA-averaged or raw weights (auto: EMA when the checkpoint has them)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_sampler_flags(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="Markdown report and plots from run folders and eval JSON files",
+                       description="Tables of runs, likelihood and sample quality, and plots of loss vs step and "
+                       "quality vs sampling steps, from files alone (config.json, log.jsonl, dlm eval --json).")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run folders (the --out of dlm train)")
+    p.add_argument("--eval", nargs="+", action="extend", default=[], metavar="FILE.json",
+                   help="results of dlm eval --json (a result or a list of them); repeat or list several")
+    p.add_argument("--out", default="report", help="folder for report.md and the PNG plots (default: report/)")
+    p.set_defaults(func=cmd_report)

@@ -1,0 +1,141 @@
+"""`dlm train` and `dlm finetune`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from dlm.errors import DlmError
+
+EPILOG_TRAIN = """examples:
+  dlm train                                        # default preset on Tiny Shakespeare
+  dlm train --preset shakespeare-char-cpu --max-time 600 --out runs/mdlm
+  dlm train --objective ar --out runs/ar           # the autoregressive twin
+  dlm train --out runs/mdlm --resume max_steps=20000
+  dlm train --data my_corpus/ tokenizer=bpe vocab_size=4096 n_layer=8 lr=6e-4
+
+key=value overrides any config field, dotted (train.lr=3e-4) or bare when unique (lr=3e-4);
+`dlm presets --show NAME` lists every field with its default."""
+
+
+EPILOG_FINETUNE = """examples:
+  dlm finetune --base runs/shakespeare-char-cpu-mdlm --chat --data tinyshakespeare   # a Shakespeare chat model
+  dlm finetune --base runs/mdlm --chat --data conversations.jsonl --lora 8 --max-steps 1000
+  dlm finetune --base runs/mdlm --data my_notes/ --out runs/mdlm-notes               # continued pre-training
+  dlm chat --ckpt runs/shakespeare-char-cpu-mdlm-chat"""
+
+
+def _default_preset() -> str:
+    import torch
+
+    return "shakespeare-char" if torch.cuda.is_available() else "shakespeare-char-cpu"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dlm.config import apply_overrides
+    from dlm.presets import get_preset
+    from dlm.run_folder import RunFolder
+    from dlm.train.trainer import train
+
+    overrides = list(args.overrides)
+    for flag, key in (("data", "data.source"), ("max_steps", "train.max_steps"), ("max_time", "train.max_time"),
+                      ("objective", "train.objective"), ("compile", "train.compile")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    if args.wandb:
+        overrides.append("train.wandb=true")
+    if args.fsdp:
+        overrides.append("train.fsdp=true")
+    run_dir = Path(args.out) if args.out else None
+    resume = args.resume or args.fresh_optimizer
+    if resume and run_dir is None:
+        raise DlmError("--resume needs --out RUN_DIR (the run to continue)")
+    run = RunFolder(run_dir) if run_dir is not None else None
+    if resume and run.has_config():  # continue the run with its own config (key=value may still change it)
+        cfg = run.read_config()
+    elif resume and run.checkpoints():
+        raise DlmError(f"cannot resume: {run.config_path} is missing but {run.checkpoints_dir} is not; restore "
+                       "config.json from a backup, or move the folder aside")
+    else:  # nothing to resume yet: a new run, so one script serves the first submission and every requeue
+        cfg = get_preset(args.preset or _default_preset())
+    cfg = apply_overrides(cfg, overrides)
+    if run_dir is None:
+        run_dir = Path("runs") / f"{cfg.preset or 'run'}-{cfg.train.objective}"
+    result = train(cfg, run_dir, resume=resume, quiet=args.quiet, fresh_optimizer=args.fresh_optimizer)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        print(f"dlm: stopped at step {result.step} ({result.stopped_by}); run saved in {result.run_dir}")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from dlm.config import apply_overrides
+    from dlm.run_folder import RunFolder
+    from dlm.train.finetune import finetune_config
+    from dlm.train.trainer import train
+
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.base).name}-{'chat' if args.chat else 'ft'}"
+    run = RunFolder(out)
+    resume = args.resume or run.has_config()
+    if resume and run.has_config():
+        cfg = run.read_config()
+    else:
+        if not args.data:
+            raise DlmError("--data is needed: the conversations (JSONL, a play script, hf:NAME) or the text "
+                           "to fine-tune on")
+        cfg = finetune_config(args.base, args.data, args.chat)
+    overrides = list(args.overrides)
+    for flag, key in (("max_steps", "train.max_steps"), ("max_time", "train.max_time"), ("lora", "model.lora_rank"),
+                      ("fill", "finetune.fill")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    cfg = apply_overrides(cfg, overrides)
+    result = train(cfg, out, resume=resume, quiet=args.quiet)
+    print(f"dlm: stopped at step {result.step} ({result.stopped_by}); run saved in {result.run_dir}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a diffusion model (or its AR twin)", epilog=EPILOG_TRAIN,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", help="named config (see `dlm presets`); default shakespeare-char-cpu, "
+                   "or shakespeare-char when a GPU is present")
+    p.add_argument("--data", help="corpus: file, folder, glob, or 'tinyshakespeare' (default)")
+    p.add_argument("--out", help="run folder for config, checkpoints and logs (default runs/PRESET-OBJECTIVE)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--max-time", type=float, help="stop (after saving) after this many seconds")
+    p.add_argument("--objective", choices=("mdlm", "ar"), help="mdlm (diffusion) or ar (the causal twin)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest intact "
+                   "checkpoint (a folder with none yet starts a new run)")
+    p.add_argument("--fresh-optimizer", action="store_true", help="with --resume, when no checkpoint is wholly "
+                   "intact: continue from the newest intact weights with a fresh optimizer and data order")
+    p.add_argument("--compile", choices=("auto", "yes", "no"),
+                   help="torch.compile the model (auto: when a C++ compiler or CUDA is present)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun, shard the model with FSDP2 instead of DDP")
+    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (if installed)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("finetune", help="fine-tune a trained run, e.g. into a chat model (--chat)",
+                       description="Start from a trained run's weights and config and train on new data. With --chat "
+                       "the data are conversations — a JSONL file of {\"messages\": [{\"role\", \"content\"}]}, "
+                       "hf:NAME, or a play script such as Tiny Shakespeare, which is turned into cue → reply "
+                       "conversations — and only the assistant replies are noised and scored. Resumable like "
+                       "dlm train (--resume, or simply run it again).", epilog=EPILOG_FINETUNE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", required=True, help="the trained run to start from (diffusion or AR twin)")
+    p.add_argument("--data", help="conversations or text: a JSONL file, a play script, a folder, hf:NAME")
+    p.add_argument("--chat", action="store_true", help="chat fine-tuning: chat tokens, response-only loss")
+    p.add_argument("--out", help="the new run folder (default runs/BASE-chat or runs/BASE-ft)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps (default 2000)")
+    p.add_argument("--max-time", type=float, help="stop (after saving) after this many seconds")
+    p.add_argument("--lora", type=int, metavar="RANK", help="LoRA adapters of this rank on frozen weights "
+                   "(default: full fine-tuning)")
+    p.add_argument("--fill", choices=("pad", "eos", "block-eos"), help="what follows a reply's end-of-turn token "
+                   "in training (default pad)")
+    p.add_argument("--resume", action="store_true", help="continue the fine-tune in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(func=cmd_finetune)
