@@ -181,10 +181,13 @@ class Pipeline:
         template = ChatTemplate(self.tokenizer)
         messages = check_conversation({"messages": messages}, "messages")
         block = self.model.cfg.block_size
-        length = max_new_tokens or block // 2
-        if not 1 <= length < block:
-            raise DlmError(f"max_new_tokens={length} must be between 1 and the context ({block}) minus the prompt")
-        prompt = template.prompt(messages, max_len=block - length)  # the oldest turns give way
+        if max_new_tokens is not None and not 1 <= max_new_tokens < block:
+            raise DlmError(f"max_new_tokens={max_new_tokens} must be between 1 and the context ({block}) "
+                           "minus the prompt")
+        # The oldest turns give way to the reply's room; by default the reply gets the rest of the
+        # context (at least a quarter), the canvas the model was fine-tuned on.
+        prompt = template.prompt(messages, max_len=block - (max_new_tokens or block // 4))
+        length = max_new_tokens or block - len(prompt)
         special = SpecialIds(self.tokenizer.mask_id, self.tokenizer.pad_id, self.tokenizer.bos_id, template.end_id)
         options.setdefault("steps", length)
         options.setdefault("stop_at_eos", True)  # the reply ends at its end-of-turn token
@@ -207,8 +210,8 @@ class Pipeline:
     def chat(self, messages: list[dict], max_new_tokens: int | None = None, **options) -> str:
         """The assistant's next turn after `messages` ([{"role": "system"|"user"|"assistant",
         "content": ...}, ...]) from a chat fine-tuned run. `options` are SamplerConfig fields; by
-        default one step per token of `max_new_tokens` (half the context) and a stop at the
-        end-of-turn token, so the reply's length is the model's choice."""
+        default one step per token of room (`max_new_tokens`, default: the rest of the context) and
+        a stop at the end-of-turn token, so the reply's length is the model's choice."""
         decoder, end_id = self._chat_decoder(messages, max_new_tokens, options)
         with autocast(self.device, self.dtype):
             for _ in decoder.steps():
