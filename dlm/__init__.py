@@ -12,7 +12,7 @@ reads this table and checks every import in the package, function-level ones inc
     layer 2: config config_docs data objectives sampling
     layer 3: presets run_folder
     layer 4: train inference
-    layer 5: eval viz experiments chat
+    layer 5: eval viz experiments chat serve
     layer 6: cli __main__
 
 Text flows one way: tokenizers → data → model ← diffusion & objectives → train → run folder →

@@ -107,14 +107,17 @@ class Pipeline:
             rows = [[*self.encode_prompt(p, length), *([None] * length)] for p in prompts]
         return [row for row in rows for _ in range(num_samples)]
 
-    def _decoder(self, prompt: str | list[str], length: int, num_samples: int, template: str | None,
-                 options: dict) -> Denoiser | ARDecoder:
+    def decoder(self, prompt: str | list[str], length: int, num_samples: int = 1, template: str | None = None,
+                seeds: list[int] | None = None, **options) -> Denoiser | ARDecoder:
+        """The sampler for these prompts, not yet run (`steps()` runs it): for servers and watchers.
+        `seeds`, one per row, replaces seed + row (requests of different callers in one batch)."""
         rows, config = self._prepare(prompt, length, num_samples, template, options)
         self.model.eval()
         if self.is_autoregressive:
             prompts = [list(r[:len(r) - length]) for r in rows]
-            return ARDecoder(self.model, prompts, length, config, self.special_ids, self.device)
-        return Denoiser(self.model, build_canvas(rows, self.special_ids, self.device), config, self.special_ids)
+            return ARDecoder(self.model, prompts, length, config, self.special_ids, self.device, seeds)
+        canvas = build_canvas(rows, self.special_ids, self.device)
+        return Denoiser(self.model, canvas, config, self.special_ids, seeds)
 
     @torch.no_grad()
     def sample(self, prompt: str | list[str] = "", length: int = 256, num_samples: int = 1,
@@ -124,7 +127,7 @@ class Pipeline:
         `SamplerConfig` fields (sampler, steps, temperature, top_k, top_p, block_length, ...).
         Row i uses seed + i. `on_step` sees the canvas after every step. Returns ids with everything
         the sampler knows (forward passes, ...)."""
-        decoder = self._decoder(prompt, length, num_samples, template, options)
+        decoder = self.decoder(prompt, length, num_samples, template, **options)
         with autocast(self.device, self.dtype):
             for state in decoder.steps():
                 if on_step is not None:
@@ -135,7 +138,7 @@ class Pipeline:
                template: str | None = None, **options) -> Iterator[DenoiseStep]:
         """Like `sample`, yielding the canvas after every step (which positions were committed,
         remasked or edited), for animations and servers."""
-        decoder = self._decoder(prompt, length, num_samples, template, options)
+        decoder = self.decoder(prompt, length, num_samples, template, **options)
         with torch.no_grad(), autocast(self.device, self.dtype):
             yield from decoder.steps()
 
@@ -176,8 +179,9 @@ class Pipeline:
 
     # --- chat -----------------------------------------------------------------------------------
 
-    def _chat_decoder(self, messages: list[dict], max_new_tokens: int | None,
-                      options: dict) -> tuple[Denoiser | ARDecoder, int]:
+    def chat_decoder(self, messages: list[dict], max_new_tokens: int | None = None,
+                     **options) -> tuple[Denoiser | ARDecoder, int]:
+        """The sampler for the next assistant turn, not yet run, and the end-of-turn id."""
         template = ChatTemplate(self.tokenizer)
         messages = check_conversation({"messages": messages}, "messages")
         block = self.model.cfg.block_size
@@ -212,7 +216,7 @@ class Pipeline:
         "content": ...}, ...]) from a chat fine-tuned run. `options` are SamplerConfig fields; by
         default one step per token of room (`max_new_tokens`, default: the rest of the context) and
         a stop at the end-of-turn token, so the reply's length is the model's choice."""
-        decoder, end_id = self._chat_decoder(messages, max_new_tokens, options)
+        decoder, end_id = self.chat_decoder(messages, max_new_tokens, **options)
         with autocast(self.device, self.dtype):
             for _ in decoder.steps():
                 pass
@@ -222,7 +226,7 @@ class Pipeline:
     def chat_stream(self, messages: list[dict], max_new_tokens: int | None = None,
                     **options) -> Iterator[tuple[DenoiseStep, str]]:
         """Like `chat`, yielding (step, the reply so far with [MASK]s shown as '_') after every step."""
-        decoder, end_id = self._chat_decoder(messages, max_new_tokens, options)
+        decoder, end_id = self.chat_decoder(messages, max_new_tokens, **options)
         generated = decoder.result().generated[0]
         mask = self.tokenizer.mask_id
         with torch.no_grad(), autocast(self.device, self.dtype):

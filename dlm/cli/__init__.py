@@ -10,7 +10,7 @@ import json
 import sys
 
 from dlm import __version__
-from dlm.cli import evaluate, experiments, generate, train
+from dlm.cli import evaluate, experiments, generate, serve, train
 from dlm.errors import DlmError
 
 
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.register(sub)
     evaluate.register(sub)
     experiments.register(sub)
+    serve.register(sub)
     p = sub.add_parser("presets", help="list the named configs")
     p.add_argument("--show", metavar="NAME", help="print every field of one preset: its value and what it means")
     p.add_argument("--json", action="store_true", help="with --show: the config as JSON instead")

@@ -29,6 +29,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
                         **{k: options[k] for k in ("seed", "temperature", "top_k", "top_p")}))
         return 0
     prompts = args.prompt or [""]
+    if args.animate:
+        from dlm.viz.terminal import animate
+
+        decoder = pipe.decoder(prompts[0], args.length, template=args.template, **options)
+        animate(pipe, decoder, delay=args.animate_delay)
+        result = decoder.result()
+        if args.verbose:
+            print(f"dlm: {result.steps} steps, {result.forward_passes} forward passes", file=sys.stderr)
+        return 0
     kwargs = {"length": args.length, "num_samples": args.num_samples, "template": args.template, **options}
     result = pipe.sample(prompts, **kwargs, on_step=step_printer(pipe) if args.show_steps else None)
     texts = pipe.decode(result)
@@ -51,6 +60,24 @@ def step_printer(pipe):
         print(f"[step {state.step:4d}] {text!r}")
 
     return show
+
+
+def cmd_race(args: argparse.Namespace) -> int:
+    from dlm.errors import DlmError
+    from dlm.inference import load
+    from dlm.sampling.flags import sampler_options
+    from dlm.viz.terminal import race
+
+    diffusion, ar = load(args.diffusion, device=args.device), load(args.ar, device=args.device)
+    if diffusion.is_autoregressive or not ar.is_autoregressive:
+        raise DlmError("dlm race needs a diffusion run for --diffusion and an AR run for --ar")
+    options = sampler_options(args)
+    options["steps"] = args.steps or args.length
+    runners = race(diffusion, ar, args.prompt, args.length, options, seed=args.seed)
+    for r in runners:
+        print(f"{r.name}: {r.tokens} tokens in {r.step} steps, {r.passes} forward passes, {r.seconds:.2f} s "
+              f"({r.tokens / max(r.seconds, 1e-9):,.0f} tokens/s)")
+    return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -83,6 +110,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     p.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
     p.add_argument("--show-steps", action="store_true", help="print the first sample after every step")
+    p.add_argument("--animate", action="store_true", help="redraw the first sample in place after every step "
+                   "(a terminal animation of the text developing)")
+    p.add_argument("--animate-delay", type=float, default=0.0, help="with --animate: seconds to pause per frame")
     p.add_argument("--verbose", action="store_true", help="report steps and forward passes")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
@@ -106,3 +136,16 @@ def register(sub) -> None:
     p.add_argument("--weights", default="auto", choices=("auto", "ema", "raw"))
     add_sampler_flags(p)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("race", help="a diffusion run and its AR twin writing side by side in the terminal",
+                       description="Both models write the same length after the same prompt, one step each in "
+                       "turn, drawn live side by side with step counts, forward passes and wall time.")
+    p.add_argument("--diffusion", required=True, help="the diffusion run")
+    p.add_argument("--ar", required=True, help="the AR twin")
+    p.add_argument("--prompt", default="", help="text both continue")
+    p.add_argument("--length", type=int, default=128, help="tokens each writes")
+    p.add_argument("--steps", type=int, default=None, help="diffusion steps (default: one per token)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_sampler_flags(p)
+    p.set_defaults(func=cmd_race)

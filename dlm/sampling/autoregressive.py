@@ -21,12 +21,12 @@ from dlm.special_ids import SpecialIds
 
 class ARDecoder:
     def __init__(self, model: torch.nn.Module, prompts: list[list[int]], length: int, config: SamplerConfig,
-                 special: SpecialIds, device: torch.device | str = "cpu"):
+                 special: SpecialIds, device: torch.device | str = "cpu", seeds: list[int] | None = None):
         self.model, self.cfg, self.special, self.length = model, config.validate(), special, length
         self.canvas = build_canvas([[special.bos, *p] + [None] * length for p in prompts], special, device)
         self.x = self.canvas.tokens.clone()
         self.start = self.x.shape[1] - length  # first generated column (the same in every row)
-        self.generators = row_generators(config.seed, len(prompts), self.x.device)
+        self.generators = row_generators(config.seed, len(prompts), self.x.device, seeds)
         self.done = torch.zeros(len(prompts), dtype=torch.bool, device=self.x.device)
         self.forward_passes = 0
         self.step_count = 0

@@ -57,9 +57,13 @@ def sample_categorical(logits: torch.Tensor, temperature: float = 1.0, top_k: in
     return ids, log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
 
 
-def row_generators(seed: int, batch: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
-    """One generator per row, seeded seed + i: a row's draws do not depend on the rest of the batch."""
-    return [torch.Generator(device=device).manual_seed(seed + i) for i in range(batch)]
+def row_generators(seed: int, batch: int, device: torch.device | str = "cpu",
+                   seeds: list[int] | None = None) -> list[torch.Generator]:
+    """One generator per row, seeded seed + i (or seeds[i]): a row's draws do not depend on the rest
+    of the batch."""
+    seeds = seeds if seeds is not None else [seed + i for i in range(batch)]
+    assert len(seeds) == batch, "one seed per row"
+    return [torch.Generator(device=device).manual_seed(s) for s in seeds]
 
 
 def apply_repetition_penalty(logits: torch.Tensor, tokens: torch.Tensor, visible: torch.Tensor,

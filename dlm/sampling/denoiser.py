@@ -76,7 +76,8 @@ class GenerationResult:
 
 
 class Denoiser:
-    def __init__(self, model: torch.nn.Module, canvas: Canvas, config: SamplerConfig, special: SpecialIds):
+    def __init__(self, model: torch.nn.Module, canvas: Canvas, config: SamplerConfig, special: SpecialIds,
+                 seeds: list[int] | None = None):
         self.model, self.cfg, self.special = model, config.validate(), special
         self.canvas = canvas
         self.x = canvas.tokens.clone()
@@ -84,7 +85,8 @@ class Denoiser:
         self.generated = ~canvas.fixed & canvas.valid
         B, T = self.x.shape
         self.device = self.x.device
-        self.generators = row_generators(config.seed, B, self.device)
+        # Row i draws from seed + i, or from seeds[i] when given (a server batching unrelated requests).
+        self.generators = row_generators(config.seed, B, self.device, seeds)
         self.confidence = torch.zeros(B, T, dtype=torch.float64, device=self.device)  # p(token) when committed
         self.done = [False] * B
         self.forward_passes = 0

@@ -1,0 +1,223 @@
+"""`dlm serve` with the official openai client: models, completions, chat, streaming, the diffusion
+extras and frames, errors, the API key, a client that leaves, and a load of concurrent streams."""
+
+from __future__ import annotations
+
+import json
+import resource
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="dlm serve needs the optional fastapi package (pip install 'dlm[serve]')")
+openai = pytest.importorskip("openai", reason="the API tests use the official openai client")
+httpx = pytest.importorskip("httpx", reason="the raw streaming tests use httpx")
+
+import dlm  # noqa: E402
+from dlm.cli import main  # noqa: E402
+from dlm.serve.app import Limits, create_app  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """uvicorn in a thread, on a free loopback port."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline, "the server did not start"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def client(self, key: str = "none"):
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=120)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, corpus_text: str) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serve")
+    corpus = root / "corpus.txt"
+    corpus.write_text(corpus_text)
+    chats = root / "chats.jsonl"
+    chats.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": "The cat sat."},
+                                                         {"role": "assistant", "content": "On the mat."}]})
+                               for _ in range(6)))
+    common = ["--preset", "tiny", "--data", str(corpus), "--max-steps", "40", "--quiet", "model.block_size=64"]
+    assert main(["train", "--out", str(root / "mdlm"), *common]) == 0
+    assert main(["train", "--out", str(root / "ar"), "--objective", "ar", *common]) == 0
+    assert main(["finetune", "--base", str(root / "mdlm"), "--chat", "--data", str(chats), "--out",
+                 str(root / "chat"), "--max-steps", "10", "--quiet"]) == 0
+    return {name: root / name for name in ("mdlm", "ar", "chat")}
+
+
+@pytest.fixture(scope="module")
+def server(runs):
+    pipes = {name: dlm.load(path) for name, path in runs.items()}
+    server = Server(create_app(pipes, limits=Limits(max_tokens=48, max_steps=64), max_batch=8, max_queue=48))
+    yield server
+    server.stop()
+
+
+def test_models_list_every_run(server) -> None:
+    models = {m.id: m for m in server.client().models.list().data}
+    assert set(models) == {"mdlm", "ar", "chat"}
+    assert models["ar"].model_extra["dlm"]["objective"] == "ar" and models["chat"].model_extra["dlm"]["chat"]
+
+
+def test_completions_with_diffusion_extras(server) -> None:
+    client = server.client()
+    result = client.completions.create(model="mdlm", prompt="The ", max_tokens=20, seed=3,
+                                       extra_body={"steps": 10, "sampler": "margin", "block_length": 10})
+    (choice,) = result.choices
+    assert len(choice.text) == 20 and choice.finish_reason == "length"
+    assert result.usage.prompt_tokens == 4 and result.usage.completion_tokens == 20
+    # A seed fixes the text, whatever else is in the batch.
+    again = client.completions.create(model="mdlm", prompt="The ", max_tokens=20, seed=3,
+                                      extra_body={"steps": 10, "sampler": "margin", "block_length": 10})
+    assert again.choices[0].text == choice.text
+    several = client.completions.create(model="mdlm", prompt=["The ", "A"], max_tokens=8, n=2, seed=3,
+                                        extra_body={"steps": 4})
+    assert len(several.choices) == 4 and sorted(c.index for c in several.choices) == [0, 1, 2, 3]
+    ar = client.completions.create(model="ar", prompt="The ", max_tokens=12, seed=0)
+    assert len(ar.choices[0].text) == 12
+
+
+def test_streaming_gives_the_same_text_as_a_whole_answer(server) -> None:
+    client = server.client()
+    options = {"model": "mdlm", "prompt": "The ", "max_tokens": 24, "seed": 7, "extra_body": {"steps": 12}}
+    whole = client.completions.create(**options).choices[0].text
+    chunks = list(client.completions.create(stream=True, **options))
+    assert "".join(c.choices[0].text for c in chunks) == whole
+    assert chunks[-1].choices[0].finish_reason == "length" and len(chunks) >= 2
+
+
+def test_frames_show_the_canvas_after_every_step(server) -> None:
+    body = {"model": "mdlm", "prompt": "A", "max_tokens": 16, "steps": 8, "stream": True, "dlm_frames": True, "seed": 1}
+    frames = []
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                chunk = json.loads(line[6:])
+                if "dlm_frame" in chunk:
+                    frames.append(chunk["dlm_frame"])
+    assert [f["step"] for f in frames] == list(range(1, 9))
+    assert all(len(f["tokens"]) == 16 for f in frames)
+    masks = [sum(t is None for t in f["tokens"]) for f in frames]
+    assert masks == sorted(masks, reverse=True) and masks[-1] == 0  # the canvas fills, step by step
+    assert sum(len(f["committed"]) for f in frames) == 16  # every position committed exactly once
+
+
+def test_chat_completions(server) -> None:
+    client = server.client()
+    messages = [{"role": "user", "content": "The cat sat."}]
+    reply = client.chat.completions.create(model="chat", messages=messages, seed=0, extra_body={"steps": 16})
+    assert reply.choices[0].message.role == "assistant" and isinstance(reply.choices[0].message.content, str)
+    assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.prompt_tokens > 0
+    streamed = list(client.chat.completions.create(model="chat", messages=messages, seed=0, stream=True,
+                                                   extra_body={"steps": 16}))
+    assert streamed[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == reply.choices[0].message.content
+    with pytest.raises(openai.BadRequestError, match="no chat tokens"):
+        client.chat.completions.create(model="mdlm", messages=messages)
+
+
+@pytest.mark.parametrize(("body", "status", "fragment"), [
+    ({"model": "nope", "prompt": "x"}, 404, "not served here"),
+    ({"model": "mdlm", "prompt": "x", "max_tokens": 500}, 400, "max_tokens=500 must be between 1 and 48"),
+    ({"model": "mdlm", "prompt": "x" * 70, "max_tokens": 8}, 400, "exceeds the model's context"),
+    ({"model": "mdlm", "prompt": "x", "steps": 999}, 400, "steps=999 must be between 1 and 64"),
+    ({"model": "mdlm", "prompt": "x", "sampler": "bogus"}, 400, "sampler='bogus' is not one of"),
+    ({"model": "mdlm", "prompt": "x", "temperature": "hot"}, 400, "'temperature' must be a number"),
+    ({"model": "mdlm", "prompt": "x", "stop": ["."]}, 400, "'stop' is not supported"),
+    ({"model": "mdlm", "prompt": 5}, 400, "prompt must be a string or a list of strings"),
+    ({"model": "mdlm", "prompt": "x", "n": 99}, 400, "n=99 must be between 1 and 8"),
+    ({"model": "mdlm", "prompt": "Ω"}, 400, "not in the tokenizer's vocabulary"),
+])
+def test_bad_requests_get_openai_style_errors(server, body: dict, status: int, fragment: str) -> None:
+    response = httpx.post(f"{server.url}/v1/completions", json=body, timeout=30)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert fragment in error["message"] and error["type"] and "param" in error
+
+
+def test_not_json_is_a_400(server) -> None:
+    response = httpx.post(f"{server.url}/v1/completions", content=b"{not json", timeout=30,
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "not valid JSON" in response.json()["error"]["message"]
+
+
+def test_the_api_key(runs) -> None:
+    server = Server(create_app({"mdlm": dlm.load(runs["mdlm"])}, api_key="s3cret"))
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            server.client("wrong").models.list()
+        assert [m.id for m in server.client("s3cret").models.list().data] == ["mdlm"]
+        assert httpx.get(f"{server.url}/", timeout=30).status_code == 200  # the page itself is public
+    finally:
+        server.stop()
+
+
+def test_a_full_queue_answers_429(runs) -> None:
+    server = Server(create_app({"mdlm": dlm.load(runs["mdlm"])}, max_batch=1, max_queue=1))
+    body = {"model": "mdlm", "prompt": "x", "max_tokens": 32, "steps": 32}
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            statuses = list(pool.map(lambda _: httpx.post(f"{server.url}/v1/completions", json=body,
+                                                          timeout=120).status_code, range(12)))
+        assert 200 in statuses and 429 in statuses and set(statuses) <= {200, 429}
+    finally:
+        server.stop()
+
+
+def test_a_client_that_leaves_frees_its_slot(server) -> None:
+    engine = server.server.config.app.state.engine
+    body = {"model": "mdlm", "prompt": "A", "max_tokens": 48, "steps": 64, "stream": True, "dlm_frames": True}
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as response:
+        next(response.iter_lines())  # one event, then hang up
+    deadline = time.time() + 30
+    while engine.running_rows() and time.time() < deadline:  # the abandoned batch stops early
+        time.sleep(0.05)
+    assert engine.running_rows() == 0 and engine.cancelled_batches >= 1
+
+
+def test_32_concurrent_streams_all_complete(server, capsys: pytest.CaptureFixture) -> None:
+    client = server.client()
+
+    def stream(i: int) -> tuple[str, float]:
+        started = time.perf_counter()
+        chunks = client.completions.create(model="mdlm", prompt="The ", max_tokens=16, seed=i, stream=True,
+                                           extra_body={"steps": 8})
+        text = "".join(c.choices[0].text for c in chunks)
+        return text, time.perf_counter() - started
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(stream, range(32)))
+    wall = time.perf_counter() - started
+    assert all(len(text) == 16 for text, _ in results)
+    assert wall < 120
+    latencies = sorted(t for _, t in results)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with capsys.disabled():
+        print(f"\n32 concurrent streams: wall {wall:.1f} s, p50 {latencies[15]:.2f} s, p95 {latencies[30]:.2f} s, "
+              f"peak RSS of the test process {peak:.0f} MB")
