@@ -1,0 +1,59 @@
+"""The web page at / in headless Chromium: a prompt typed, frames arriving, the final text shown,
+the AR twin racing beside it; a screenshot saved (to $DLM_SCREENSHOT_DIR when set, for the docs)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="dlm serve needs the optional fastapi package (pip install 'dlm[serve]')")
+sync_api = pytest.importorskip("playwright.sync_api", reason="the page test drives Chromium with playwright "
+                               "(pip install playwright)")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt-get install chromium); "
+                                ".ci/run installs it")
+
+from test_serve import Server, runs  # noqa: E402, F401  (the module-scoped tiny runs)
+
+import dlm  # noqa: E402
+from dlm.serve.app import create_app  # noqa: E402
+
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def test_the_page_shows_text_developing(runs, tmp_path: Path) -> None:  # noqa: F811
+    server = Server(create_app({"mdlm": dlm.load(runs["mdlm"]), "ar": dlm.load(runs["ar"])}))
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1200, "height": 640})
+            page.goto(server.url + "/")
+            page.wait_for_selector("#model option", state="attached")
+            assert page.is_visible("#ar-panel")  # an AR twin is loaded: the race panel shows
+            page.fill("#prompt", "The ")
+            page.fill("#length", "32")
+            page.fill("#steps", "16")
+            frames_seen = []
+            page.on("console", lambda message: frames_seen.append(message.text))
+            page.click("#go")
+            # While it runs, masks are on the canvas; at the end, none are.
+            page.wait_for_selector("#d-canvas .m", timeout=60_000)
+            page.wait_for_selector('#d-status[data-done="1"]', timeout=120_000)
+            page.wait_for_selector('#a-status[data-done="1"]', timeout=120_000)
+            status = page.inner_text("#d-status")
+            assert status.startswith("done: 16 frames, 32 characters")
+            text = page.get_attribute("#d-canvas", "data-text")
+            assert text.startswith("The ") and len(text) == 4 + 32 and "░" not in page.inner_text("#d-canvas")
+            assert page.inner_text("#a-status").startswith("done: 32 frames, 32 characters")
+            shot = tmp_path / "serve-page.png"
+            page.screenshot(path=str(shot))
+            assert shot.stat().st_size > 10_000
+            if os.environ.get("DLM_SCREENSHOT_DIR"):
+                shutil.copy(shot, Path(os.environ["DLM_SCREENSHOT_DIR"]) / shot.name)
+            browser.close()
+    finally:
+        server.stop()
