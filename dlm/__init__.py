@@ -10,7 +10,7 @@ reads this table and checks every import in the package, function-level ones inc
     layer 0: errors io special_ids
     layer 1: tokenizers runtime model diffusion
     layer 2: config config_docs data objectives sampling
-    layer 3: presets run_folder
+    layer 3: presets run_folder sizing
     layer 4: train inference
     layer 5: eval viz experiments chat serve
     layer 6: cli __main__

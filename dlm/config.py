@@ -102,6 +102,8 @@ class TrainConfig:
     """torch.compile the model: 'auto' (when a C compiler is present), 'yes' or 'no'."""
     device: str = "auto"
     """'auto' (cuda if available), 'cpu' or 'cuda'."""
+    auto_size: str = ""
+    """Set by `dlm train` without --preset on a CPU: what the budget probe measured and which size it chose."""
 
 
 @dataclass

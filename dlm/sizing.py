@@ -1,0 +1,107 @@
+"""The budget-aware default: how much can this machine train in the time given, and which settings
+did the study find best for that many tokens?
+
+`dlm train` with no --preset on a CPU runs a short probe — a few eager training steps of the
+default model on random tokens, a few seconds, reported — turns the measured speed into the
+number of tokens the time budget buys, and applies the row of SIZE_TABLE for that many tokens.
+The choice and its reason are printed first and kept in the run's config (train.auto_size);
+--preset, or key=value for the same fields, override it. The table comes from docs/study.md.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from dlm.config import RunConfig, apply_overrides
+
+# Fewest training tokens a row is for → its settings (applied to the default preset). Measured by
+# the runs in docs/study.md ("Quality per minute"): below ~6M tokens (an AVX2-only CPU training in
+# fp32 for 10 minutes) and above (a CPU with bf16 units).
+SIZE_TABLE: list[tuple[float, str, list[str]]] = [
+    (0.0, "cpu-fp32", []),
+    (6e6, "cpu-bf16", []),
+]
+# Training in earnest runs compiled, but spends some of the budget compiling and validating; on
+# the development machines the two roughly cancel, so eager probe speed × budget ≈ tokens trained.
+PROBE_EFFICIENCY = 1.0
+
+
+@dataclass
+class SizeChoice:
+    name: str
+    overrides: list[str]
+    tokens_per_s: float
+    budget_s: float
+    probe_s: float
+
+    @property
+    def tokens(self) -> float:
+        return self.tokens_per_s * self.budget_s * PROBE_EFFICIENCY
+
+    def reason(self, dtype: str) -> str:
+        settings = " ".join(self.overrides) or "the preset as it is"
+        return (f"budget probe: {self.tokens_per_s:,.0f} tokens/s ({dtype}, measured in {self.probe_s:.1f} s) → "
+                f"~{self.tokens / 1e6:.1f}M tokens in {self.budget_s:,.0f} s → size {self.name} ({settings}), "
+                "the best measured for that many tokens (docs/study.md)")
+
+
+def choose_size(tokens_per_s: float, budget_s: float) -> SizeChoice:
+    """The SIZE_TABLE row for the tokens a budget buys at a measured speed (a pure function)."""
+    tokens = tokens_per_s * budget_s * PROBE_EFFICIENCY
+    name, overrides = SIZE_TABLE[0][1], SIZE_TABLE[0][2]
+    for fewest, row_name, row_overrides in SIZE_TABLE:
+        if tokens >= fewest:
+            name, overrides = row_name, row_overrides
+    return SizeChoice(name, list(overrides), tokens_per_s, budget_s, 0.0)
+
+
+def probe_tokens_per_second(cfg: RunConfig, steps: int = 3) -> tuple[float, float, str]:
+    """(tokens/s of eager training steps of cfg's model, seconds the probe took, dtype name)."""
+    import torch
+
+    from dlm.model.transformer import Transformer
+    from dlm.objectives import make_objective
+    from dlm.runtime import autocast, pick_device, pick_dtype
+    from dlm.tokenizers import CharTokenizer
+    from dlm.train.optim import make_optimizer
+
+    started = time.perf_counter()
+    device = pick_device(cfg.train.device)
+    dtype = pick_dtype(cfg.train.dtype, device)
+    tokenizer = CharTokenizer([chr(c) for c in range(32, 97)])  # 65 symbols, like Tiny Shakespeare
+    model_cfg = apply_overrides(cfg, [f"model.vocab_size={tokenizer.vocab_size}"]).model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Transformer(model_cfg).to(device)
+        optimizer = make_optimizer(model, 1e-4, 0.0, (0.9, 0.95))
+        objective = make_objective(cfg.train.objective, "linear", tokenizer)
+        batch = cfg.train.batch_size // cfg.train.grad_accum
+        x = torch.randint(0, tokenizer.n_real_tokens, (batch, model_cfg.block_size), device=device)
+        noise = torch.Generator().manual_seed(0)
+
+        def step() -> None:
+            with autocast(device, dtype):
+                out = objective(model, x, noise)
+            (out.nll_sum / out.n_tokens).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        step()  # warm-up: allocations, first-call dispatch
+        timed = time.perf_counter()
+        for _ in range(steps):
+            step()
+        per_step = (time.perf_counter() - timed) / steps
+    tokens_per_step = cfg.train.batch_size * model_cfg.block_size
+    return tokens_per_step / per_step, time.perf_counter() - started, str(dtype).removeprefix("torch.")
+
+
+def auto_size(cfg: RunConfig, user_overrides: list[str]) -> tuple[RunConfig, SizeChoice, str]:
+    """cfg with the probe's choice applied, then the user's key=value again (theirs win)."""
+    speed, probe_s, dtype = probe_tokens_per_second(cfg)
+    choice = choose_size(speed, cfg.train.max_time)
+    choice.probe_s = probe_s
+    reason = choice.reason(dtype)
+    sized = apply_overrides(cfg, [*choice.overrides, *user_overrides])
+    sized.train.auto_size = reason
+    return sized, choice, reason

@@ -1,0 +1,54 @@
+"""The budget-aware default: the probe's choice is a pure function of the measured speed, it reaches
+the run's config with its reason, and --preset or key=value still win."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dlm import sizing
+from dlm.cli import main
+
+
+def test_the_choice_follows_the_tokens_a_budget_buys() -> None:
+    (_, low_name, low_overrides), (high, high_name, high_overrides) = sizing.SIZE_TABLE[0], sizing.SIZE_TABLE[-1]
+    speed_for = lambda tokens: tokens / 600 / sizing.PROBE_EFFICIENCY  # noqa: E731
+    assert sizing.choose_size(speed_for(high * 0.99), 600).name == sizing.SIZE_TABLE[-2][1]
+    assert sizing.choose_size(speed_for(high * 1.01), 600).name == high_name
+    assert sizing.choose_size(speed_for(high * 1.01), 600).overrides == high_overrides
+    assert sizing.choose_size(1.0, 600).name == low_name and sizing.choose_size(1.0, 600).overrides == low_overrides
+    # Deterministic: the same speed, the same choice; twice the time, twice the tokens.
+    a, b = sizing.choose_size(4321.0, 600), sizing.choose_size(4321.0, 600)
+    assert (a.name, a.overrides, a.tokens) == (b.name, b.overrides, b.tokens)
+    assert sizing.choose_size(4321.0, 1200).tokens == pytest.approx(2 * a.tokens)
+
+
+def test_train_without_a_preset_probes_and_records_why(tmp_path: Path, corpus_file: Path, monkeypatch,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    high = sizing.SIZE_TABLE[-1]
+    fast = high[0] / 600 / sizing.PROBE_EFFICIENCY * 2  # a machine fast enough for the last row
+    monkeypatch.setattr(sizing, "probe_tokens_per_second", lambda cfg, steps=3: (fast, 1.5, "bfloat16"))
+    run = tmp_path / "run"
+    args = ["train", "--data", str(corpus_file), "--out", str(run), "--max-steps", "2", "--quiet",
+            "model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.block_size=32", "compile=no"]
+    assert main(args) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"dlm: budget probe: {fast:,.0f} tokens/s (bfloat16, measured in 1.5 s)")
+    assert f"size {high[1]}" in first
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["auto_size"] == first.removeprefix("dlm: ")
+    assert config["model"]["n_layer"] == 1  # the user's key=value wins over the probe's row
+    # An explicit preset: no probe.
+    assert main(["train", "--preset", "tiny", "--data", str(corpus_file), "--out", str(tmp_path / "b"),
+                 "--max-steps", "2", "--quiet"]) == 0
+    assert "budget probe" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["train"]["auto_size"] == ""
+
+
+def test_the_probe_measures_a_real_speed() -> None:
+    from dlm.presets import tiny
+
+    speed, seconds, dtype = sizing.probe_tokens_per_second(tiny(), steps=2)
+    assert speed > 0 and seconds > 0 and dtype in ("bfloat16", "float32")
