@@ -194,6 +194,9 @@ class RunConfig:
                            "use dlm finetune --base RUN --chat")
         if not 0 <= f.pad_weight <= 1 or f.fill_block < 1:
             raise DlmError(f"finetune.pad_weight={f.pad_weight} must be in [0, 1] and finetune.fill_block ≥ 1")
+        if self.model.backbone and (t.objective == "ar" or t.fsdp or d.masking != "uniform"):
+            raise DlmError("model.backbone=hf:… is a masked-LM denoiser: train it with train.objective=mdlm, "
+                           "without FSDP or entropy masking")
         if self.model.lora_rank < 0:
             raise DlmError(f"model.lora_rank={self.model.lora_rank} must be ≥ 0 (0 = full fine-tuning)")
         if t.batch_size < 1 or t.grad_accum < 1 or t.batch_size % t.grad_accum:

@@ -18,7 +18,7 @@ import torch
 from dlm.config import RunConfig
 from dlm.data.chat import ChatTemplate, check_conversation
 from dlm.errors import DlmError
-from dlm.model.transformer import Transformer
+from dlm.model.hf_backbone import build_model
 from dlm.run_folder import load_weights, locate_checkpoint
 from dlm.runtime import autocast, pick_device, pick_dtype
 from dlm.sampling.autoregressive import ARDecoder
@@ -33,7 +33,8 @@ TEMPLATE_MASK = re.compile(r"\[MASK(?:\*(\d+))?\]")
 
 @dataclass
 class Pipeline:
-    model: Transformer
+    model: torch.nn.Module
+    """dlm's Transformer, or a `transformers` masked LM wrapped the same way (model.backbone)."""
     tokenizer: Tokenizer
     config: RunConfig
     checkpoint: Path
@@ -253,7 +254,7 @@ def load(path: str | Path, device: str = "auto", dtype: str = "auto", weights: s
     config = run.read_config()
     tokenizer = run.read_tokenizer()
     torch_device = pick_device(device)
-    model = Transformer(config.model).to(torch_device)
+    model = build_model(config.model).to(torch_device)
     has_ema = (ckpt / "ema.safetensors").is_file()
     if weights == "ema" and not has_ema:
         raise DlmError(f"checkpoint {ckpt} has no EMA weights (trained with ema_decay=0); use --weights raw")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -33,6 +33,12 @@ class ModelConfig:
     """LoRA fine-tuning: rank of the low-rank update of each linear layer of the blocks (frozen base); 0 = off."""
     lora_alpha: float = 0.0
     """LoRA scale α (the update is α/rank·B·A); 0 means α = rank."""
+    backbone: str = ""
+    """'' = dlm's Transformer; hf:PATH = a `transformers` masked LM (BERT, RoBERTa, …) as the denoiser."""
+    backbone_init: str = "pretrained"
+    """With a backbone: start from its pretrained weights, or 'config' for fresh ones of the same shape."""
+    backbone_config: dict = field(default_factory=dict)
+    """With a backbone: its Hugging Face config, copied in when the run starts (so the run loads alone)."""
 
     def validate(self) -> None:
         if self.d_model % self.n_head:
@@ -41,6 +47,14 @@ class ModelConfig:
             raise ValueError("head width d_model/n_head must be even for RoPE")
         if self.mlp not in ("relu2", "swiglu"):
             raise ValueError(f"mlp={self.mlp!r} is not one of 'relu2', 'swiglu'")
+        if self.backbone and not self.backbone.startswith("hf:"):
+            raise ValueError(f"backbone={self.backbone!r}: write hf:PATH (a Hugging Face masked-LM folder), or '' "
+                             "for dlm's Transformer")
+        if self.backbone_init not in ("pretrained", "config"):
+            raise ValueError(f"backbone_init={self.backbone_init!r} is not one of 'pretrained', 'config'")
+        if self.backbone and (self.causal or self.time_conditioning or self.lora_rank):
+            raise ValueError("a Hugging Face masked-LM backbone is a bidirectional denoiser: no causal AR objective, "
+                             "time conditioning or LoRA with it")
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "block_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -99,6 +99,14 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DlmError(f"tokenizer file {path} is not valid JSON ({e}); re-create it by training again") from None
+    if isinstance(data, dict) and data.get("dlm_tokenizer") == "hf":
+        from dlm.tokenizers.hf import HFModelTokenizer
+
+        try:
+            return HFModelTokenizer.from_dict(data)
+        except (KeyError, TypeError, Exception) as e:  # tokenizers raises a bare Exception on bad JSON
+            raise DlmError(f"tokenizer file {path} is damaged ({type(e).__name__}: {e}); re-create it by training "
+                           "again") from None
     if isinstance(data, dict) and data.get("dlm_tokenizer") == "char":
         try:
             return CharTokenizer.from_dict(data)

@@ -51,7 +51,15 @@ class TrainingData:
 
 
 def base_tokenizer(cfg: RunConfig) -> Tokenizer | None:
-    return RunFolder(cfg.finetune.base).read_tokenizer() if cfg.finetune.base else None
+    """A fine-tune's base tokenizer, or a `transformers` backbone's own; None: build one from the corpus."""
+    if cfg.finetune.base:
+        return RunFolder(cfg.finetune.base).read_tokenizer()
+    if cfg.model.backbone:
+        from dlm.model.hf_backbone import backbone_path
+        from dlm.tokenizers.hf import HFModelTokenizer
+
+        return HFModelTokenizer.from_folder(backbone_path(cfg.model))
+    return None
 
 
 def prepare_training_data(cfg: RunConfig, saved_tokenizer: Tokenizer | None, progress: bool = False,

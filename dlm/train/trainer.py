@@ -22,7 +22,7 @@ from tqdm import tqdm
 from dlm.config import RunConfig
 from dlm.diffusion.process import entropy_mask_scale
 from dlm.errors import DlmError
-from dlm.model.transformer import Transformer
+from dlm.model.hf_backbone import build_model
 from dlm.objectives import Objective, make_objective
 from dlm.run_folder import RunFolder, RunLock, load_weights, weights_intact
 from dlm.runtime import autocast, pick_device, pick_dtype, should_compile
@@ -139,6 +139,10 @@ def _prepare_locked(cfg: RunConfig, run: RunFolder, dist: DistInfo, device_name:
     if not dist.is_main:
         data = prepare_training_data(cfg, saved_tokenizer, echo=_silent)
     tokenizer = data.tokenizer
+    if cfg.model.backbone and not cfg.model.backbone_config:  # the run carries the backbone's config
+        from dlm.model.hf_backbone import read_backbone_config
+
+        cfg.model.backbone_config = read_backbone_config(cfg.model)
     cfg.model.vocab_size = tokenizer.vocab_size
     cfg.model.causal = tc.objective == "ar"
     dc = cfg.diffusion
@@ -167,7 +171,7 @@ def build_state(setup: TrainSetup, point: ResumePoint | None = None) -> TrainSta
     point = point or ResumePoint()
     ckpt = point.checkpoint
     fsdp = tc.fsdp and setup.dist.enabled
-    model = Transformer(cfg.model).to(device)
+    model = build_model(cfg.model, pretrained=ckpt is None and not cfg.finetune.base).to(device)
     ema_start = None
     if ckpt is None and cfg.finetune.base:  # a fine-tune starts from its base's weights
         used = load_base_weights(model, cfg.finetune.base)
@@ -179,7 +183,7 @@ def build_state(setup: TrainSetup, point: ResumePoint | None = None) -> TrainSta
         has_ema = (ckpt / "ema.safetensors").is_file() and (not point.weights_only
                                                              or weights_intact(ckpt, "ema.safetensors"))
         if tc.ema_decay > 0 and has_ema:
-            ema_start = Transformer(cfg.model).to(device)
+            ema_start = build_model(cfg.model).to(device)
             load_weights(ema_start, ckpt, "ema.safetensors")
     wrapped = wrap_model(model, setup.dist, fsdp)
     if fsdp and ema_start is not None:
@@ -281,8 +285,9 @@ def save(state: TrainState, setup: TrainSetup) -> None:
 def describe(state: TrainState, setup: TrainSetup) -> str:
     cfg, dist, tok = setup.cfg, setup.dist, setup.tokenizer
     ranks = f", {dist.world_size} ranks ({'FSDP2' if state.fsdp else 'DDP'})" if dist.enabled else ""
+    shape = cfg.model.backbone or f"{cfg.model.n_layer}×{cfg.model.d_model}"
     return (f"dlm: {cfg.train.objective} model, {state.model.num_params() / 1e6:.2f}M parameters, "
-            f"{cfg.model.n_layer}×{cfg.model.d_model}, vocab {tok.vocab_size} ({tok.kind}); "
+            f"{shape}, vocab {tok.vocab_size} ({tok.kind}); "
             f"device {setup.device}, {str(setup.dtype).removeprefix('torch.')}, "
             f"compile {'on' if state.compiled is not state.wrapped else 'off'}{ranks}; {setup.data.describe()}")
 
