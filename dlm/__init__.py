@@ -11,21 +11,21 @@ reads this table and checks every import in the package, function-level ones inc
     layer 1: tokenizers runtime model diffusion
     layer 2: config config_docs data objectives sampling
     layer 3: presets run_folder sizing
-    layer 4: train inference
-    layer 5: eval viz experiments chat serve
+    layer 4: train inference hub onnx_export
+    layer 5: eval viz experiments chat serve text_pipeline
     layer 6: cli __main__
 
 Text flows one way: tokenizers → data → model ← diffusion & objectives → train → run folder →
 inference (samplers) → evaluation → the command line. The model knows nothing of diffusion,
 samplers take token ids (never text), evaluation receives a loaded `Pipeline` and reporting reads
-files. `import dlm` loads no torch: `load` and `Pipeline` are imported on first use.
+files. `import dlm` loads no torch: `load`, `Pipeline` and `pipeline` are imported on first use.
 """
 
 __version__ = "0.1.0"
 
 from dlm.errors import DlmError  # noqa: E402
 
-__all__ = ["__version__", "load", "Pipeline", "DlmError"]
+__all__ = ["__version__", "load", "Pipeline", "pipeline", "DlmError"]
 
 
 def __getattr__(name: str):
@@ -33,4 +33,8 @@ def __getattr__(name: str):
         from dlm import inference
 
         return getattr(inference, name)
+    if name == "pipeline":
+        from dlm.text_pipeline import pipeline
+
+        return pipeline
     raise AttributeError(f"module 'dlm' has no attribute {name!r}")

@@ -243,23 +243,40 @@ class Pipeline:
                 yield state, text
 
 
+def is_hub_export(path: str | Path) -> bool:
+    """A folder of Hub files (config.json + model.safetensors, no checkpoints), or a repo id like user/name."""
+    path = Path(path)
+    if path.is_dir():
+        return ((path / "model.safetensors").is_file() and (path / "config.json").is_file()
+                and not (path / "manifest.json").is_file() and not (path / "checkpoints").is_dir())
+    parts = str(path).split("/")
+    return not path.exists() and len(parts) == 2 and all(parts) and not str(path).startswith(".")
+
+
 def load(path: str | Path, device: str = "auto", dtype: str = "auto", weights: str = "auto") -> Pipeline:
-    """Load a training run folder (its newest intact checkpoint) or one checkpoint folder.
+    """Load a training run folder (its newest intact checkpoint), one checkpoint folder, an export of
+    a run (dlm export --hub), or a Hugging Face Hub repository id holding one.
 
     weights: 'ema' (the averaged weights), 'raw', or 'auto' (EMA when the checkpoint has it).
     """
     if weights not in ("auto", "ema", "raw"):
         raise DlmError(f"weights={weights!r} is not one of auto, ema, raw")
-    run, ckpt = locate_checkpoint(path)
-    config = run.read_config()
-    tokenizer = run.read_tokenizer()
     torch_device = pick_device(device)
-    model = build_model(config.model).to(torch_device)
-    has_ema = (ckpt / "ema.safetensors").is_file()
-    if weights == "ema" and not has_ema:
-        raise DlmError(f"checkpoint {ckpt} has no EMA weights (trained with ema_decay=0); use --weights raw")
-    use_ema = has_ema and weights != "raw"
-    load_weights(model, ckpt, "ema.safetensors" if use_ema else "model.safetensors")
+    if is_hub_export(path):  # an export (dlm export --hub) or a Hub repository id
+        from dlm.hub import load_export
+
+        module, config, tokenizer = load_export(path, torch_device)
+        model, ckpt, use_ema = module.model.to(torch_device), Path(path), False
+    else:
+        run, ckpt = locate_checkpoint(path)
+        config = run.read_config()
+        tokenizer = run.read_tokenizer()
+        model = build_model(config.model).to(torch_device)
+        has_ema = (ckpt / "ema.safetensors").is_file()
+        if weights == "ema" and not has_ema:
+            raise DlmError(f"checkpoint {ckpt} has no EMA weights (trained with ema_decay=0); use --weights raw")
+        use_ema = has_ema and weights != "raw"
+        load_weights(model, ckpt, "ema.safetensors" if use_ema else "model.safetensors")
     model.eval()
     # The network runs in bf16 where training does (CUDA, CPUs with bf16 units: 5-8x faster than
     # fp32 on the 2-core dev machine), with the logits computed in fp32 so sampling probabilities

@@ -17,7 +17,8 @@ import pytest
 import dlm
 
 PACKAGE = Path(dlm.__file__).parent
-ROOT_EXPORTS = {"load": "dlm.inference", "Pipeline": "dlm.inference", "DlmError": "dlm.errors"}
+ROOT_EXPORTS = {"load": "dlm.inference", "Pipeline": "dlm.inference", "pipeline": "dlm.text_pipeline",
+                "DlmError": "dlm.errors"}
 
 
 def layers_from_docstring() -> dict[str, int]:

@@ -10,7 +10,7 @@ import json
 import sys
 
 from dlm import __version__
-from dlm.cli import evaluate, experiments, generate, serve, train
+from dlm.cli import evaluate, experiments, export, generate, serve, train
 from dlm.errors import DlmError
 
 
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.register(sub)
     experiments.register(sub)
     serve.register(sub)
+    export.register(sub)
     p = sub.add_parser("presets", help="list the named configs")
     p.add_argument("--show", metavar="NAME", help="print every field of one preset: its value and what it means")
     p.add_argument("--json", action="store_true", help="with --show: the config as JSON instead")

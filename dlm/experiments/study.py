@@ -96,7 +96,11 @@ def plan_study(out: Path, base: list[str], grid: dict[str, list[str]], budget: d
         return plan
     keys = list(grid)
     combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
-    plan.cells = [{"name": "ar", "overrides": {"train.objective": "ar"}, "status": "pending", "error": None}]
+    # The AR twin judges the samples and supplies entropy masking's entropies; without either, no twin.
+    needs_twin = "--gen" in eval_args or "entropy" in grid.get("diffusion.masking", []) or any(
+        "diffusion.masking=entropy" in b for b in base)
+    plan.cells = [{"name": "ar", "overrides": {"train.objective": "ar"}, "status": "pending", "error": None}] \
+        if needs_twin else []
     plan.cells += [{"name": cell_name(c), "overrides": c, "status": "pending", "error": None} for c in combos]
     out.mkdir(parents=True, exist_ok=True)
     plan.save()
@@ -146,7 +150,8 @@ def run_cell(plan: StudyPlan, index: int, echo=print) -> None:
     folder = plan.out / "cells" / cell["name"]
     if cell["status"] == "done":
         return
-    if cell["name"] != "ar" and plan.cells[0]["status"] != "done" and needs_ar(plan, cell):
+    twin = next((c for c in plan.cells if c["name"] == "ar"), None)
+    if cell["name"] != "ar" and needs_ar(plan, cell) and (twin is None or twin["status"] != "done"):
         cell.update(status="crashed", error="the AR reference cell (judge and entropy source) did not finish")
         plan.save()
         return
@@ -171,7 +176,7 @@ def needs_ar(plan: StudyPlan, cell: dict) -> bool:
 
 
 def slurm_script(plan: StudyPlan, command: list[str]) -> Path:
-    """An array job: task 0 trains the AR reference; tasks 1..N (which wait for it) one cell each."""
+    """An array job, one task per cell; with an AR twin, task 0 trains it and the others wait for it."""
     path = plan.out / "study.sbatch"
     again = shlex.join([c for c in command if c not in ("--slurm",)])
     text = f"""#!/bin/bash
