@@ -57,3 +57,48 @@ def test_the_page_shows_text_developing(runs, tmp_path: Path) -> None:  # noqa: 
             browser.close()
     finally:
         server.stop()
+
+
+def ort_web_dist() -> Path | None:
+    """onnxruntime-web's dist folder: $ORT_WEB_DIST, or where .ci/run installs it."""
+    candidates = [os.environ.get("ORT_WEB_DIST"),
+                  Path(__file__).resolve().parents[1] / ".ci-cache/node_modules/onnxruntime-web/dist"]
+    return next((Path(c) for c in candidates if c and (Path(c) / "ort.wasm.min.js").is_file()), None)
+
+
+@pytest.mark.skipif(ort_web_dist() is None, reason="onnxruntime-web is not installed (npm install onnxruntime-web "
+                    "into .ci-cache, as .ci/run does, or set ORT_WEB_DIST)")
+def test_the_onnx_page_samples_in_the_browser(runs, tmp_path: Path) -> None:  # noqa: F811
+    import functools
+    import http.server
+    import threading
+
+    from dlm.onnx_export import export_onnx
+
+    folder = tmp_path / "web"
+    export_onnx(runs["mdlm"], folder, web=True, ort_dir=ort_web_dist())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    static = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # files only: no model on the server
+    threading.Thread(target=static.serve_forever, daemon=True).start()
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1000, "height": 520})
+            page.goto(f"http://127.0.0.1:{static.server_port}/")
+            page.wait_for_selector("#go:not([disabled])", timeout=60_000)
+            page.fill("#prompt", "The ")
+            page.fill("#length", "24")
+            page.fill("#steps", "12")
+            page.click("#go")
+            page.wait_for_selector('#status[data-done="1"]', timeout=60_000)
+            text = page.get_attribute("#canvas", "data-text")
+            assert text.startswith("The ") and len(text) == 4 + 24
+            assert "in this browser" in page.inner_text("#status")
+            shot = tmp_path / "onnx-page.png"
+            page.screenshot(path=str(shot))
+            if os.environ.get("DLM_SCREENSHOT_DIR"):
+                shutil.copy(shot, Path(os.environ["DLM_SCREENSHOT_DIR"]) / shot.name)
+            browser.close()
+    finally:
+        static.shutdown()
