@@ -37,7 +37,10 @@ class DiffusionConfig:
     guidance. > 0 makes the training loss a conditional bound, not the NELBO. In [0, 1]; 0 = off."""
     weighting: str = "elbo"
     """Training loss weight of a masked token at noise level t: elbo (−α'/(1−α), the NELBO: a bound),
-    flat (1: a plain masked cross-entropy, not a bound) or clipped (the ELBO weight capped at 5, not a bound)."""
+    flat (1: a plain masked cross-entropy, not a bound) or clipped (the ELBO weight capped at weight_cap,
+    not a bound)."""
+    weight_cap: float = 5.0
+    """With weighting=clipped: the largest weight (linear schedule: t below 1/weight_cap weighs as there)."""
     masking: str = "uniform"
     """Which tokens are masked: uniform (each with probability 1 − α(t), the NELBO's) or entropy
     (microDLM: that probability × clamp(2 − e/mean e, 0.5, 1.5), e a token's entropy under the AR
@@ -178,6 +181,8 @@ class RunConfig:
             raise DlmError(f"diffusion.prompt_prob={d.prompt_prob} must be in [0, 1] (0 turns prompts off)")
         if d.weighting not in ("elbo", "flat", "clipped"):
             raise DlmError(f"diffusion.weighting={d.weighting!r} is not one of elbo, flat, clipped")
+        if not d.weight_cap >= 1:
+            raise DlmError(f"diffusion.weight_cap={d.weight_cap} must be ≥ 1 (1 is the flat weighting)")
         if d.masking not in ("uniform", "entropy"):
             raise DlmError(f"diffusion.masking={d.masking!r} is not one of uniform, entropy")
         if d.masking == "entropy" and not d.entropy_run and t.objective != "ar":

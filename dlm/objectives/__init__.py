@@ -25,7 +25,7 @@ __all__ = ["LossOutput", "Objective", "ar_loss", "make_objective", "mdlm_loss"]
 
 def make_objective(objective: str, schedule: str, tokenizer: Tokenizer, *, edit_prob: float = 0.0,
                    edit_weight: float = 1.0, prompt_prob: float = 0.0, antithetic: bool = True,
-                   weighting: str = "elbo") -> Objective:
+                   weighting: str = "elbo", weight_cap: float | None = None) -> Objective:
     """The training loss: objective(model, x, generator, mask_scale=None). `edit_prob`, `edit_weight`,
     `prompt_prob`, `antithetic` and `weighting` are the diffusion config's training-time options
     (see dlm.objectives.mdlm and dlm.diffusion.process); `mask_scale` (B, L), entropy-weighted
@@ -41,4 +41,5 @@ def make_objective(objective: str, schedule: str, tokenizer: Tokenizer, *, edit_
     return lambda model, x, gen, mask_scale=None, prompt_mask=None, token_weight=None: mdlm_loss(
         model, x, sched, tokenizer.mask_id, tokenizer.n_real_tokens, generator=gen, edit_prob=edit_prob,
         edit_weight=edit_weight, prompt_prob=prompt_prob, real_ids=real_ids, antithetic=antithetic,
-        weighting=weighting, mask_scale=mask_scale, prompt_mask=prompt_mask, token_weight=token_weight)
+        weighting=weighting, weight_cap=weight_cap, mask_scale=mask_scale, prompt_mask=prompt_mask,
+        token_weight=token_weight)

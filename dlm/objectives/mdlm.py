@@ -66,24 +66,25 @@ def masked_nll(model: nn.Module, x: torch.Tensor, z: torch.Tensor, masked: torch
     return token_nll(model, x, z, t, mask_id) * masked
 
 
-def loss_weight(schedule: Schedule, t: torch.Tensor, weighting: str = "elbo") -> torch.Tensor:
+def loss_weight(schedule: Schedule, t: torch.Tensor, weighting: str = "elbo", cap: float | None = None) -> torch.Tensor:
     """(B,) the weight of a masked token's −log p at noise level t.
 
     elbo: −α'(t)/(1 − α(t)), the NELBO's (1/t for the linear schedule); flat: 1, a plain masked
-    cross-entropy; clipped: the ELBO weight capped at WEIGHT_CAP (bounded variance at small t).
+    cross-entropy; clipped: the ELBO weight capped at `cap` (default WEIGHT_CAP; bounded variance at
+    small t; cap 1 is flat for the linear schedule).
     Only `elbo` makes the loss a bound on the NLL."""
     if weighting == "flat":
         return torch.ones_like(t)
     alpha, alpha_prime = schedule.alpha(t), schedule.alpha_prime(t)
     weight = -alpha_prime / (1 - alpha).clamp_min(1e-12)
-    return weight.clamp(max=WEIGHT_CAP) if weighting == "clipped" else weight
+    return weight.clamp(max=cap or WEIGHT_CAP) if weighting == "clipped" else weight
 
 
 def mdlm_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int,
               n_real_tokens: int | None = None, generator: torch.Generator | None = None,
               t: torch.Tensor | None = None, *, edit_prob: float = 0.0, edit_weight: float = 1.0,
               prompt_prob: float = 0.0, real_ids: torch.Tensor | None = None, antithetic: bool = True,
-              weighting: str = "elbo", mask_scale: torch.Tensor | None = None,
+              weighting: str = "elbo", weight_cap: float | None = None, mask_scale: torch.Tensor | None = None,
               prompt_mask: torch.Tensor | None = None, token_weight: torch.Tensor | None = None) -> LossOutput:
     """One-sample estimate of the NELBO of each sequence in x (B, L).
 
@@ -107,7 +108,7 @@ def mdlm_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: in
     if edit_prob > 0:
         assert real_ids is not None, "edit corruption draws from real_ids; pass them"
         z, _ = corrupt_tokens(z, masked, edit_prob, real_ids, generator, keep=prompt)
-    weight = loss_weight(schedule, t, weighting)  # (B,)
+    weight = loss_weight(schedule, t, weighting, weight_cap)  # (B,)
     nll = token_nll(model, x, z, t, mask_id)  # (B, L)
     scored = masked if token_weight is None else masked * token_weight  # (B, L)
     per_seq = ((nll * scored).sum(1) * weight) / L

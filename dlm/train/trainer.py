@@ -147,7 +147,8 @@ def _prepare_locked(cfg: RunConfig, run: RunFolder, dist: DistInfo, device_name:
     cfg.model.causal = tc.objective == "ar"
     dc = cfg.diffusion
     objective = make_objective(tc.objective, dc.schedule, tokenizer, edit_prob=dc.edit_prob, antithetic=dc.antithetic,
-                               edit_weight=dc.edit_weight, prompt_prob=dc.prompt_prob, weighting=dc.weighting)
+                               edit_weight=dc.edit_weight, prompt_prob=dc.prompt_prob, weighting=dc.weighting,
+                               weight_cap=dc.weight_cap)
     if dc.masking == "entropy" and tc.objective != "ar":
         from dlm.train.entropy_masking import cached_entropies
 
