@@ -10,8 +10,8 @@ reads this table and checks every import in the package, function-level ones inc
     layer 0: errors io special_ids
     layer 1: tokenizers runtime model diffusion
     layer 2: config config_docs data objectives sampling
-    layer 3: presets run_folder sizing
-    layer 4: train inference hub onnx_export
+    layer 3: presets run_folder
+    layer 4: train inference hub onnx_export sizing
     layer 5: eval viz experiments chat serve text_pipeline
     layer 6: cli __main__
 

@@ -94,3 +94,20 @@ def shakespeare() -> Path:
     if not SHAKESPEARE.is_file():
         pytest.skip(f"Tiny Shakespeare not found at {SHAKESPEARE}; tests that need it are skipped")
     return SHAKESPEARE
+
+
+@pytest.fixture(scope="session")
+def tiny_twins(tmp_path_factory: pytest.TempPathFactory, corpus_text: str) -> dict[str, Path]:
+    """A tiny diffusion run and its AR twin (context 64, 40 steps), trained once for every test module
+    that only needs trained runs to load, serve, export or draw. Treat them as read-only."""
+    from dlm.cli import main
+
+    root = tmp_path_factory.mktemp("twins")
+    (root / "corpus.txt").write_text(corpus_text, encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch:  # session-scoped: keep the training's cache out of ~/.cache
+        patch.setenv("DLM_CACHE", str(root / "cache"))
+        common = ["--preset", "tiny", "--data", str(root / "corpus.txt"), "--max-steps", "40", "--quiet",
+                  "model.block_size=64"]
+        assert main(["train", "--out", str(root / "mdlm"), *common]) == 0
+        assert main(["train", "--out", str(root / "ar"), "--objective", "ar", *common]) == 0
+    return {"root": root, "corpus": root / "corpus.txt", "mdlm": root / "mdlm", "ar": root / "ar"}

@@ -159,12 +159,13 @@ def chat_run(tmp_path_factory: pytest.TempPathFactory, corpus_text: str) -> Path
     (root / "corpus.txt").write_text(corpus_text)
     (root / "chats.jsonl").write_text("\n".join(json.dumps({"messages": messages(c, r)})
                                                 for c, r in CONVERSATIONS * 3))
-    os.environ["DLM_CACHE"] = str(root / "cache")
-    assert main(["train", "--preset", "tiny", "--data", str(root / "corpus.txt"), "--out", str(root / "base"),
-                 "--max-steps", "150", "--quiet", "model.block_size=64", "batch_size=16"]) == 0
-    assert main(["finetune", "--base", str(root / "base"), "--chat", "--data", str(root / "chats.jsonl"),
-                 "--out", str(root / "chat"), "--max-steps", "600", "--quiet", "lr=4e-3", "warmup_steps=20",
-                 "eval_interval=1000", "ema_decay=0"]) == 0
+    with pytest.MonkeyPatch.context() as patch:  # module-scoped: keep the cache out of ~/.cache
+        patch.setenv("DLM_CACHE", str(root / "cache"))
+        assert main(["train", "--preset", "tiny", "--data", str(root / "corpus.txt"), "--out", str(root / "base"),
+                     "--max-steps", "150", "--quiet", "model.block_size=64", "batch_size=16"]) == 0
+        assert main(["finetune", "--base", str(root / "base"), "--chat", "--data", str(root / "chats.jsonl"),
+                     "--out", str(root / "chat"), "--max-steps", "600", "--quiet", "lr=4e-3", "warmup_steps=20",
+                     "eval_interval=1000", "ema_decay=0"]) == 0
     return root / "chat"
 
 

@@ -53,20 +53,15 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, corpus_text: str) -> dict[str, Path]:
+def runs(tiny_twins, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("serve")
-    corpus = root / "corpus.txt"
-    corpus.write_text(corpus_text)
     chats = root / "chats.jsonl"
     chats.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": "The cat sat."},
                                                          {"role": "assistant", "content": "On the mat."}]})
                                for _ in range(6)))
-    common = ["--preset", "tiny", "--data", str(corpus), "--max-steps", "40", "--quiet", "model.block_size=64"]
-    assert main(["train", "--out", str(root / "mdlm"), *common]) == 0
-    assert main(["train", "--out", str(root / "ar"), "--objective", "ar", *common]) == 0
-    assert main(["finetune", "--base", str(root / "mdlm"), "--chat", "--data", str(chats), "--out",
+    assert main(["finetune", "--base", str(tiny_twins["mdlm"]), "--chat", "--data", str(chats), "--out",
                  str(root / "chat"), "--max-steps", "10", "--quiet"]) == 0
-    return {name: root / name for name in ("mdlm", "ar", "chat")}
+    return {"mdlm": tiny_twins["mdlm"], "ar": tiny_twins["ar"], "chat": root / "chat"}
 
 
 @pytest.fixture(scope="module")

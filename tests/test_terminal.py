@@ -12,19 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from dlm.cli import main
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def twins(tmp_path_factory: pytest.TempPathFactory, corpus_text: str) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("twins")
-    (root / "corpus.txt").write_text(corpus_text)
-    common = ["--preset", "tiny", "--data", str(root / "corpus.txt"), "--max-steps", "20", "--quiet"]
-    assert main(["train", "--out", str(root / "mdlm"), *common]) == 0
-    assert main(["train", "--out", str(root / "ar"), "--objective", "ar", *common]) == 0
-    return root / "mdlm", root / "ar"
+@pytest.fixture
+def twins(tiny_twins) -> tuple[Path, Path]:
+    return tiny_twins["mdlm"], tiny_twins["ar"]
 
 
 def run_in_pty(args: list[str]) -> str:

@@ -187,8 +187,8 @@ def test_kill_9_during_a_save_loses_nothing_saved_before(uninterrupted, tmp_path
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
                     reason="torchrun not on PATH")
-@pytest.mark.slow  # two torchrun launches per mode
-@pytest.mark.parametrize("mode, port", [("ddp", "29731"), ("fsdp", "29733")])
+@pytest.mark.parametrize("mode, port", [("ddp", "29731"),
+                                        pytest.param("fsdp", "29733", marks=pytest.mark.slow)])  # 2 torchruns each
 def test_two_processes_match_single_process_and_resume_in_one(corpus_file: Path, tmp_path: Path, mode: str,
                                                                port: str):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
@@ -217,9 +217,9 @@ def test_two_processes_match_single_process_and_resume_in_one(corpus_file: Path,
         assert resumed[step] == pytest.approx(plain[step], abs=1e-4)
 
 
-@pytest.mark.slow  # full-size models: ~10 s each on 2 cores
-@pytest.mark.parametrize("preset, params_millions", [("owt-124m", 123.55), ("fineweb-124m", 123.55),
-                                                     ("joey-170m", 167.80)])
+@pytest.mark.parametrize("preset, params_millions", [  # full-size models: ~10 s each on 2 cores
+    ("owt-124m", 123.55), pytest.param("fineweb-124m", 123.55, marks=pytest.mark.slow),
+    pytest.param("joey-170m", 167.80, marks=pytest.mark.slow)])
 def test_large_presets_count_their_parameters_and_train_a_step_on_cpu(preset, params_millions, corpus_file,
                                                                       tmp_path):
     from dlm.model import Transformer

@@ -1,0 +1,182 @@
+"""Chat fine-tuning, measured: what fine-tuning buys on held-out replies, and which end-of-reply remedy
+makes the length of an answer follow its content.
+
+    python bench/chat.py --base runs/mdlm --ar-base runs/ar --data tinyshakespeare --out runs/chat-bench \\
+        --markdown docs/chat.md
+
+1. Fine-tunes the diffusion base with each training fill (pad, eos, block-eos; dlm.data.chat_loader)
+   and the AR twin with pad, all on the same conversations, steps and recipe (skipped when done).
+2. Held-out reply likelihood before (the base with its vocabulary grown for the chat tokens) and
+   after fine-tuning: the diffusion NELBO and the AR exact NLL, nats per reply token
+   (dlm.eval.chat_likelihood).
+3. Reply lengths on held-out cues, for each model × decoding remedy (stop at the end token alone;
+   an EOS penalty; semi-autoregressive blocks that stop at the first completed end), against the
+   reference replies: mean and quartiles, in characters.
+4. Five transcripts of `dlm chat --once` with the chosen default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dlm.data.chat import ChatTemplate, load_conversations, with_chat_tokens
+from dlm.eval.chat_likelihood import reply_nll
+from dlm.inference import Pipeline, load
+from dlm.io import atomic_write_json, atomic_write_text
+from dlm.model.hf_backbone import build_model
+from dlm.run_folder import RunFolder
+from dlm.runtime import pick_dtype
+from dlm.train.finetune import load_base_weights
+
+FILLS = ("pad", "eos", "block-eos")
+DECODING = {"end token": {}, "end token + EOS penalty 2": {"eos_penalty": 2.0},
+            "blocks of 32, stop at the first end": {"block_length": 32}}
+
+
+def finetune(base: str, data: str, out: Path, fill: str, steps: int, extra: list[str]) -> None:
+    if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
+        state = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+        if state.get("step", 0) >= steps:
+            return
+    cmd = ["dlm", "finetune", "--base", base, "--chat", "--data", data, "--out", str(out), "--fill", fill,
+           "--max-steps", str(steps), "--quiet", *extra]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def before_finetuning(base: str) -> Pipeline:
+    """The base model with its vocabulary grown for the chat tokens and nothing else changed."""
+    run = RunFolder(base)
+    cfg = run.read_config()
+    tokenizer = with_chat_tokens(run.read_tokenizer())
+    cfg.model.vocab_size = tokenizer.vocab_size
+    model = build_model(cfg.model)
+    load_base_weights(model, base)
+    model.eval().fp32_logits = True
+    return Pipeline(model, tokenizer, cfg, Path(base), torch.device("cpu"), pick_dtype("fp32", torch.device("cpu")))
+
+
+def reply_lengths(pipe: Pipeline, conversations: list[list[dict]], options: dict, seed: int) -> list[int]:
+    lengths = []
+    for i, conversation in enumerate(conversations):
+        history = conversation[:-1]  # everything but the reference reply
+        lengths.append(len(pipe.chat(history, seed=seed + i, **options)))
+    return lengths
+
+
+def quartiles(values) -> dict:
+    values = np.asarray(values, dtype=float)
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return {"mean": float(values.mean()), "q1": float(q1), "median": float(median), "q3": float(q3),
+            "n": int(len(values))}
+
+
+def run(args: argparse.Namespace) -> dict:
+    out = Path(args.out)
+    extra = args.override or []
+    models = {f"diffusion, fill={fill}": out / f"mdlm-{fill}" for fill in FILLS}
+    for fill in FILLS:
+        finetune(args.base, args.data, models[f"diffusion, fill={fill}"], fill, args.steps, extra)
+    if args.ar_base:
+        models["AR twin, fill=pad"] = out / "ar-pad"
+        finetune(args.ar_base, args.data, models["AR twin, fill=pad"], "pad", args.steps, extra)
+    report: dict = {"settings": vars(args), "date": time.strftime("%Y-%m-%d"), "likelihood": {}, "lengths": {}}
+    _, held, kind = load_conversations(args.data)
+    report["data"] = kind
+    pipes = {name: load(path, dtype="fp32") for name, path in models.items()}
+    template = ChatTemplate(next(iter(pipes.values())).tokenizer)
+    block = next(iter(pipes.values())).model.cfg.block_size
+    examples = [e for c in held for e in template.examples(c, block)]
+    rng = random.Random(args.seed)
+    examples = rng.sample(examples, min(args.examples, len(examples)))
+    bases = {"diffusion": args.base, **({"AR twin": args.ar_base} if args.ar_base else {})}
+    for name, base in bases.items():
+        report["likelihood"][f"{name} before fine-tuning"] = reply_nll(before_finetuning(base), examples, "pad",
+                                                                        seed=args.seed)
+    for name, pipe in pipes.items():
+        fill = name.split("fill=")[1]
+        report["likelihood"][f"{name} after"] = reply_nll(pipe, examples, fill, seed=args.seed)
+        print(f"{name}: {report['likelihood'][f'{name} after']['nats_per_reply_token']:.4f} nats/reply token",
+              flush=True)
+    # Cues whose reference reply fits the room fine-tuning gave replies (half the context).
+    cues = [c for c in held if len(template.tokenizer.encode(c[-1]["content"])) + 1 <= block // 2]
+    cues = rng.sample(cues, min(args.cues, len(cues)))
+    report["lengths"]["reference replies"] = quartiles([len(c[-1]["content"]) for c in cues])
+    for name, pipe in pipes.items():
+        for label, options in DECODING.items():
+            if pipe.is_autoregressive and label != "end token":
+                continue
+            key = f"{name} · {label}"
+            report["lengths"][key] = quartiles(reply_lengths(pipe, cues, {**options, **args.sampler}, args.seed))
+            print(key, report["lengths"][key], flush=True)
+    chosen = models[args.transcripts_from] if args.transcripts_from in models else models["diffusion, fill=pad"]
+    report["transcripts"] = []
+    for conversation in cues[:5]:
+        cue = conversation[-2]["content"]
+        command = ["dlm", "chat", "--ckpt", str(chosen), "--once", cue, "--system", conversation[0]["content"]]
+        reply = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+        report["transcripts"].append({"system": conversation[0]["content"], "cue": cue, "reply": reply,
+                                      "reference": conversation[-1]["content"], "command": command})
+    return report
+
+
+def markdown(report: dict) -> str:
+    s = report["settings"]
+    lines = [f"Command: `python bench/chat.py {' '.join(sys.argv[1:])}` on {report['date']}. Data: {report['data']}.",
+             "", "### Held-out replies: nats per reply token (end-of-turn token included)", "",
+             "| model | kind | nats/reply token | s.e. | examples | reply tokens |", "|---|---|---|---|---|---|"]
+    for name, r in report["likelihood"].items():
+        kind = "exact NLL" if r["kind"] == "exact_nll" else "NELBO (bound)"
+        lines.append(f"| {name} | {kind} | {r['nats_per_reply_token']:.4f} | {r['standard_error']:.4f} | "
+                     f"{r['examples']} | {r['reply_tokens']} |")
+    lines += ["", f"### Reply length (characters) on {s['cues']} held-out cues", "",
+              "| model · decoding | mean | Q1 | median | Q3 |", "|---|---|---|---|---|"]
+    for name, q in report["lengths"].items():
+        lines.append(f"| {name} | {q['mean']:.1f} | {q['q1']:.0f} | {q['median']:.0f} | {q['q3']:.0f} |")
+    lines += ["", "### Transcripts (`dlm chat --once`)", ""]
+    for t in report["transcripts"]:
+        lines += [f"* **{t['system']}** — *cue:* {t['cue']!r}", f"  * *reply:* {t['reply']!r}",
+                  f"  * *the play's own:* {t['reference']!r}"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", required=True, help="the diffusion run to fine-tune")
+    parser.add_argument("--ar-base", help="its AR twin")
+    parser.add_argument("--data", default="tinyshakespeare")
+    parser.add_argument("--out", default="runs/chat-bench")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--examples", type=int, default=400, help="held-out replies scored")
+    parser.add_argument("--cues", type=int, default=64, help="held-out cues answered for the length table")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--transcripts-from", default="diffusion, fill=pad")
+    parser.add_argument("--override", action="append", help="key=value for every fine-tune")
+    parser.add_argument("--json", default="bench/results/chat.json")
+    parser.add_argument("--markdown", help="write the tables into this file between the bench/chat.py markers")
+    args = parser.parse_args()
+    args.sampler = {}
+    report = run(args)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(args.json), report)
+    text = markdown(report)
+    print(text)
+    if args.markdown:
+        begin, end = "<!-- bench/chat.py: begin -->", "<!-- bench/chat.py: end -->"
+        page = Path(args.markdown).read_text() if Path(args.markdown).is_file() else f"{begin}\n{end}\n"
+        head, rest = page.split(begin, 1)
+        atomic_write_text(Path(args.markdown), f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
