@@ -24,9 +24,10 @@ from pathlib import Path
 
 
 def worker(preset: str, objective: str, dtype_name: str, compile_setting: str, steps: int, warmup: int,
-           batch_size: int | None) -> dict:
+           batch_size: int | None, overrides: list[str] | None = None) -> dict:
     import torch
 
+    from dlm.config import apply_overrides
     from dlm.model import Transformer
     from dlm.objectives import make_objective
     from dlm.presets import get_preset
@@ -34,7 +35,7 @@ def worker(preset: str, objective: str, dtype_name: str, compile_setting: str, s
     from dlm.tokenizers import CharTokenizer
     from dlm.train.optim import make_optimizer
 
-    cfg = get_preset(preset)
+    cfg = apply_overrides(get_preset(preset), overrides or [])
     tokenizer = CharTokenizer([chr(c) for c in range(32, 97)])  # 65 characters, like Tiny Shakespeare
     cfg.model.vocab_size, cfg.model.causal = tokenizer.vocab_size, objective == "ar"
     batch = batch_size or cfg.train.batch_size
@@ -100,13 +101,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     parser.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every preset (e.g. model.n_layer=6)")
     parser.add_argument("--json", default="bench/results/train_throughput.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
         preset, dtype, comp = args.worker.split(",")
-        print(json.dumps(worker(preset, args.objective, dtype, comp, args.steps, args.warmup, args.batch_size)))
+        print(json.dumps(worker(preset, args.objective, dtype, comp, args.steps, args.warmup, args.batch_size,
+                                args.override)))
         return
 
     results = []
@@ -118,6 +122,7 @@ def main() -> None:
                        args.objective, "--steps", str(args.steps), "--warmup", str(args.warmup)]
                 if args.batch_size:
                     cmd += ["--batch-size", str(args.batch_size)]
+                cmd += [f"--override={o}" for o in args.override]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode != 0:
                     print(f"{preset} {dtype} compile={comp} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
