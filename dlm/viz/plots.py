@@ -42,6 +42,8 @@ class LossCurve:
     train_loss: list[float] = field(default_factory=list)
     val_steps: list[int] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
+    tokens_per_step: float | None = None
+    """Training tokens per optimizer step, when the log says (the x axis is then tokens)."""
 
 
 @dataclass
@@ -66,16 +68,20 @@ def plot_losses(curves: list[LossCurve], path: Path) -> Path:
     """Training loss (solid) and validation loss (dashed, dots) vs step, one colour per run."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    # Runs with different batch sizes compare on training tokens, not steps: use tokens when every run says.
+    by_tokens = all(c.tokens_per_step for c in curves)
     for k, curve in enumerate(curves):
         colour = f"C{k % 10}"
+        scale = curve.tokens_per_step / 1e6 if by_tokens else 1.0
         if curve.train_steps:
-            ax.plot(curve.train_steps, curve.train_loss, color=colour, lw=1.2, label=f"{curve.label} train")
+            ax.plot([s * scale for s in curve.train_steps], curve.train_loss, color=colour, lw=1.2,
+                    label=f"{curve.label} train")
         if curve.val_steps:
-            ax.plot(curve.val_steps, curve.val_loss, color=colour, ls="--", marker="o", ms=3,
+            ax.plot([s * scale for s in curve.val_steps], curve.val_loss, color=colour, ls="--", marker="o", ms=3,
                     label=f"{curve.label} val")
-    ax.set_xlabel("optimizer step")
+    ax.set_xlabel("training tokens (millions)" if by_tokens else "optimizer step")
     ax.set_ylabel("loss (nats/token; NELBO bound for diffusion runs)")
-    ax.set_title("Training and validation loss")
+    ax.set_title("Training and validation loss" + (" vs tokens" if by_tokens else " vs step"))
     ax.grid(alpha=0.3)
     if any(c.train_steps or c.val_steps for c in curves):
         ax.legend(fontsize=8)

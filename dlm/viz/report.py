@@ -280,8 +280,13 @@ def quality_series(entries: list[EvalEntry]):
 def _loss_curves(runs: list[RunRecord]):
     from dlm.viz.plots import LossCurve
 
+    def tokens_per_step(run: RunRecord) -> float | None:
+        last = next((r for r in reversed(run.train) if r.get("tokens_seen") and r["step"]), None)
+        return last["tokens_seen"] / last["step"] if last else None
+
     return [LossCurve(run.name, [r["step"] for r in run.train], [r["loss"] for r in run.train],
-                      [r["step"] for r in run.val], [r["val_loss"] for r in run.val]) for run in runs]
+                      [r["step"] for r in run.val], [r["val_loss"] for r in run.val], tokens_per_step(run))
+            for run in runs]
 
 
 # ── The report ──────────────────────────────────────────────────────────────────────────────────────
@@ -338,7 +343,7 @@ def write_report(run_paths: list[str | Path], eval_paths: list[str | Path], out_
     if skipped:
         lines += [f"Plots skipped: {skipped}.", ""]
     else:
-        titles = {"loss.png": "Training and validation loss vs step",
+        titles = {"loss.png": "Training and validation loss vs training tokens",
                   "quality_vs_steps.png": "Sample quality vs sampling steps"}
         lines += [line for p in plots for line in (f"![{titles[p.name]}]({p.name})", "")]
         if not series:
