@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from markers import write_between_markers
 
 from dlm.data.chat import ChatTemplate, load_conversations, with_chat_tokens
 from dlm.eval.chat_likelihood import reply_nll
 from dlm.inference import Pipeline, load
-from dlm.io import atomic_write_json, atomic_write_text
+from dlm.io import atomic_write_json
 from dlm.model.hf_backbone import build_model
 from dlm.run_folder import RunFolder
 from dlm.runtime import pick_dtype
@@ -171,10 +172,7 @@ def main() -> int:
     text = markdown(report)
     print(text)
     if args.markdown:
-        begin, end = "<!-- bench/chat.py: begin -->", "<!-- bench/chat.py: end -->"
-        page = Path(args.markdown).read_text() if Path(args.markdown).is_file() else f"{begin}\n{end}\n"
-        head, rest = page.split(begin, 1)
-        atomic_write_text(Path(args.markdown), f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}")
+        write_between_markers(args.markdown, "bench/chat.py", text)
     return 0
 
 

@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 
 import torch
+from markers import write_between_markers
 
 from dlm.data.shards import prepare_corpus
 from dlm.eval.generation_eval import evaluate_generation
 from dlm.inference import load
-from dlm.io import atomic_write_json, atomic_write_text
+from dlm.io import atomic_write_json
 
 CANDIDATES: dict[str, dict] = {
     "confidence (the old default)": {"sampler": "confidence"},
@@ -114,10 +115,7 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown:
-        begin, end = "<!-- bench/default_sampler.py: begin -->", "<!-- bench/default_sampler.py: end -->"
-        page = Path(args.markdown).read_text() if Path(args.markdown).is_file() else f"{begin}\n{end}\n"
-        head, rest = page.split(begin, 1)
-        atomic_write_text(Path(args.markdown), f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}")
+        write_between_markers(args.markdown, "bench/default_sampler.py", text)
     print(json.dumps({"passing": [k for k, r in rows.items() if k != "AR twin" and verdict(r, ar_row)]}))
     return 0
 

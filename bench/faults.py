@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from markers import write_between_markers
+
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = REPO / "tests" / "fault_injection.py"
 SAVE_POINTS = ("weights-half", "trainer-state", "before-manifest", "after-rename", "mid-prune")
@@ -394,10 +396,7 @@ def main() -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))
     if args.markdown:
-        begin, end = "<!-- bench/faults.py: begin -->", "<!-- bench/faults.py: end -->"
-        page = Path(args.markdown).read_text() if Path(args.markdown).is_file() else f"{begin}\n{end}\n"
-        head, rest = page.split(begin, 1)
-        Path(args.markdown).write_text(f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}")
+        write_between_markers(args.markdown, "bench/faults.py", text)
     if args.keep:
         print(f"scratch folder: {root}")
     else:

@@ -21,7 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from dlm.io import atomic_write_json, atomic_write_text
+from markers import write_between_markers
+
+from dlm.io import atomic_write_json
 
 
 def minilm_folder() -> Path:
@@ -94,10 +96,7 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown:
-        begin, end = "<!-- bench/pretrained_encoder.py: begin -->", "<!-- bench/pretrained_encoder.py: end -->"
-        page = Path(args.markdown).read_text() if Path(args.markdown).is_file() else f"{begin}\n{end}\n"
-        head, rest = page.split(begin, 1)
-        atomic_write_text(Path(args.markdown), f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}")
+        write_between_markers(args.markdown, "bench/pretrained_encoder.py", text)
     return 0
 
 

@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
+import platform
+import sys
 import textwrap
+import time
 from pathlib import Path
 
+import torch
+from markers import write_between_markers
 from PIL import Image, ImageDraw, ImageFont
 
 import dlm
@@ -59,6 +65,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gif", default="bench/results/race.gif")
     parser.add_argument("--snapshots", type=int, default=4, help="frames written out as text")
+    parser.add_argument("--markdown", help="write the GIF link and the text frames between the race_frames.py markers")
     args = parser.parse_args()
     diffusion, ar = dlm.load(args.diffusion), dlm.load(args.ar)
     frames: list = []
@@ -68,13 +75,23 @@ def main() -> int:
     Path(args.gif).parent.mkdir(parents=True, exist_ok=True)
     images[0].save(args.gif, save_all=True, append_images=images[1:], duration=80, loop=0)
     print(f"{len(frames)} frames; GIF of {len(images)} written to {args.gif}")
+    lines = []
     picks = sorted({round(i * (len(frames) - 1) / (args.snapshots - 1)) for i in range(args.snapshots)})
     for i in picks:
-        print(f"\n--- frame {i + 1} of {len(frames)} ---")
+        lines.append(f"--- frame {i + 1} of {len(frames)} ---")
         for name, step, seconds, text in frames[i]:
-            print(f"[{name} · step {step} · {seconds:.2f} s]\n{text}\n")
-    for r in runners:
-        print(f"{r.name}: {r.tokens} tokens, {r.step} steps, {r.passes} forward passes, {r.seconds:.2f} s")
+            lines.append(f"[{name} · step {step} · {seconds:.2f} s]\n{text}\n")
+    totals = [f"{r.name}: {r.tokens} tokens, {r.step} steps, {r.passes} forward passes, {r.seconds:.2f} s"
+              for r in runners]
+    print("\n".join(lines + totals))
+    if args.markdown:
+        gif = os.path.relpath(Path(args.gif).resolve(), Path(args.markdown).resolve().parent)
+        command = "python bench/race_frames.py " + " ".join(sys.argv[1:])
+        text = (f"![dlm race: the diffusion model and its AR twin writing side by side]({gif})\n\n"
+                f"`{command}` ({time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+                f"torch {torch.__version__}). Frames as text:\n\n```text\n" + "\n".join(lines) + "```\n\n"
+                + "".join(f"* {t}\n" for t in totals))
+        write_between_markers(args.markdown, "bench/race_frames.py", text)
     return 0
 
 

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from markers import write_between_markers
 
 
 def main() -> int:
@@ -34,6 +37,7 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--prompt", default="ROMEO:")
     parser.add_argument("--json", default="bench/results/serve_load.json")
+    parser.add_argument("--markdown", help="write the figures between the serve_load.py markers of this page")
     args = parser.parse_args()
 
     import openai
@@ -84,6 +88,19 @@ def main() -> int:
     print(json.dumps(report, indent=2))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))
+    if args.markdown:
+        r = report
+        text = (f"`python bench/serve_load.py {' '.join(sys.argv[1:])}` ({r['date']}, {r['machine']}, "
+                f"{os.cpu_count()} CPU cores; server and clients in one process)\n\n"
+                "| requests | concurrency | completed | steps | tokens each | wall | requests/s | tokens/s "
+                "| latency p50 / p95 | first text p50 / p95 | engine batches | peak RSS |\n"
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|\n"
+                f"| {args.requests} | {args.concurrency} | {r['completed']} | {args.steps} | {args.max_tokens} | "
+                f"{r['wall_s']:.1f} s | {r['requests_per_s']:.2f} | {r['tokens_per_s']:,.0f} | "
+                f"{r['latency_p50_s']:.1f} / {r['latency_p95_s']:.1f} s | "
+                f"{r['first_text_p50_s'] or 0:.1f} / {r['first_text_p95_s'] or 0:.1f} s | {r['batches']} | "
+                f"{r['peak_rss_mb']:,.0f} MB |\n")
+        write_between_markers(args.markdown, "bench/serve_load.py", text)
     return 0
 
 

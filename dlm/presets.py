@@ -27,7 +27,10 @@ def shakespeare_char_cpu() -> RunConfig:
     # Tuned on 150 s runs at block 128 (val NELBO after 150 s: batch 64 / lr 2e-3 2.42, batch 32
     # 2.23, batch 16 2.23, batch 32 / lr 3e-3 2.21): small batches win on a short budget. The
     # context is 256 so that 256-character samples fit; batch 16 keeps 4,096 tokens a step.
-    cfg.train.batch_size, cfg.train.lr, cfg.train.warmup_steps = 16, 3e-3, 100
+    cfg.train.batch_size, cfg.train.lr, cfg.train.warmup_steps = 16, 5e-3, 100
+    # docs/study.md, equal tokens (3.4M) at this size, val NELBO nats/char: ELBO weight 2.240, flat
+    # 2.187, ELBO weight clipped at 5 2.139 (lr 3e-3) / 2.139 (5e-3); the bound is still what is reported.
+    cfg.diffusion.weighting, cfg.diffusion.weight_cap = "clipped", 5.0
     cfg.train.max_steps, cfg.train.max_time = 1_000_000, 600.0
     cfg.train.eval_interval, cfg.train.ckpt_interval, cfg.train.eval_batches = 500, 500, 8
     return cfg

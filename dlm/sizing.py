@@ -15,16 +15,18 @@ from dataclasses import dataclass
 
 from dlm.config import RunConfig, apply_overrides
 
-# Fewest training tokens a row is for → its settings (applied to the default preset). Measured by
-# the runs in docs/study.md ("Quality per minute"): below ~6M tokens (an AVX2-only CPU training in
-# fp32 for 10 minutes) and above (a CPU with bf16 units).
+# Fewest tokens of the default model (4 × 256) the budget buys → the geometry the study found best
+# for that budget (applied to the default preset, whose recipe it keeps). docs/study.md, "Quality per
+# minute": ~3.4M tokens (an AVX2-only CPU training in fp32 for 10 minutes) and ~6.8M (a CPU with
+# bf16 units) were each trained at equal tokens for the sizes that budget buys.
 SIZE_TABLE: list[tuple[float, str, list[str]]] = [
-    (0.0, "cpu-fp32", []),
-    (6e6, "cpu-bf16", []),
+    (0.0, "3x192", ["model.n_layer=3", "model.d_model=192"]),
+    (5e6, "4x256", []),
 ]
-# Training in earnest runs compiled, but spends some of the budget compiling and validating; on
-# the development machines the two roughly cancel, so eager probe speed × budget ≈ tokens trained.
-PROBE_EFFICIENCY = 1.0
+# Training in earnest runs compiled and the probe eagerly: compiled steps are ~1.8× faster, less the
+# compilation and validation inside the budget (measured: docs/study.md), so tokens trained ≈
+# eager probe speed × budget × PROBE_EFFICIENCY.
+PROBE_EFFICIENCY = 1.8
 
 
 @dataclass
@@ -75,7 +77,8 @@ def probe_tokens_per_second(cfg: RunConfig, steps: int = 3) -> tuple[float, floa
         torch.manual_seed(0)
         model = Transformer(model_cfg).to(device)
         optimizer = make_optimizer(model, 1e-4, 0.0, (0.9, 0.95))
-        objective = make_objective(cfg.train.objective, "linear", tokenizer)
+        # Always the diffusion objective: a run and its AR twin on one machine get the same size.
+        objective = make_objective("mdlm", "linear", tokenizer)
         batch = cfg.train.batch_size // cfg.train.grad_accum
         x = torch.randint(0, tokenizer.n_real_tokens, (batch, model_cfg.block_size), device=device)
         noise = torch.Generator().manual_seed(0)

@@ -27,19 +27,20 @@ def test_the_choice_follows_the_tokens_a_budget_buys() -> None:
 
 def test_train_without_a_preset_probes_and_records_why(tmp_path: Path, corpus_file: Path, monkeypatch,
                                                        capsys: pytest.CaptureFixture) -> None:
-    high = sizing.SIZE_TABLE[-1]
-    fast = high[0] / 600 / sizing.PROBE_EFFICIENCY * 2  # a machine fast enough for the last row
-    monkeypatch.setattr(sizing, "probe_tokens_per_second", lambda cfg, steps=3: (fast, 1.5, "bfloat16"))
+    low = sizing.SIZE_TABLE[0]
+    assert low[2], "the first row changes the geometry (the user's key=value must win over it)"
+    slow = 1000.0  # a machine slow enough for the first row
+    monkeypatch.setattr(sizing, "probe_tokens_per_second", lambda cfg, steps=3: (slow, 1.5, "float32"))
     run = tmp_path / "run"
     args = ["train", "--data", str(corpus_file), "--out", str(run), "--max-steps", "2", "--quiet",
             "model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.block_size=32", "compile=no"]
     assert main(args) == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith(f"dlm: budget probe: {fast:,.0f} tokens/s (bfloat16, measured in 1.5 s)")
-    assert f"size {high[1]}" in first
+    assert first.startswith(f"dlm: budget probe: {slow:,.0f} tokens/s (float32, measured in 1.5 s)")
+    assert f"size {low[1]}" in first
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["auto_size"] == first.removeprefix("dlm: ")
-    assert config["model"]["n_layer"] == 1  # the user's key=value wins over the probe's row
+    assert config["model"]["n_layer"] == 1 and config["model"]["d_model"] == 32  # the user's key=value wins
     # An explicit preset: no probe.
     assert main(["train", "--preset", "tiny", "--data", str(corpus_file), "--out", str(tmp_path / "b"),
                  "--max-steps", "2", "--quiet"]) == 0
