@@ -21,7 +21,7 @@ from dlm.config import RunConfig, apply_overrides
 # bf16 units) were each trained at equal tokens for the sizes that budget buys.
 SIZE_TABLE: list[tuple[float, str, list[str]]] = [
     (0.0, "3x192", ["model.n_layer=3", "model.d_model=192"]),
-    (5e6, "4x256", []),
+    (5e6, "4x192", ["model.d_model=192"]),
 ]
 # Training in earnest runs compiled and the probe eagerly: compiled steps are ~1.8× faster, less the
 # compilation and validation inside the budget (measured: docs/study.md), so tokens trained ≈
