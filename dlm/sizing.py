@@ -23,10 +23,11 @@ SIZE_TABLE: list[tuple[float, str, list[str]]] = [
     (0.0, "3x192", ["model.n_layer=3", "model.d_model=192"]),
     (5e6, "4x192", ["model.d_model=192"]),
 ]
-# Training in earnest runs compiled and the probe eagerly: compiled steps are ~1.8× faster, less the
-# compilation and validation inside the budget (measured: docs/study.md), so tokens trained ≈
-# eager probe speed × budget × PROBE_EFFICIENCY.
-PROBE_EFFICIENCY = 1.8
+# Training in earnest runs compiled and the probe eagerly. Tokens the 4 × 256 model trains in a
+# budget ≈ eager probe speed × budget × this factor (compiled speed over eager speed, less the
+# compilation and validation inside the budget). Measured on the development Xeon (docs/study.md):
+# fp32 probe 4,024 tokens/s against ~5,600 trained; bf16 5,987 against ~11,000.
+PROBE_EFFICIENCY = {"float32": 1.4, "bfloat16": 1.85}
 
 
 @dataclass
@@ -36,26 +37,26 @@ class SizeChoice:
     tokens_per_s: float
     budget_s: float
     probe_s: float
+    dtype: str = "float32"
 
     @property
     def tokens(self) -> float:
-        return self.tokens_per_s * self.budget_s * PROBE_EFFICIENCY
+        return self.tokens_per_s * self.budget_s * PROBE_EFFICIENCY.get(self.dtype, 1.0)
 
     def reason(self, dtype: str) -> str:
         settings = " ".join(self.overrides) or "the preset as it is"
         return (f"budget probe: {self.tokens_per_s:,.0f} tokens/s ({dtype}, measured in {self.probe_s:.1f} s) → "
-                f"~{self.tokens / 1e6:.1f}M tokens in {self.budget_s:,.0f} s → size {self.name} ({settings}), "
-                "the best measured for that many tokens (docs/study.md)")
+                f"~{self.tokens / 1e6:.1f}M tokens of the 4×256 model in {self.budget_s:,.0f} s → size {self.name} "
+                f"({settings}), the best measured for such a budget (docs/study.md)")
 
 
-def choose_size(tokens_per_s: float, budget_s: float) -> SizeChoice:
+def choose_size(tokens_per_s: float, budget_s: float, dtype: str = "float32") -> SizeChoice:
     """The SIZE_TABLE row for the tokens a budget buys at a measured speed (a pure function)."""
-    tokens = tokens_per_s * budget_s * PROBE_EFFICIENCY
-    name, overrides = SIZE_TABLE[0][1], SIZE_TABLE[0][2]
+    choice = SizeChoice(SIZE_TABLE[0][1], list(SIZE_TABLE[0][2]), tokens_per_s, budget_s, 0.0, dtype)
     for fewest, row_name, row_overrides in SIZE_TABLE:
-        if tokens >= fewest:
-            name, overrides = row_name, row_overrides
-    return SizeChoice(name, list(overrides), tokens_per_s, budget_s, 0.0)
+        if choice.tokens >= fewest:
+            choice.name, choice.overrides = row_name, list(row_overrides)
+    return choice
 
 
 def probe_tokens_per_second(cfg: RunConfig, steps: int = 3) -> tuple[float, float, str]:
@@ -102,7 +103,7 @@ def probe_tokens_per_second(cfg: RunConfig, steps: int = 3) -> tuple[float, floa
 def auto_size(cfg: RunConfig, user_overrides: list[str]) -> tuple[RunConfig, SizeChoice, str]:
     """cfg with the probe's choice applied, then the user's key=value again (theirs win)."""
     speed, probe_s, dtype = probe_tokens_per_second(cfg)
-    choice = choose_size(speed, cfg.train.max_time)
+    choice = choose_size(speed, cfg.train.max_time, dtype)
     choice.probe_s = probe_s
     reason = choice.reason(dtype)
     sized = apply_overrides(cfg, [*choice.overrides, *user_overrides])

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import argparse
 
-from dlm.sampling.config import ORDERS
+from dlm.sampling.config import ORDERS, SamplerConfig
+
+DEFAULTS = SamplerConfig()  # one source of defaults for the flags, the API and the server
 
 
 def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("sampling (diffusion runs; AR runs use temperature, top-k/p, "
                                   "repetition penalty, stop-at-eos and seed)")
-    g.add_argument("--sampler", default="confidence", choices=ORDERS,
+    g.add_argument("--sampler", default=DEFAULTS.sampler, choices=ORDERS,
                    help="unmasking order: confidence (max probability), margin (top-1 − top-2), entropy, "
-                   "random, or ancestral (MDLM's reverse step). Default: confidence")
-    g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy")
+                   f"random, or ancestral (MDLM's reverse step). Default: {DEFAULTS.sampler} (docs/study.md)")
+    g.add_argument("--temperature", type=float, default=DEFAULTS.temperature,
+                   help=f"softmax temperature; 0 = greedy (default {DEFAULTS.temperature:g})")
     g.add_argument("--top-k", type=int, default=0, help="draw from the k most likely tokens (0 = all)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     g.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="> 1 discourages tokens already in the text (special tokens exempt); 1 = off")
-    g.add_argument("--schedule", default="linear",
-                   help="noise schedule that sets how many tokens each step commits (default linear)")
+    g.add_argument("--schedule", default=DEFAULTS.schedule,
+                   help=f"noise schedule that sets how many tokens each step commits (default {DEFAULTS.schedule})")
     g.add_argument("--threshold", type=float, default=0.0,
                    help="parallel decoding (Fast-dLLM): also commit every position whose token has probability "
                    "above this; ends early when nothing is masked. 0 = off")
