@@ -195,3 +195,24 @@ def test_left_to_right_of_a_context_free_model_is_its_cross_entropy() -> None:
     l2r = evaluate_left_to_right(FixedLogProbs(p.log()), windows, SPECIAL, device=torch.device("cpu"),
                                  dtype=torch.float32, progress=False)
     assert l2r["nats_per_token"] == pytest.approx(float(-p.log()[windows].mean()), rel=1e-5)
+
+
+def test_eval_l2r_on_a_subset_reports_the_bound_on_the_same_windows(tiny_twins: dict, tmp_path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from dlm.cli import main
+
+    monkeypatch.setenv("DLM_CACHE", str(tiny_twins["root"] / "cache"))
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--ckpt", str(tiny_twins["mdlm"]), "--max-passes", "2", "--quiet", "--l2r",
+                 "--l2r-windows", "2", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "left-to-right NLL" in out and "NELBO on the same 2 windows" in out
+    result = json.loads(report.read_text())
+    l2r = result["left_to_right"]
+    assert l2r["windows"] == 2 < result["windows"] and l2r["tokens"] == 2 * 64
+    # Both are per-token figures of the same text: finite, positive, and under a uniform guess's.
+    for value in (l2r["nats_per_token"], l2r["nelbo_same_windows"]):
+        assert 0 < value < math.log(80)

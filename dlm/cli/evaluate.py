@@ -60,12 +60,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         l2r = evaluate_left_to_right(pipe.model, scored, tok.special, device=pipe.device, dtype=dtype,
                                      batch_size=max(1, args.batch_size // 16), progress=not args.quiet,
                                      time_conditioned=pipe.config.model.time_conditioning)
+        if len(scored) < len(windows):  # the bound on exactly those windows, for a paired comparison
+            same = evaluate_likelihood(pipe.model, scored, tok.special, causal=False, device=pipe.device, dtype=dtype,
+                                       batch_size=args.batch_size, seed=args.seed, target_se=args.target_se,
+                                       max_passes=args.max_passes, progress=False)
+            l2r["nelbo_same_windows"] = same["nats_per_token"]
+            l2r["nelbo_same_windows_mc_standard_error"] = same["mc_standard_error"]
         result["left_to_right"] = l2r
         se = l2r["window_standard_error"]
         print(f"  left-to-right NLL (exact, the model decoding left to right): {l2r['nats_per_token']:.4f} "
               f"nats/{unit} (s.e. over windows {'n/a' if se is None else f'{se:.4f}'}; {l2r['windows']} windows, "
               f"{l2r['sequences_scored']:,} sequences scored in {l2r['seconds']:.0f} s, against "
               f"{result['passes'] * result['windows']:,} for the NELBO)")
+        if "nelbo_same_windows" in l2r:
+            print(f"  NELBO on the same {l2r['windows']} windows: {l2r['nelbo_same_windows']:.4f} nats/{unit} "
+                  f"(Monte-Carlo s.e. {l2r['nelbo_same_windows_mc_standard_error']:.4f})")
     if args.noise_curve and not pipe.is_autoregressive:
         from dlm.eval.likelihood import loss_by_noise_level
 
