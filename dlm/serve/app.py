@@ -101,7 +101,8 @@ def parse_request(body, pipes: dict[str, Pipeline], limits: Limits, chat: bool) 
         raise ApiError(400, f"max_tokens={max_tokens} must be between 1 and {min(limits.max_tokens, context - 1)} "
                        f"(the model's context is {context} tokens)", param="max_tokens")
     options = {k: body[k] for k in EXTRA_FIELDS if body.get(k) is not None}
-    options["temperature"] = _number(body, "temperature", 1.0, float)
+    if body.get("temperature") is not None:  # unset: the model's default (diffusion 0.8, AR 1)
+        options["temperature"] = _number(body, "temperature", None, float)
     options["top_p"] = _number(body, "top_p", 1.0, float)
     if options.get("steps") is not None and not 1 <= int(options["steps"]) <= limits.max_steps:
         raise ApiError(400, f"steps={options['steps']} must be between 1 and {limits.max_steps}", param="steps")
