@@ -41,6 +41,10 @@ from dlm.train.finetune import load_base_weights
 FILLS = ("pad", "eos", "block-eos")
 DECODING = {"end token": {}, "end token + EOS penalty 2": {"eos_penalty": 2.0},
             "blocks of 32, stop at the first end": {"block_length": 32}}
+# The order in which a diffusion reply is committed: the chat default until now, and the measured
+# default for free text (docs/study.md §4).
+SAMPLERS = {"confidence": {"sampler": "confidence", "temperature": 1.0},
+            "random order 0.8": {"sampler": "random", "temperature": 0.8}}
 
 
 def finetune(base: str, data: str, out: Path, fill: str, steps: int, extra: list[str]) -> None:
@@ -90,7 +94,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.ar_base:
         models["AR twin, fill=pad"] = out / "ar-pad"
         finetune(args.ar_base, args.data, models["AR twin, fill=pad"], "pad", args.steps, extra)
-    report: dict = {"settings": vars(args), "date": time.strftime("%Y-%m-%d"), "likelihood": {}, "lengths": {}}
+    report: dict = {"settings": vars(args), "command": " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
+                    "likelihood": {}, "lengths": {}}
     _, held, kind = load_conversations(args.data)
     report["data"] = kind
     pipes = {name: load(path, dtype="fp32") for name, path in models.items()}
@@ -111,15 +116,37 @@ def run(args: argparse.Namespace) -> dict:
     # Cues whose reference reply fits the room fine-tuning gave replies (half the context).
     cues = [c for c in held if len(template.tokenizer.encode(c[-1]["content"])) + 1 <= block // 2]
     cues = rng.sample(cues, min(args.cues, len(cues)))
+    report["cues"] = cues
     report["lengths"]["reference replies"] = quartiles([len(c[-1]["content"]) for c in cues])
     for name, pipe in pipes.items():
-        for label, options in DECODING.items():
-            if pipe.is_autoregressive and label != "end token":
-                continue
-            key = f"{name} · {label}"
-            report["lengths"][key] = quartiles(reply_lengths(pipe, cues, {**options, **args.sampler}, args.seed))
-            print(key, report["lengths"][key], flush=True)
-    chosen = models[args.transcripts_from] if args.transcripts_from in models else models["diffusion, fill=pad"]
+        samplers = {"": {}} if pipe.is_autoregressive else {f" · {k}": v for k, v in SAMPLERS.items()
+                                                            if k in args.samplers}
+        for sampler_label, sampler in samplers.items():
+            for label, options in DECODING.items():
+                if pipe.is_autoregressive and label != "end token":
+                    continue
+                key = f"{name}{sampler_label} · {label}"
+                report["lengths"][key] = quartiles(reply_lengths(pipe, cues, {**options, **sampler}, args.seed))
+                print(key, report["lengths"][key], flush=True)
+    report["closest_to_reference"] = closest_to_reference(report["lengths"])
+    transcripts(report, models, cues, args.transcripts_from)
+    return report
+
+
+def closest_to_reference(lengths: dict) -> str:
+    """The diffusion row whose quartiles lie nearest the reference replies' (mean |ΔQ1|, |Δmedian|,
+    |ΔQ3| in characters): the length remedy a default should use."""
+    ref = lengths["reference replies"]
+
+    def distance(q: dict) -> float:
+        return float(np.mean([abs(q[k] - ref[k]) for k in ("q1", "median", "q3")]))
+
+    rows = {k: v for k, v in lengths.items() if k.startswith("diffusion")}
+    return min(rows, key=lambda k: distance(rows[k]))
+
+
+def transcripts(report: dict, models: dict, cues: list, transcripts_from: str) -> None:
+    chosen = models[transcripts_from] if transcripts_from in models else models["diffusion, fill=pad"]
     report["transcripts"] = []
     for conversation in cues[:5]:
         cue = conversation[-2]["content"]
@@ -127,12 +154,12 @@ def run(args: argparse.Namespace) -> dict:
         reply = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
         report["transcripts"].append({"system": conversation[0]["content"], "cue": cue, "reply": reply,
                                       "reference": conversation[-1]["content"], "command": command})
-    return report
 
 
 def markdown(report: dict) -> str:
     s = report["settings"]
-    lines = [f"Command: `python bench/chat.py {' '.join(sys.argv[1:])}` on {report['date']}. Data: {report['data']}.",
+    lines = [f"Command: `python bench/chat.py {report.get('command', ' '.join(sys.argv[1:]))}` on {report['date']}. "
+             f"Data: {report['data']}.",
              "", "### Held-out replies: nats per reply token (end-of-turn token included)", "",
              "| model | kind | nats/reply token | s.e. | examples | reply tokens |", "|---|---|---|---|---|---|"]
     for name, r in report["likelihood"].items():
@@ -143,7 +170,11 @@ def markdown(report: dict) -> str:
               "| model · decoding | mean | Q1 | median | Q3 |", "|---|---|---|---|---|"]
     for name, q in report["lengths"].items():
         lines.append(f"| {name} | {q['mean']:.1f} | {q['q1']:.0f} | {q['median']:.0f} | {q['q3']:.0f} |")
-    lines += ["", "### Transcripts (`dlm chat --once`)", ""]
+    if "closest_to_reference" in report:
+        lines += ["", f"Closest to the reference quartiles (mean |ΔQ1|, |Δmedian|, |ΔQ3|): "
+                      f"**{report['closest_to_reference']}**."]
+    lines += ["", f"### Transcripts (`dlm chat --once`, {s.get('transcripts_from', 'diffusion, fill=pad')}, "
+                  "the chat defaults)", ""]
     for t in report["transcripts"]:
         lines += [f"* **{t['system']}** — *cue:* {t['cue']!r}", f"  * *reply:* {t['reply']!r}",
                   f"  * *the play's own:* {t['reference']!r}"]
@@ -164,9 +195,26 @@ def main() -> int:
     parser.add_argument("--override", action="append", help="key=value for every fine-tune")
     parser.add_argument("--json", default="bench/results/chat.json")
     parser.add_argument("--markdown", help="write the tables into this file between the bench/chat.py markers")
+    parser.add_argument("--samplers", default=";".join(SAMPLERS),
+                        help=f"';'-separated diffusion reply orders to compare, of: {'; '.join(SAMPLERS)}")
+    parser.add_argument("--from-json", action="store_true",
+                        help="reuse the report in --json (fine-tunes, likelihoods, lengths)")
+    parser.add_argument("--redo-transcripts", action="store_true",
+                        help="with --from-json: record the transcripts again (after changing chat defaults)")
     args = parser.parse_args()
-    args.sampler = {}
-    report = run(args)
+    args.samplers = [s.strip() for s in args.samplers.split(";") if s.strip()]
+    unknown = [s for s in args.samplers if s not in SAMPLERS]
+    if unknown:
+        parser.error(f"unknown sampler {unknown[0]!r}; choose from: {'; '.join(SAMPLERS)}")
+    if args.from_json:
+        report = json.loads(Path(args.json).read_text())
+        if args.redo_transcripts:
+            out = Path(report["settings"]["out"])
+            models = {f"diffusion, fill={fill}": out / f"mdlm-{fill}" for fill in FILLS}
+            transcripts(report, models, report["cues"], args.transcripts_from)
+            report["settings"]["transcripts_from"] = args.transcripts_from
+    else:
+        report = run(args)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(args.json), report)
     text = markdown(report)

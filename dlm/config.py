@@ -116,8 +116,9 @@ class FinetuneConfig:
     for any new tokens; '' = trained from scratch."""
     chat: bool = False
     """Conversations (data.source: JSONL messages, a play script, hf:NAME) with a response-only loss."""
-    fill: str = "pad"
-    """What follows a reply's end-of-turn token on the canvas: pad, eos or block-eos (dlm.data.chat_loader)."""
+    fill: str = "eos"
+    """What follows a reply's end-of-turn token on the canvas: pad, eos or block-eos (dlm.data.chat_loader).
+    eos gave reply lengths nearest the references' in bench/chat.py (docs/chat.md)."""
     pad_weight: float = 0.1
     """With fill=pad: loss weight of the [PAD] filler (0: masked but unscored)."""
     fill_block: int = 32

@@ -33,7 +33,6 @@ TEMPLATE_MASK = re.compile(r"\[MASK(?:\*(\d+))?\]")
 
 # The AR twin samples from its own distribution unless told otherwise (diffusion: SamplerConfig's default).
 AR_TEMPERATURE = 1.0
-CHAT_SAMPLER = "confidence"
 
 
 @dataclass
@@ -204,12 +203,9 @@ class Pipeline:
         special = SpecialIds(self.tokenizer.mask_id, self.tokenizer.pad_id, self.tokenizer.bos_id, template.end_id)
         options.setdefault("steps", length)
         options.setdefault("stop_at_eos", True)  # the reply ends at its end-of-turn token
-        if not self.is_autoregressive:
-            # A reply answers a given cue: commit what the model is surest of first, at its own
-            # temperature (the measured default for free text, random order at 0.8, is not yet
-            # measured for chat; bench/chat.py compares the decoding remedies).
-            options.setdefault("sampler", CHAT_SAMPLER)
-            options.setdefault("temperature", 1.0)
+        # Replies decode with the free-text default (random order at 0.8): bench/chat.py measured
+        # that confidence order, on a model fine-tuned with end-token fill, commits the end token
+        # first and answers nothing (docs/chat.md).
         config = self._config(options)
         self.model.eval()
         if self.is_autoregressive:

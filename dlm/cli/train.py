@@ -140,7 +140,7 @@ def register(sub) -> None:
     p.add_argument("--lora", type=int, metavar="RANK", help="LoRA adapters of this rank on frozen weights "
                    "(default: full fine-tuning)")
     p.add_argument("--fill", choices=("pad", "eos", "block-eos"), help="what follows a reply's end-of-turn token "
-                   "in training (default pad)")
+                   "in training (default eos, measured in docs/chat.md)")
     p.add_argument("--resume", action="store_true", help="continue the fine-tune in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")

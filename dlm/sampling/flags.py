@@ -15,7 +15,7 @@ def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sampler", default=None, choices=ORDERS,
                    help="unmasking order: confidence (max probability), margin (top-1 − top-2), entropy, "
                    f"random, or ancestral (MDLM's reverse step). Default: {DEFAULTS.sampler} (measured, "
-                   "docs/study.md); confidence for chat replies")
+                   "docs/study.md and docs/chat.md)")
     g.add_argument("--temperature", type=float, default=None,
                    help=f"softmax temperature; 0 = greedy (default {DEFAULTS.temperature:g} for diffusion runs, "
                    "1 for AR runs)")
