@@ -85,10 +85,15 @@ def quartiles(values) -> dict:
             "n": int(len(values))}
 
 
+def diffusion_models(out: Path) -> dict[str, Path]:
+    """The fine-tuned diffusion runs of a bench folder, by row name."""
+    return {f"diffusion, fill={fill}": out / f"mdlm-{fill}" for fill in FILLS}
+
+
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     extra = args.override or []
-    models = {f"diffusion, fill={fill}": out / f"mdlm-{fill}" for fill in FILLS}
+    models = diffusion_models(out)
     for fill in FILLS:
         finetune(args.base, args.data, models[f"diffusion, fill={fill}"], fill, args.steps, extra)
     if args.ar_base:
@@ -197,26 +202,27 @@ def main() -> int:
     parser.add_argument("--markdown", help="write the tables into this file between the bench/chat.py markers")
     parser.add_argument("--samplers", default=";".join(SAMPLERS),
                         help=f"';'-separated diffusion reply orders to compare, of: {'; '.join(SAMPLERS)}")
-    parser.add_argument("--from-json", action="store_true",
-                        help="reuse the report in --json (fine-tunes, likelihoods, lengths)")
+    parser.add_argument("--from-json", metavar="FILE", help="no fine-tuning or measuring: print (and --markdown) "
+                        "the tables of a JSON this script wrote")
     parser.add_argument("--redo-transcripts", action="store_true",
-                        help="with --from-json: record the transcripts again (after changing chat defaults)")
+                        help="with --from-json: record the transcripts again (after changing chat defaults) and "
+                        "save them into FILE")
     args = parser.parse_args()
     args.samplers = [s.strip() for s in args.samplers.split(";") if s.strip()]
     unknown = [s for s in args.samplers if s not in SAMPLERS]
     if unknown:
         parser.error(f"unknown sampler {unknown[0]!r}; choose from: {'; '.join(SAMPLERS)}")
     if args.from_json:
-        report = json.loads(Path(args.json).read_text())
+        report = json.loads(Path(args.from_json).read_text())
         if args.redo_transcripts:
-            out = Path(report["settings"]["out"])
-            models = {f"diffusion, fill={fill}": out / f"mdlm-{fill}" for fill in FILLS}
+            models = diffusion_models(Path(report["settings"]["out"]))
             transcripts(report, models, report["cues"], args.transcripts_from)
             report["settings"]["transcripts_from"] = args.transcripts_from
+            atomic_write_json(Path(args.from_json), report)
     else:
         report = run(args)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(args.json), report)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(args.json), report)
     text = markdown(report)
     print(text)
     if args.markdown:
