@@ -33,7 +33,7 @@ def worker(preset: str, objective: str, dtype_name: str, compile_setting: str, s
     from dlm.presets import get_preset
     from dlm.runtime import autocast, pick_device, pick_dtype, should_compile
     from dlm.tokenizers import CharTokenizer
-    from dlm.train.optim import make_optimizer
+    from dlm.train.optim import build_optimizer
 
     cfg = apply_overrides(get_preset(preset), overrides or [])
     tokenizer = CharTokenizer([chr(c) for c in range(32, 97)])  # 65 characters, like Tiny Shakespeare
@@ -43,7 +43,7 @@ def worker(preset: str, objective: str, dtype_name: str, compile_setting: str, s
     dtype = pick_dtype(dtype_name, device)
     torch.manual_seed(0)
     model = Transformer(cfg.model).to(device)
-    optimizer = make_optimizer(model, 1e-3, 0.1, (0.9, 0.95))
+    optimizer = build_optimizer(cfg.train.optimizer, model, 1e-3, 0.1, (0.9, 0.95), ns_dtype=dtype)
     loss_fn = make_objective(objective, "linear", tokenizer)
     compiled = torch.compile(model) if should_compile(compile_setting, device) else model
     noise = torch.Generator().manual_seed(0)

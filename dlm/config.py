@@ -58,7 +58,12 @@ class TrainConfig:
     grad_accum: int = 1
     """Micro-batches per step: the same update as the whole batch, in 1/grad_accum of the memory."""
     lr: float = 1e-3
-    """Peak learning rate of AdamW (reached after warmup_steps, then cosine decay)."""
+    """Peak learning rate (reached after warmup_steps, then cosine decay)."""
+    optimizer: str = "adamw"
+    """'adamw', or 'muon' (orthogonalised momentum on the hidden matrices, AdamW on the rest).
+
+    With muon one learning rate and weight decay serve both halves: Muon's step is rescaled to the
+    size of an AdamW update. Under FSDP only adamw."""
     min_lr_ratio: float = 0.1
     """Cosine decay ends at lr × min_lr_ratio."""
     warmup_steps: int = 100
@@ -158,7 +163,8 @@ class RunConfig:
             self.model.validate()
         except ValueError as e:
             raise DlmError(f"bad model config: {e}") from None
-        choices = {"train.objective": ("mdlm", "ar"), "train.dtype": ("auto", "bf16", "fp32"),
+        choices = {"train.objective": ("mdlm", "ar"), "train.optimizer": ("adamw", "muon"),
+                   "train.dtype": ("auto", "bf16", "fp32"),
                    "train.compile": ("auto", "yes", "no"), "train.device": ("auto", "cpu", "cuda"),
                    "data.tokenizer": ("char", "bpe")}
         for key, allowed in choices.items():
@@ -203,6 +209,9 @@ class RunConfig:
         if self.model.backbone and (t.objective == "ar" or t.fsdp or d.masking != "uniform"):
             raise DlmError("model.backbone=hf:… is a masked-LM denoiser: train it with train.objective=mdlm, "
                            "without FSDP or entropy masking")
+        if t.optimizer == "muon" and t.fsdp:
+            raise DlmError("train.optimizer=muon does not shard under FSDP yet; use train.optimizer=adamw with "
+                           "train.fsdp=true, or DDP (train.fsdp=false) with Muon")
         if self.model.lora_rank < 0:
             raise DlmError(f"model.lora_rank={self.model.lora_rank} must be ≥ 0 (0 = full fine-tuning)")
         if t.batch_size < 1 or t.grad_accum < 1 or t.batch_size % t.grad_accum:

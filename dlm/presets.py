@@ -31,6 +31,9 @@ def shakespeare_char_cpu() -> RunConfig:
     # docs/study.md, equal tokens (3.4M) at this size, val NELBO nats/char: ELBO weight 2.240, flat
     # 2.187, ELBO weight clipped at 5 2.139 (lr 3e-3) / 2.139 (5e-3); the bound is still what is reported.
     cfg.diffusion.weighting, cfg.diffusion.weight_cap = "clipped", 5.0
+    # docs/study.md §5, equal tokens (3 × 192): Muon on the hidden matrices lowers the NELBO by 0.20
+    # and the AR twin's NLL by 0.06, for ~9 % fewer tokens per second on a CPU.
+    cfg.train.optimizer = "muon"
     cfg.train.max_steps, cfg.train.max_time = 1_000_000, 600.0
     cfg.train.eval_interval, cfg.train.ckpt_interval, cfg.train.eval_batches = 500, 500, 8
     return cfg

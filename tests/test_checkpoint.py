@@ -73,14 +73,16 @@ def test_run_layout_and_load(corpus_file: Path, tmp_path: Path) -> None:
     assert pipe.generate("The ", length=8, steps=4, seed=0)[0] == pipe.tokenizer.decode(ids[0].tolist())
 
 
-def test_exact_resume(corpus_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_exact_resume(corpus_file: Path, tmp_path: Path, optimizer: str) -> None:
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train(tiny_config(corpus_file, 20, dtype="fp32"), straight, quiet=True)
+    train(tiny_config(corpus_file, 20, dtype="fp32", optimizer=optimizer), straight, quiet=True)
 
-    first = train(tiny_config(corpus_file, 10, dtype="fp32"), resumed, quiet=True)
+    first = train(tiny_config(corpus_file, 10, dtype="fp32", optimizer=optimizer), resumed, quiet=True)
     assert first.step == 10
     n_first = len(log_records(resumed))
-    second = train(tiny_config(corpus_file, 20, dtype="fp32"), resumed, resume=True, quiet=True)
+    second = train(tiny_config(corpus_file, 20, dtype="fp32", optimizer=optimizer), resumed, resume=True,
+                   quiet=True)
     assert second.step == 20
 
     # The log continues: the resumed part starts after step 10.

@@ -142,3 +142,39 @@ def test_bad_config_is_rejected() -> None:
         ModelConfig(d_model=30, n_head=4).validate()
     with pytest.raises(ValueError, match="mlp"):
         ModelConfig(mlp="gelu").validate()
+
+
+def test_cpu_attention_paths_agree() -> None:
+    # The CPU picks its attention by dtype and mask (bench/attention.py): explicit matmuls with an
+    # added causal bias, or PyTorch's SDPA for causal fp32. Both are the same function.
+    from dlm.model.transformer import explicit_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 17, 8) for _ in range(3))
+    for causal in (False, True):
+        reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        torch.testing.assert_close(explicit_attention(q, k, v, causal, 0.0), reference, atol=1e-5, rtol=1e-5)
+    # A query block at the end of a longer key sequence (a prefill after a cache): its own causal offset.
+    short_q = q[:, :, -5:]
+    allowed = torch.ones(17, 17, dtype=torch.bool).tril()[-5:]
+    reference = torch.nn.functional.scaled_dot_product_attention(short_q, k, v, attn_mask=allowed)
+    torch.testing.assert_close(explicit_attention(short_q, k, v, True, 0.0), reference, atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = explicit_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), True, 0.0)
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(bf16.float(), reference, atol=0.05, rtol=0.05)
+
+
+def test_residual_dropout_acts_in_training_only(tiny_model_config: ModelConfig) -> None:
+    model = make(tiny_model_config, resid_dropout=0.5)
+    plain = make(tiny_model_config)
+    x = tokens(tiny_model_config)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain(x), rtol=0, atol=0)  # eval: the same network
+        model.train()
+        torch.manual_seed(1)
+        first = model(x)
+        torch.manual_seed(2)
+        assert (first - model(x)).abs().max() > 1e-3  # training: a fresh mask each call
+    with pytest.raises(ValueError, match="resid_dropout=1.0 must be in"):
+        dataclasses.replace(tiny_model_config, resid_dropout=1.0).validate()

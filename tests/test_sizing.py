@@ -25,6 +25,12 @@ def test_the_choice_follows_the_tokens_a_budget_buys() -> None:
     assert sizing.choose_size(4321.0, 1200).tokens == pytest.approx(2 * a.tokens)
     # bf16 steps speed up more under compilation than fp32 ones: the same probe speed buys more.
     assert sizing.choose_size(4321.0, 600, "bfloat16").tokens > a.tokens
+    # The AR twin: the same geometry, plus its row's regulariser.
+    for speed in (1.0, speed_for(high * 1.01)):
+        mdlm, ar = sizing.choose_size(speed, 600), sizing.choose_size(speed, 600, objective="ar")
+        assert ar.name == mdlm.name and ar.overrides[:len(mdlm.overrides)] == mdlm.overrides
+        assert ar.overrides[len(mdlm.overrides):] == sizing.AR_EXTRA.get(mdlm.name, [])
+    assert sizing.AR_EXTRA[high_name] == ["model.resid_dropout=0.1"]
 
 
 def test_train_without_a_preset_probes_and_records_why(tmp_path: Path, corpus_file: Path, monkeypatch,

@@ -28,7 +28,9 @@ class ModelConfig:
     rope_base: float = 10000.0
     """Base of the rotary position embedding's frequencies."""
     dropout: float = 0.0
-    """Dropout on attention weights (training only; 0 = off, the usual choice for small data)."""
+    """Dropout on attention weights (training only; 0 = off). Costly on CPU: a (B, heads, T, T) mask."""
+    resid_dropout: float = 0.0
+    """Dropout on each attention and MLP output before it joins the residual stream (training only)."""
     lora_rank: int = 0
     """LoRA fine-tuning: rank of the low-rank update of each linear layer of the blocks (frozen base); 0 = off."""
     lora_alpha: float = 0.0
@@ -55,6 +57,9 @@ class ModelConfig:
         if self.backbone and (self.causal or self.time_conditioning or self.lora_rank):
             raise ValueError("a Hugging Face masked-LM backbone is a bidirectional denoiser: no causal AR objective, "
                              "time conditioning or LoRA with it")
+        for name in ("dropout", "resid_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1) (0 = off)")
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "block_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -31,6 +31,9 @@ def finetune_config(base: str | Path, data: str, chat: bool) -> RunConfig:
     t = cfg.train
     # A gentle recipe: a tenth of a typical pre-training peak, short warmup, fixed step count.
     t.lr, t.warmup_steps, t.max_steps, t.max_time = min(t.lr, 3e-4), 50, 2000, 0.0
+    # AdamW whatever the base trained with: the chat measurements (docs/chat.md) used it, and LoRA
+    # trains no full hidden matrix for Muon to take.
+    t.optimizer = "adamw"
     t.eval_interval, t.ckpt_interval = 250, 500
     return cfg
 

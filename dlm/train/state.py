@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from dlm.data.loader import RandomWindows
+from dlm.errors import DlmError
 from dlm.model.transformer import Transformer
 from dlm.run_folder import clone_state, model_state
 from dlm.train.distributed import (
@@ -89,7 +90,11 @@ class TrainState:
             load_full_optimizer_state(self.model, self.optimizer, optim_state if by_name else
                                       optimizer_state_by_name(self.optimizer, self.model, optim_state))
         else:
-            self.optimizer.load_state_dict(optimizer_state_by_index(optim_state) if by_name else optim_state)
+            try:
+                self.optimizer.load_state_dict(optimizer_state_by_index(optim_state) if by_name else optim_state)
+            except (ValueError, KeyError) as e:
+                raise DlmError(f"the checkpoint's optimizer state does not fit this run's optimizer ({e}); resume "
+                               "with the train.optimizer it was trained with, or pass --fresh-optimizer") from None
         self.loader.load_state_dict(saved["loader"])
         set_rng_state(saved["rng"])
         self.step, self.tokens_seen, self.elapsed_before = saved["step"], saved["tokens_seen"], saved["elapsed"]

@@ -41,7 +41,7 @@ from dlm.train.distributed import (
 from dlm.train.ema import EMA
 from dlm.train.finetune import load_base_weights
 from dlm.train.logging import RunLogger
-from dlm.train.optim import lr_at, make_optimizer
+from dlm.train.optim import build_optimizer, lr_at
 from dlm.train.resume import ResumePoint, find_resume_point, keep_old_log, resume_message, take_lock
 from dlm.train.signals import StopFlag
 from dlm.train.state import TrainState, noise_seed, seed_everything
@@ -190,7 +190,8 @@ def build_state(setup: TrainSetup, point: ResumePoint | None = None) -> TrainSta
     if fsdp and ema_start is not None:
         shard_model(ema_start)  # same layout as the model, so shards line up
     ema = EMA(model, tc.ema_decay) if tc.ema_decay > 0 else None
-    optimizer = make_optimizer(model, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), fused=not fsdp)
+    optimizer = build_optimizer(tc.optimizer, model, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2),
+                                fused=not fsdp, ns_dtype=setup.dtype)
     data_seed = tc.seed + point.step if point.weights_only else tc.seed  # not a replay of the first batches
     loader = setup.data.loader(cfg, "train", data_seed, device)
     compiled = torch.compile(wrapped) if should_compile(tc.compile, device) else wrapped
