@@ -8,10 +8,12 @@ import math
 import torch
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+def make_optimizer(params: torch.nn.Module | list[torch.Tensor], lr: float, weight_decay: float,
                    betas: tuple[float, float], fused: bool = True) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    """AdamW over a model's parameters (or a list of them); weight decay on matrices only."""
+    params = list(params.parameters() if isinstance(params, torch.nn.Module) else params)
+    decay = [p for p in params if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in params if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     # The fused kernel exists for CUDA and CPU tensors in current PyTorch (not for FSDP's DTensors).
@@ -91,13 +93,9 @@ class MuonWithAdamW(torch.optim.Optimizer):
                  fused: bool = True, ns_dtype: torch.dtype = torch.float32):
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         hidden = [p for n, p in named if is_hidden_matrix(n, p)]
-        rest = [(n, p) for n, p in named if not is_hidden_matrix(n, p)]
         self.muon = Muon(hidden, lr=lr, weight_decay=weight_decay, ns_dtype=ns_dtype)
-        decay = [p for _, p in rest if p.dim() >= 2]
-        no_decay = [p for _, p in rest if p.dim() < 2]
-        self.adamw = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                        {"params": no_decay, "weight_decay": 0.0}],
-                                       lr=lr, betas=betas, fused=fused or None, foreach=None if fused else True)
+        self.adamw = make_optimizer([p for n, p in named if not is_hidden_matrix(n, p)], lr, weight_decay, betas,
+                                    fused)
         # Deliberately not Optimizer.__init__: the two halves own the parameters and their state.
         self.defaults = {"lr": lr}
         self.state = {}
