@@ -76,6 +76,12 @@ class TrainConfig:
     """With max_time, decay the LR over the time budget instead of over max_steps."""
     weight_decay: float = 0.1
     """AdamW's decoupled weight decay, applied to matrices only (not norms or biases)."""
+    ar_input_mask: float = 0.0
+    """AR twin only: in training, replace this share of the input tokens by [MASK] (targets unchanged).
+
+    A regulariser, word dropout for the causal model: it must predict each next token from a context
+    with holes. The training loss is then not the exact NLL; validation and `dlm eval` read clean
+    inputs. 0 = off."""
     beta1: float = 0.9
     """AdamW's first-moment decay."""
     beta2: float = 0.95
@@ -217,6 +223,11 @@ class RunConfig:
         if t.batch_size < 1 or t.grad_accum < 1 or t.batch_size % t.grad_accum:
             raise DlmError(f"train.batch_size={t.batch_size} must be a positive multiple of "
                            f"train.grad_accum={t.grad_accum}")
+        if not 0 <= t.ar_input_mask < 1:
+            raise DlmError(f"train.ar_input_mask={t.ar_input_mask} must be in [0, 1) (0 = off)")
+        if t.ar_input_mask > 0 and t.objective != "ar":
+            raise DlmError("train.ar_input_mask is for the AR twin (train.objective=ar); a diffusion run masks "
+                           "its inputs already")
         if not 0 <= t.ema_decay < 1:
             raise DlmError(f"train.ema_decay={t.ema_decay} must be in [0, 1) (0 turns EMA off)")
         if t.lr <= 0 or t.max_steps < 1 or t.max_time < 0:

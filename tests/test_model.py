@@ -178,3 +178,25 @@ def test_residual_dropout_acts_in_training_only(tiny_model_config: ModelConfig) 
         assert (first - model(x)).abs().max() > 1e-3  # training: a fresh mask each call
     with pytest.raises(ValueError, match="resid_dropout=1.0 must be in"):
         dataclasses.replace(tiny_model_config, resid_dropout=1.0).validate()
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_cpu_dropout_drops_its_share_and_keeps_the_mean(p: float) -> None:
+    from dlm.model.transformer import dropout
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 128, 96, requires_grad=True)
+    y = dropout(x, p, training=True)
+    dropped = (y == 0).float().mean().item()
+    share = round(p * 256) / 256  # the byte mask rounds p to a multiple of 1/256
+    assert abs(dropped - share) < 0.005
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / (1 - share))  # survivors rescaled: E[y] = x
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / (1 - share))  # gradient flows through the mask only
+    assert torch.equal(dropout(x, p, training=False), x)
+    assert torch.equal(dropout(x, 0.0, training=True), x)
+    torch.manual_seed(5)
+    again = dropout(x, p, training=True)
+    torch.manual_seed(5)
+    assert torch.equal(again, dropout(x, p, training=True))  # the mask comes from torch's seeded generator

@@ -3,6 +3,7 @@ the run's config with its reason, and --preset or key=value still win."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -30,7 +31,15 @@ def test_the_choice_follows_the_tokens_a_budget_buys() -> None:
         mdlm, ar = sizing.choose_size(speed, 600), sizing.choose_size(speed, 600, objective="ar")
         assert ar.name == mdlm.name and ar.overrides[:len(mdlm.overrides)] == mdlm.overrides
         assert ar.overrides[len(mdlm.overrides):] == sizing.AR_EXTRA.get(mdlm.name, [])
-    assert sizing.AR_EXTRA[high_name] == ["model.resid_dropout=0.1"]
+    assert sizing.AR_EXTRA[high_name], "the larger row gives the twin a regulariser (it overfits there)"
+    from dlm.config import RunConfig, apply_overrides
+
+    for extra in sizing.AR_EXTRA.values():  # training-only settings: the twin keeps the diffusion network
+        base = RunConfig()
+        base.train.objective = "ar"
+        changed = apply_overrides(RunConfig(), ["train.objective=ar", *extra])
+        changed.validate()
+        assert dataclasses.replace(changed.model, dropout=0.0, resid_dropout=0.0) == base.model
 
 
 def test_train_without_a_preset_probes_and_records_why(tmp_path: Path, corpus_file: Path, monkeypatch,

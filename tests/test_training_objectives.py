@@ -80,3 +80,42 @@ def test_entropy_weighted_mask_frequencies_match_the_probabilities() -> None:
     frequency = masked.float().mean(0)
     assert torch.allclose(frequency, expected, atol=4 * math.sqrt(0.25 / n))
     assert frequency[0] > frequency[-1]  # low entropy: masked more often
+
+
+def test_ar_input_mask_hides_inputs_in_training_only() -> None:
+    from dlm.objectives import ar_loss
+
+    seen: list[torch.Tensor] = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            seen.append(idx.clone())
+            return torch.zeros(*idx.shape, 10)
+
+    model = Recorder()
+    x = torch.randint(0, 8, (64, 128), generator=torch.Generator().manual_seed(0))
+    clean = ar_loss(model, x, bos_id=8).nll_sum
+    noisy = ar_loss(model, x, bos_id=8, input_mask=0.25, mask_id=9, generator=torch.Generator().manual_seed(1))
+    hidden = seen[1] == 9
+    assert not hidden[:, 0].any() and (seen[1][:, 0] == 8).all()  # the [BOS] is never hidden
+    assert abs(hidden[:, 1:].float().mean().item() - 0.25) < 0.02
+    assert torch.equal(seen[1][~hidden], seen[0][~hidden])  # only hidden places change
+    torch.testing.assert_close(noisy.nll_sum, clean)  # the targets stay the text (uniform logits here)
+    model.eval()
+    ar_loss(model, x, bos_id=8, input_mask=0.25, mask_id=9)
+    assert torch.equal(seen[2], seen[0])  # validation and eval read clean inputs
+
+
+def test_ar_input_mask_config_is_checked() -> None:
+    from dlm.config import RunConfig
+    from dlm.errors import DlmError
+
+    cfg = RunConfig()
+    cfg.train.ar_input_mask = 0.1
+    with pytest.raises(DlmError, match="ar_input_mask is for the AR twin"):
+        cfg.validate()
+    cfg.train.objective = "ar"
+    cfg.validate()
+    cfg.train.ar_input_mask = 1.0
+    with pytest.raises(DlmError, match=r"ar_input_mask=1.0 must be in \[0, 1\)"):
+        cfg.validate()

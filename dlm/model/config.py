@@ -30,7 +30,9 @@ class ModelConfig:
     dropout: float = 0.0
     """Dropout on attention weights (training only; 0 = off). Costly on CPU: a (B, heads, T, T) mask."""
     resid_dropout: float = 0.0
-    """Dropout on each attention and MLP output before it joins the residual stream (training only)."""
+    """Dropout on each attention and MLP output before it joins the residual stream (training only).
+
+    On CPU the mask is drawn as random bytes, so the rate is rounded to a multiple of 1/256 (0.1 → 0.1016)."""
     lora_rank: int = 0
     """LoRA fine-tuning: rank of the low-rank update of each linear layer of the blocks (frozen base); 0 = off."""
     lora_alpha: float = 0.0

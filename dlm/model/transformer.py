@@ -107,6 +107,24 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """F.dropout, but on CPU with a mask drawn as random bytes (p rounded to a multiple of 1/256).
+
+    CPU dropout spends ~15 ns per element drawing one float per element (a quarter of a training
+    step of the 4×192 AR twin at p=0.1); filling 64-bit words and reading them as bytes draws eight
+    mask entries per call of the generator, about 15× faster (bench/dropout.py).
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training)
+    drop = min(255, max(1, round(p * 256)))
+    n = x.numel()
+    words = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device).random_(-2**63, None)
+    keep = words.view(torch.uint8)[:n].view(x.shape) >= drop
+    return x * keep * (256 / (256 - drop))
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -138,7 +156,7 @@ class Block(nn.Module):
         self.resid_dropout = cfg.resid_dropout
 
     def _branch(self, y: torch.Tensor) -> torch.Tensor:
-        return F.dropout(y, self.resid_dropout, self.training) if self.resid_dropout else y
+        return dropout(y, self.resid_dropout, self.training) if self.resid_dropout else y
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cond: torch.Tensor | None, cache: KVCache | None,

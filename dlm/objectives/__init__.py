@@ -25,14 +25,16 @@ __all__ = ["LossOutput", "Objective", "ar_loss", "make_objective", "mdlm_loss"]
 
 def make_objective(objective: str, schedule: str, tokenizer: Tokenizer, *, edit_prob: float = 0.0,
                    edit_weight: float = 1.0, prompt_prob: float = 0.0, antithetic: bool = True,
-                   weighting: str = "elbo", weight_cap: float | None = None) -> Objective:
+                   weighting: str = "elbo", weight_cap: float | None = None, ar_input_mask: float = 0.0) -> Objective:
     """The training loss: objective(model, x, generator, mask_scale=None). `edit_prob`, `edit_weight`,
     `prompt_prob`, `antithetic` and `weighting` are the diffusion config's training-time options
     (see dlm.objectives.mdlm and dlm.diffusion.process); `mask_scale` (B, L), entropy-weighted
-    masking's per-token factors. The AR objective has none of them."""
+    masking's per-token factors. The AR objective has none of them; `ar_input_mask` is its own
+    (dlm.objectives.autoregressive)."""
     if objective == "ar":
         return lambda model, x, gen, mask_scale=None, prompt_mask=None, token_weight=None: ar_loss(
-            model, x, tokenizer.bos_id, token_weight=token_weight)
+            model, x, tokenizer.bos_id, token_weight=token_weight, input_mask=ar_input_mask,
+            mask_id=tokenizer.mask_id, generator=gen)
     sched = get_schedule(schedule)
     special = set(tokenizer.reserved_ids)
     # Where the specials sit depends on the tokenizer (last for char, first for BPE; added ones last).

@@ -148,7 +148,7 @@ def _prepare_locked(cfg: RunConfig, run: RunFolder, dist: DistInfo, device_name:
     dc = cfg.diffusion
     objective = make_objective(tc.objective, dc.schedule, tokenizer, edit_prob=dc.edit_prob, antithetic=dc.antithetic,
                                edit_weight=dc.edit_weight, prompt_prob=dc.prompt_prob, weighting=dc.weighting,
-                               weight_cap=dc.weight_cap)
+                               weight_cap=dc.weight_cap, ar_input_mask=tc.ar_input_mask)
     if dc.masking == "entropy" and tc.objective != "ar":
         from dlm.train.entropy_masking import cached_entropies
 
