@@ -65,6 +65,16 @@ def test_train_without_a_preset_probes_and_records_why(tmp_path: Path, corpus_fi
     assert json.loads((tmp_path / "b" / "config.json").read_text())["train"]["auto_size"] == ""
 
 
+def test_a_bad_value_fails_before_the_probe(tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture) -> None:
+    def no_probe(cfg, steps=3):  # noqa: ANN001, ANN202
+        raise AssertionError("the probe ran before the config was checked")
+
+    monkeypatch.setattr(sizing, "probe_tokens_per_second", no_probe)
+    assert main(["train", "--out", str(tmp_path / "run"), "train.ar_input_mask=0.3"]) != 0
+    assert "train.ar_input_mask is for the AR twin" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_probe_measures_a_real_speed() -> None:
     from dlm.presets import tiny
 

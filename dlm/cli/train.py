@@ -64,6 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if fresh_default and cfg.train.max_time > 0 and "RANK" not in os.environ:
         from dlm.sizing import auto_size
 
+        cfg.validate()  # a bad key=value fails now, not after the probe's seconds
         cfg, _, reason = auto_size(cfg, overrides)  # a size for this machine's speed; key=value still wins
         print(f"dlm: {reason}", flush=True)
     if run_dir is None:
