@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timing import median_seconds
 
 
 def masked_fill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -56,16 +56,7 @@ def time_variant(fn, shape: tuple[int, ...], dtype: torch.dtype, causal: bool, c
     def step() -> None:
         fn(q, k, v, causal).float().sum().backward()
 
-    torch._dynamo.reset()  # each variant compiles afresh (one code object would hit the recompile limit)
-    run = torch.compile(step) if compiled else step
-    for _ in range(3):  # compilation and first-call allocations
-        run()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    return median_seconds(step, compiled, repeats)
 
 
 def main() -> None:
