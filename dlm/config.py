@@ -99,7 +99,9 @@ class TrainConfig:
     keep_last: int = 2
     """Checkpoints kept in RUN/checkpoints (older ones are deleted)."""
     ema_decay: float = 0.999
-    """EMA of the weights (0 = off); the average is used for validation, eval and sampling."""
+    """EMA of the weights (0 = off); the average is used for validation, eval and sampling. Its warm-up,
+    min(decay, (1 + t)/(10 + t)) at update t, reaches 0.999 only after ~9,000 updates: a shorter run
+    averages over roughly its last tenth, whatever this value."""
     max_bad_steps: int = 10
     """Non-finite loss or gradients skip the step; this many in a row stops the run."""
     fsdp: bool = False

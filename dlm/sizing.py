@@ -27,7 +27,7 @@ SIZE_TABLE: list[tuple[float, str, list[str]]] = [
 # ~7.5 epochs of Tiny Shakespeare and overfits (validation NLL rising over the last 350 steps, train
 # 1.06 against val 1.49). Hiding 10 % of its inputs behind [MASK] beat residual dropout 0.1 by 0.026
 # at equal tokens and costs no throughput; in 10-minute runs 15 % with weight decay 0.3 did best
-# (1.445 against 1.452 for 15 % and 1.456 for 10 %; docs/study.md §6).
+# (1.445 against 1.452 for 15 % and 1.456 for 10 %; four runs of it average 1.447; docs/study.md §6).
 AR_EXTRA: dict[str, list[str]] = {"4x192": ["train.ar_input_mask=0.15", "train.weight_decay=0.3"]}
 # Training in earnest runs compiled and the probe eagerly. Tokens the 4 × 256 model trains in a
 # budget ≈ eager probe speed × budget × this factor (compiled speed over eager speed, less the
