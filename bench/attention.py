@@ -17,13 +17,10 @@ Prints a table (median milliseconds per forward + backward) and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timing import median_seconds
+from timing import median_seconds, write_report
 
 
 def masked_fill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -84,11 +81,7 @@ def main() -> None:
                 rows.append({"dtype": dtype_name, "compile": compile_setting == "yes", "mask": mask, "ms": ms})
                 print(f"{dtype_name:6} {compile_setting:8} {mask:14} " + " ".join(f"{v:12.1f}" for v in ms.values()),
                       flush=True)
-    out = {"shape": list(shape), "torch": torch.__version__, "machine": platform.machine(),
-           "threads": torch.get_num_threads(), "unit": "median ms per forward + backward", "rows": rows}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"written to {args.json}")
+    write_report(args.json, rows, shape=list(shape))
 
 
 if __name__ == "__main__":

@@ -17,13 +17,10 @@ Prints a table (median milliseconds per forward + backward) and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timing import median_seconds
+from timing import median_seconds, write_report
 
 from dlm.model.transformer import dropout
 
@@ -62,11 +59,7 @@ def main() -> None:
                   for name, fn in variants.items()}
             rows.append({"dtype": dtype_name, "compile": compile_setting == "yes", "ms": ms})
             print(f"{dtype_name:6} {compile_setting:8} " + " ".join(f"{v:10.2f}" for v in ms.values()), flush=True)
-    out = {"shape": list(shape), "p": args.p, "torch": torch.__version__, "machine": platform.machine(),
-           "threads": torch.get_num_threads(), "unit": "median ms per forward + backward", "rows": rows}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"written to {args.json}")
+    write_report(args.json, rows, shape=list(shape), p=args.p)
 
 
 if __name__ == "__main__":
