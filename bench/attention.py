@@ -8,7 +8,8 @@ scaled_dot_product_attention. The variants timed here:
   additive     explicit, with the causal mask added as a 0/−inf bias (dlm's explicit path now)
   sdpa         torch.nn.functional.scaled_dot_product_attention (PyTorch's CPU flash kernel)
 
-    python bench/attention.py                         # the shakespeare-char-cpu layer: 16 × 4 heads × 256 × 48
+    python bench/attention.py                         # the default run's layer, as the budget probe sizes it
+                                                      # (d_model 192, 4 heads): 16 × 4 heads × 256 × 48
     python bench/attention.py --batch 16 --heads 4 --length 256 --head-dim 48 --repeats 30
 
 Prints a table (median milliseconds per forward + backward) and writes JSON.

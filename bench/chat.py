@@ -42,7 +42,7 @@ FILLS = ("pad", "eos", "block-eos")
 DECODING = {"end token": {}, "end token + EOS penalty 2": {"eos_penalty": 2.0},
             "blocks of 32, stop at the first end": {"block_length": 32}}
 # The order in which a diffusion reply is committed: the chat default until now, and the measured
-# default for free text (docs/study.md §4).
+# default for free text (docs/study.md, "The default sampler").
 SAMPLERS = {"confidence": {"sampler": "confidence", "temperature": 1.0},
             "random order 0.8": {"sampler": "random", "temperature": 0.8}}
 

@@ -3,11 +3,12 @@
     python bench/default_sampler.py --diffusion runs/mdlm --ar runs/ar --samples 64 --steps 256 \\
         --markdown docs/study.md
 
-Every candidate draws `--samples` unconditional samples of `--length` characters in `--steps`
-steps; each row reports the AR twin's gen-PPL of them, their unigram entropy, self-BLEU,
-distinct-2 and MAUVE against as many random validation windows (features from the AR twin, the
-same windows for every row), beside the AR twin's own samples. A candidate passes when its entropy
-and self-BLEU are within 10 % of the AR twin's and its MAUVE is at least 0.8× the AR twin's.
+Every candidate draws `--samples` unconditional samples of `--length` tokens (characters, for a
+character-level run) in `--steps` steps; each row reports the AR twin's gen-PPL of them, their
+unigram entropy, self-BLEU, distinct-2 and MAUVE against as many random validation windows
+(features from the AR twin, the same windows for every row), beside the AR twin's own samples. A
+candidate passes when its entropy and self-BLEU are within 10 % of the AR twin's and its MAUVE is
+at least 0.8× the AR twin's. A candidate whose name gives no temperature samples at 1.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from labels import unit_of
 from markers import write_between_markers
 
 from dlm.data.shards import prepare_corpus
@@ -46,6 +48,9 @@ CANDIDATES: dict[str, dict] = {
     "ancestral, temperature 0.8": {"sampler": "ancestral", "temperature": 0.8},
     "random order, temperature 0.8": {"sampler": "random", "temperature": 0.8},
 }
+# Under every candidate: a row whose name gives no temperature samples at 1 (the model's own
+# distribution), so two rows differ only in what their names say.
+BASE_OPTIONS = {"temperature": 1.0}
 METRICS = ("gen_ppl", "unigram_entropy", "self_bleu", "distinct_2", "mauve", "independent_gen_ppl",
            "independent_mauve")
 
@@ -72,19 +77,31 @@ def command_of(report: dict) -> str:
     return "python bench/default_sampler.py " + " ".join(flags)
 
 
+def temperature_note(rows: dict) -> str:
+    """What the rows whose names give no temperature ran at, from what they recorded (a JSON written
+    before rows kept their temperature: BASE_OPTIONS, what this script set then as now)."""
+    unnamed = {r.get("temperature", BASE_OPTIONS["temperature"]) for name, r in rows.items()
+               if name != "AR twin" and "temperature" not in CANDIDATES.get(name, {})}
+    note = f"Rows that name no temperature ran at {' / '.join(f'{t:g}' for t in sorted(unnamed))}" if unnamed else ""
+    if "temperature" in rows["AR twin"]:
+        note += ("; " if note else "") + f"the AR twin at {rows['AR twin']['temperature']:g}"
+    return note + "." if note else ""
+
+
 def publish(report: dict, markdown: str | None) -> None:
     """Print the table (and write it into `markdown`) from a report (this run's, or --from-json's)."""
     st, rows = report["settings"], report["rows"]
     ar_row = rows["AR twin"]
     judge = st.get("independent_judge") or "none"
+    unit = report.get("unit", "character")  # a JSON written before the unit was kept: character runs
     lines = [f"Command: `{command_of(report)}` on {report['date']} "
-             f"({report['machine']}). {st['samples']} unconditional samples × {st['length']} characters per row, "
-             f"{st['steps']} steps for diffusion rows. Judges: the AR twin (gen-PPL per character, MAUVE on its "
+             f"({report['machine']}). {st['samples']} unconditional samples × {st['length']} {unit}s per row, "
+             f"{st['steps']} steps for diffusion rows. Judges: the AR twin (gen-PPL per {unit}, MAUVE on its "
              f"features) and, independent of the corpus, {judge} (gen-PPL per "
              f"judge token, MAUVE on its features); MAUVE reference: {st['samples']} random validation windows (the "
-             "same for every row). Unigram entropy in nats per character; self-BLEU is BLEU-4 of each sample "
+             f"same for every row). Unigram entropy in nats per {unit}; self-BLEU is BLEU-4 of each sample "
              "against the others. A row passes when its entropy and self-BLEU are within 10 % of the AR twin's "
-             "and both MAUVEs are at least 0.8× the AR twin's. Rows that name no temperature ran at 1.", "",
+             f"and both MAUVEs are at least 0.8× the AR twin's. {temperature_note(rows)}", "",
              "| sampler | gen-PPL (AR twin) | gen-PPL (independent) | unigram entropy | self-BLEU | distinct-2 "
              "| MAUVE (AR twin) | MAUVE (independent) | tokens/s | passes? |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -132,7 +149,7 @@ def main() -> int:
     print("AR twin", {k: round(rows["AR twin"][k], 3) for k in METRICS if k in rows["AR twin"]}, flush=True)
     names = [n.strip() for n in args.candidates.split(";")] if args.candidates else list(CANDIDATES)
     for name in names:
-        options = {"temperature": 1.0, **CANDIDATES[name]}  # a row without one ran at 1 (the old default)
+        options = {**BASE_OPTIONS, **CANDIDATES[name]}
         rows[name] = evaluate_generation(diffusion, split, steps=args.steps, sampler_options=options,
                                          **common)
         shown = {k: round(rows[name][k], 3) for k in METRICS if k in rows[name]}
@@ -140,7 +157,9 @@ def main() -> int:
     report = {"settings": vars(args), "date": time.strftime("%Y-%m-%d"),
               "command": "python bench/default_sampler.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
               "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
-              "rows": {k: {m: v[m] for m in (*METRICS, "wall_s", "forward_passes", "tokens_per_s", "texts") if m in v}
+              "unit": unit_of(diffusion.tokenizer.kind),
+              "rows": {k: {m: v[m] for m in (*METRICS, "wall_s", "forward_passes", "tokens_per_s", "texts", "sampler",
+                                             "temperature", "dtype") if m in v}
                        for k, v in rows.items()}}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(args.json), report)

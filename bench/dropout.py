@@ -8,7 +8,7 @@ rounded to a multiple of 1/256. F.dropout draws one float per element. The varia
   F.dropout   torch.nn.functional.dropout
   dlm         dlm.model.transformer.dropout
 
-    python bench/dropout.py                     # the shakespeare-char-cpu branch: 16 × 256 × 192, p = 0.1
+    python bench/dropout.py                     # the default run's branch (probe-sized, d_model 192): 16 × 256 × 192
     python bench/dropout.py --shape 16 256 192 --p 0.1 --repeats 30
 
 Prints a table (median milliseconds per forward + backward) and writes JSON.

@@ -26,6 +26,7 @@ from markers import write_between_markers
 
 from dlm.io import atomic_write_json
 
+SAMPLE = {"length": 60, "steps": 60}  # the sample shown from the fine-tuned model (dlm sample's defaults otherwise)
 
 def minilm_folder() -> Path:
     try:
@@ -80,25 +81,30 @@ def main() -> int:
                             "--target-se", str(args.target_se), "--max-passes", str(args.max_passes)], check=True)
         report["eval"][name] = json.loads(eval_json.read_text())
     sample = subprocess.run(["dlm", "sample", "--ckpt", str(runs["pretrained MiniLM"]), "--prompt", "romeo :",
-                             "--length", "60", "--steps", "60", "--seed", "0"], capture_output=True, text=True,
-                            check=True).stdout.strip()
+                             "--length", str(SAMPLE["length"]), "--steps", str(SAMPLE["steps"]), "--seed", "0"],
+                            capture_output=True, text=True, check=True).stdout.strip()
     report["sample"], report["seconds"] = sample, time.time() - started
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(args.json), report)
     steps = [s for s, _ in report["curves"]["pretrained MiniLM"]]
+    config = json.loads((runs["pretrained MiniLM"] / "config.json").read_text())  # what the runs trained with
+    weighting = config["diffusion"]["weighting"]
+    objective = ("the NELBO itself" if weighting == "elbo" else
+                 f"the training objective, the recipe's {weighting} weighting, which lies below the bound")
     lines = [f"Command: `python bench/pretrained_encoder.py {' '.join(sys.argv[1:])}` on {report['date']}. "
              f"Nats per WordPiece token (uncased BERT vocabulary), context {args.context}, batch {args.batch_size}, "
-             f"lr {args.lr}, {args.steps} steps each. The curve is the trainer's validation loss (fixed-seed, 8 "
-             "batches) under the training objective, the recipe's clipped weighting, which lies below the bound; the "
-             "final figures are the NELBO of `dlm eval`.", "",
+             f"lr {args.lr}, {args.steps} steps each. The curve is the trainer's validation loss (fixed-seed, "
+             f"{config['train']['eval_batches']} batches) under {objective}; the final figures are the NELBO of "
+             "`dlm eval`.", "",
              "| step | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
     for i, step in enumerate(steps):
         values = [report["curves"][name][i][1] if i < len(report["curves"][name]) else None for name in runs]
         lines.append(f"| {step} | " + " | ".join("—" if v is None else f"{v:.3f}" for v in values) + " |")
     lines += ["", "Final `dlm eval` (NELBO, validation split): " + "; ".join(
         f"{name} **{r['nats_per_token']:.3f}** ± {r['mc_standard_error']:.3f} (Monte Carlo)"
-        for name, r in report["eval"].items()) + ".", "", "A sample of the fine-tuned MiniLM (60 tokens, 60 steps):",
-        "", "```", sample, "```"]
+        for name, r in report["eval"].items()) + ".", "",
+        f"A sample of the fine-tuned MiniLM ({SAMPLE['length']} tokens, {SAMPLE['steps']} steps):", "", "```", sample,
+        "```"]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown:

@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
+from labels import network_dtype, temperature_label, unit_of
 
 from dlm.data.loader import RandomWindows
 from dlm.data.shards import prepare_corpus
@@ -68,7 +70,9 @@ def run(args: argparse.Namespace) -> dict:
         done = {(r["name"], r["steps"]): r for r in json.loads(Path(args.out).read_text())["rows"]}
     # Warm-up (allocator, thread pool) so the first timed row is not penalised.
     diffusion.generate_ids("", length=args.length, steps=2, num_samples=args.batch_size)
-    report = {"rows": [], "settings": {**vars(args), "steps": args.steps}, "machine": machine()}
+    report = {"rows": [], "settings": {**vars(args), "steps": args.steps}, "machine": machine(),
+              "command": "python bench/sampling.py " + shlex.join(sys.argv[1:]),
+              "unit": unit_of(diffusion.tokenizer.kind)}
     names = args.samplers.split(",") if args.samplers else list(SAMPLERS)
     # The AR baseline first: a failure there should not cost the minutes of diffusion rows.
     jobs = [("AR twin, KV cache", ar, {}, args.length)] + [(name, diffusion, SAMPLERS[name], steps)
@@ -101,19 +105,21 @@ def row_line(r: dict) -> str:
 
 def markdown_table(report: dict) -> str:
     s, ref = report["settings"], report["reference"]
-    dtype = report["rows"][0]["dtype"]
-    body = "bf16 network with fp32 logits (dlm's default on this CPU)" if dtype == "bfloat16" else dtype
+    unit = report.get("unit", "character")  # reports written before the unit was recorded: char runs
+    dtypes = sorted({r["dtype"] for r in report["rows"] if "dtype" in r})
+    command = report.get("command") or (f"python bench/sampling.py --diffusion {s['diffusion']} --ar {s['ar']} "
+                                        f"--samples {s['samples']} --batch-size {s['batch_size']}")
     lines = [BEGIN, "",
-             f"Command: `python bench/sampling.py --diffusion {s['diffusion']} --ar {s['ar']} --samples {s['samples']} "
-             f"--batch-size {s['batch_size']} --markdown docs/benchmarks.md` (JSON: `{s['out']}`).",
+             f"Command: `{command}` (JSON: `{s['out']}`).",
              "",
-             f"{s['samples']} unconditional samples × {s['length']} characters per row, in one batch of "
-             f"{s['batch_size']}, seed {s['seed']}, temperature 1, {body}. **gen-PPL**: exp(mean NLL per character) "
+             f"{s['samples']} unconditional samples × {s['length']} {unit}s per row, in one batch of "
+             f"{s['batch_size']}, seed {s['seed']}, {temperature_label(report['rows'])}, "
+             f"{', '.join(network_dtype(d) for d in dtypes)}. **gen-PPL**: exp(mean NLL per {unit}) "
              f"of the samples under the AR twin `{s['ar']}` (lower = more fluent to the judge). **Entropy**: mean "
-             "per-sample unigram entropy of the characters, in nats (low = repetitive). For scale, "
+             f"per-sample unigram entropy of the {unit}s, in nats (low = repetitive). For scale, "
              f"{s['samples']} random validation windows of real text score gen-PPL {ref['gen_ppl']:.2f} and entropy "
              f"{ref['unigram_entropy']:.3f}. **Forward passes**: model calls for the whole batch. **Wall time**: "
-             "sampling only (judging excluded); **tokens/s** = generated characters / wall time.",
+             f"sampling only (judging excluded); **tokens/s** = generated {unit}s / wall time.",
              "",
              "Samplers: " + "; ".join(f"`{k}` = {v}" for k, v in SAMPLERS.items() if k in
                                       {r["name"] for r in report["rows"]}) + ".",

@@ -1,8 +1,10 @@
 """Training throughput (tokens/s) and peak memory per preset, dtype and compile setting.
 
 Each configuration runs in its own subprocess (clean compile caches, its own peak RSS) and times
-full optimizer steps of the real training path: dlm's model, objective, fused AdamW, autocast
-and torch.compile, on random token windows (throughput does not depend on the text).
+full optimizer steps of the real training path: dlm's model, objective, the preset's optimizer
+(train.optimizer with its lr, weight decay and betas, built as the trainer builds it; each row
+records which, e.g. "Muon + fused AdamW"), its gradient clipping, autocast and torch.compile, on
+random token windows (throughput does not depend on the text).
 
     python bench/train_throughput.py                       # presets × {bf16, fp32} × {compile, eager}
     python bench/train_throughput.py --presets shakespeare-char --dtypes bf16 --compile yes
@@ -21,6 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from labels import optimizer_label
 
 
 def worker(preset: str, objective: str, dtype_name: str, compile_setting: str, steps: int, warmup: int,
@@ -43,8 +47,12 @@ def worker(preset: str, objective: str, dtype_name: str, compile_setting: str, s
     dtype = pick_dtype(dtype_name, device)
     torch.manual_seed(0)
     model = Transformer(cfg.model).to(device)
-    optimizer = build_optimizer(cfg.train.optimizer, model, 1e-3, 0.1, (0.9, 0.95), ns_dtype=dtype)
-    loss_fn = make_objective(objective, "linear", tokenizer)
+    tc = cfg.train
+    optimizer = build_optimizer(tc.optimizer, model, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), ns_dtype=dtype)
+    dc = cfg.diffusion  # the preset's objective options, as the trainer passes them
+    loss_fn = make_objective(objective, dc.schedule, tokenizer, edit_prob=dc.edit_prob, antithetic=dc.antithetic,
+                             edit_weight=dc.edit_weight, prompt_prob=dc.prompt_prob, weighting=dc.weighting,
+                             weight_cap=dc.weight_cap, ar_input_mask=cfg.train.ar_input_mask)
     compiled = torch.compile(model) if should_compile(compile_setting, device) else model
     noise = torch.Generator().manual_seed(0)
     x = torch.randint(0, tokenizer.n_real_tokens, (batch, cfg.model.block_size), device=device)
@@ -53,7 +61,8 @@ def worker(preset: str, objective: str, dtype_name: str, compile_setting: str, s
         with autocast(device, dtype):
             out = loss_fn(compiled, x, noise)
         (out.nll_sum / out.n_tokens).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -79,6 +88,7 @@ def worker(preset: str, objective: str, dtype_name: str, compile_setting: str, s
     tokens = batch * cfg.model.block_size
     result = {
         "preset": preset, "objective": objective, "dtype": str(dtype).removeprefix("torch."),
+        "optimizer": optimizer_label(optimizer),
         "compile": compiled is not model, "device": str(device), "params": model.num_params(),
         "batch_size": batch, "block_size": cfg.model.block_size, "tokens_per_step": tokens,
         "median_step_s": median, "tokens_per_s": tokens / median, "timed_steps": steps,
@@ -114,7 +124,8 @@ def main() -> None:
         return
 
     results = []
-    print(f"{'preset':22s} {'dtype':9s} {'compile':7s} {'params':>8s} {'batch×T':>9s} {'tokens/s':>9s} {'peak MB':>8s}")
+    print(f"{'preset':22s} {'dtype':9s} {'compile':7s} {'optimizer':18s} {'params':>8s} {'batch×T':>9s} "
+          f"{'tokens/s':>9s} {'peak MB':>8s}")
     for preset in args.presets:
         for dtype in args.dtypes:
             for comp in args.compile:
@@ -130,8 +141,8 @@ def main() -> None:
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
                 results.append(r)
                 shape = f"{r['batch_size']:>4d}×{r['block_size']:<4d}"
-                print(f"{preset:22s} {r['dtype']:9s} {str(r['compile']):7s} {r['params'] / 1e6:7.2f}M "
-                      f"{shape} {r['tokens_per_s']:9,.0f} {r['peak_memory_mb']:8.0f}")
+                print(f"{preset:22s} {r['dtype']:9s} {str(r['compile']):7s} {r['optimizer']:18s} "
+                      f"{r['params'] / 1e6:7.2f}M {shape} {r['tokens_per_s']:9,.0f} {r['peak_memory_mb']:8.0f}")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     import torch

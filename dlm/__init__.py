@@ -7,7 +7,7 @@
 Layers. A module imports only from its own layer or the layers below it (tests/test_layering.py
 reads this table and checks every import in the package, function-level ones included):
 
-    layer 0: errors io special_ids
+    layer 0: errors io special_ids progress
     layer 1: tokenizers runtime model diffusion
     layer 2: config config_docs data objectives sampling
     layer 3: presets run_folder

@@ -292,25 +292,29 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     """A copy of cfg with the `key=value` strings applied (cfg itself is not changed)."""
     cfg = copy.deepcopy(cfg)
     for item in overrides:
-        if "=" not in item:
-            raise DlmError(f"override {item!r} is not of the form key=value (e.g. train.lr=3e-4)")
-        key, value = item.split("=", 1)
-        key = key.strip().lstrip("-").replace("-", "_")
-        key = RENAMED.get(key, key)
-        if "." in key:
-            section, name = key.split(".", 1)
-            if section not in SECTIONS:
-                raise DlmError(f"unknown config section {section!r} in {item!r}; known: {', '.join(SECTIONS)}")
-        else:
-            owners = [s for s in SECTIONS if name_in(getattr(cfg, s), key) and f"{s}.{key}" not in DERIVED]
-            if not owners:
-                raise DlmError(f"unknown config key {key!r}; `dlm presets --show NAME` lists every key")
-            if len(owners) > 1:
-                raise DlmError(f"config key {key!r} is ambiguous; write one of "
-                               + ", ".join(f"{s}.{key}" for s in owners))
-            section, name = owners[0], key
+        section, name, value = parse_override(cfg, item)
         set_field(getattr(cfg, section), name, value, f"{section}.{name}")
     return cfg
+
+
+def parse_override(cfg: RunConfig, item: str) -> tuple[str, str, str]:
+    """'lr=3e-4' → ('train', 'lr', '3e-4'): the section and field a `key=value` string sets."""
+    if "=" not in item:
+        raise DlmError(f"override {item!r} is not of the form key=value (e.g. train.lr=3e-4)")
+    key, value = item.split("=", 1)
+    key = key.strip().lstrip("-").replace("-", "_")
+    key = RENAMED.get(key, key)
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section not in SECTIONS:
+            raise DlmError(f"unknown config section {section!r} in {item!r}; known: {', '.join(SECTIONS)}")
+        return section, name, value
+    owners = [s for s in SECTIONS if name_in(getattr(cfg, s), key) and f"{s}.{key}" not in DERIVED]
+    if not owners:
+        raise DlmError(f"unknown config key {key!r}; `dlm presets --show NAME` lists every key")
+    if len(owners) > 1:
+        raise DlmError(f"config key {key!r} is ambiguous; write one of " + ", ".join(f"{s}.{key}" for s in owners))
+    return owners[0], key, value
 
 
 def name_in(obj, name: str) -> bool:

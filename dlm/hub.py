@@ -1,10 +1,12 @@
 """Hub-ready runs: a trained run as a Hugging Face model repository, and back.
 
-    dlm export --hub runs/mdlm exports/mdlm        # config.json, model.safetensors, tokenizer files, README.md
+    dlm export runs/mdlm --hub exports/mdlm        # config.json, model.safetensors, tokenizer files, README.md
     pipe = dlm.load("exports/mdlm")                # or a Hub repo id: "you/shakespeare-mdlm"
 
 `DiffusionLM` is a torch module with huggingface_hub's PyTorchModelHubMixin, so `save_pretrained`,
-`from_pretrained(path_or_repo_id)` and `push_to_hub` work as they do for any Hub model. Its
+`from_pretrained(path_or_repo_id)` and `push_to_hub` work as they do for any Hub model.
+`from_pretrained` also reads a training run folder (its newest intact checkpoint) or one checkpoint
+folder, with the EMA weights when the checkpoint has them, as `dlm.load` does. An export's
 config.json is the run's config (model, data, diffusion, train sections) and model.safetensors the
 weights (the EMA average when the run kept one). The tokenizer is written twice: `tokenizer.json`
 in Hugging Face's format with `tokenizer_config.json` and `special_tokens_map.json` (character
@@ -27,7 +29,7 @@ from dlm.config import RunConfig
 from dlm.errors import DlmError
 from dlm.io import atomic_write_json, atomic_write_text
 from dlm.model.hf_backbone import build_model
-from dlm.run_folder import clone_state, load_weights, locate_checkpoint
+from dlm.run_folder import MANIFEST, clone_state, load_weights, locate_checkpoint
 from dlm.tokenizers import Tokenizer, load_tokenizer
 
 WEIGHTS = "model.safetensors"
@@ -52,6 +54,7 @@ class DiffusionLM(nn.Module, _mixin(), library_name="dlm", license="mit",
         self.model = build_model(self.run_config.model)
         self.tokenizer: Tokenizer | None = None
         self.card: str | None = None
+        self.weights = "raw"  # what a run's checkpoint gave: 'ema' or 'raw' (an export holds one set)
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
@@ -63,6 +66,25 @@ class DiffusionLM(nn.Module, _mixin(), library_name="dlm", license="mit",
             write_tokenizer_files(self.tokenizer, save_directory)
         if self.card is not None:
             atomic_write_text(save_directory / "README.md", self.card)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, weights: str = "auto",
+                        **kwargs) -> DiffusionLM:
+        """An export folder or Hub repo id (the mixin's way), or a training run folder / one checkpoint
+        folder read directly. `weights` is for runs: 'auto' (EMA when kept), 'ema' or 'raw'."""
+        path = Path(pretrained_model_name_or_path)
+        if path.is_dir() and ((path / "checkpoints").is_dir() or (path / MANIFEST).is_file()):
+            return cls._from_run(path, weights)
+        is_export = path.is_dir() and (path / WEIGHTS).is_file() and (path / "config.json").is_file()
+        if path.exists() and not is_export:
+            raise DlmError(f"{path} is neither a training run (config.json, checkpoints/) nor an export "
+                           f"(config.json, {WEIGHTS}); pass a run's --out folder, or export one with "
+                           "dlm export RUN --hub OUT")
+        parts = str(pretrained_model_name_or_path).split("/")
+        if not is_export and not (len(parts) == 2 and all(parts) and not parts[0].startswith(".")):
+            raise DlmError(f"{path} not found; pass a run folder, an export (dlm export RUN --hub OUT) or a Hub "
+                           "repository id (user/name)")
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision=None, cache_dir=None, force_download=False,
@@ -82,6 +104,22 @@ class DiffusionLM(nn.Module, _mixin(), library_name="dlm", license="mit",
                            f"{unexpected[:3]})")
         if (folder / DLM_TOKENIZER).is_file():
             module.tokenizer = load_tokenizer(folder / DLM_TOKENIZER)
+        return module
+
+    @classmethod
+    def _from_run(cls, path: Path, weights: str = "auto") -> DiffusionLM:
+        """A training run folder (its newest intact checkpoint) or one checkpoint folder, with the EMA
+        weights when the checkpoint has them and weights is 'auto' or 'ema' (what `dlm.load` loads)."""
+        if weights not in ("auto", "ema", "raw"):
+            raise DlmError(f"weights={weights!r} is not one of auto, ema, raw")
+        run, ckpt = locate_checkpoint(path)
+        module = cls(config=run.read_config().to_dict())
+        has_ema = (ckpt / "ema.safetensors").is_file()
+        if weights == "ema" and not has_ema:
+            raise DlmError(f"checkpoint {ckpt} has no EMA weights (trained with ema_decay=0); pass weights='raw'")
+        module.weights = "ema" if has_ema and weights != "raw" else "raw"
+        load_weights(module.model, ckpt, "ema.safetensors" if module.weights == "ema" else WEIGHTS)
+        module.tokenizer = run.read_tokenizer()
         return module
 
 
@@ -181,5 +219,5 @@ def export_run(run_path: str | Path, out: str | Path, eval_json: str | Path | No
 def load_export(path_or_repo: str | Path, device: torch.device) -> tuple[DiffusionLM, RunConfig, Tokenizer]:
     module = DiffusionLM.from_pretrained(str(path_or_repo), map_location=str(device))
     if module.tokenizer is None:
-        raise DlmError(f"{path_or_repo} has no {DLM_TOKENIZER}; export it with dlm export --hub")
+        raise DlmError(f"{path_or_repo} has no {DLM_TOKENIZER}; export the run again with dlm export RUN --hub OUT")
     return module, module.run_config, module.tokenizer

@@ -23,16 +23,12 @@ from dlm.run_folder import load_weights, locate_checkpoint
 from dlm.runtime import autocast, pick_device, pick_dtype
 from dlm.sampling.autoregressive import ARDecoder
 from dlm.sampling.canvas import build_canvas
-from dlm.sampling.config import SamplerConfig
+from dlm.sampling.config import AR_TEMPERATURE, SamplerConfig
 from dlm.sampling.denoiser import Denoiser, DenoiseStep, GenerationResult
 from dlm.special_ids import SpecialIds
 from dlm.tokenizers import Tokenizer
 
 TEMPLATE_MASK = re.compile(r"\[MASK(?:\*(\d+))?\]")
-
-
-# The AR twin samples from its own distribution unless told otherwise (diffusion: SamplerConfig's default).
-AR_TEMPERATURE = 1.0
 
 
 @dataclass

@@ -28,11 +28,12 @@ def shakespeare_char_cpu() -> RunConfig:
     # 2.23, batch 16 2.23, batch 32 / lr 3e-3 2.21): small batches win on a short budget. The
     # context is 256 so that 256-character samples fit; batch 16 keeps 4,096 tokens a step.
     cfg.train.batch_size, cfg.train.lr, cfg.train.warmup_steps = 16, 5e-3, 100
-    # docs/study.md, equal tokens (3.4M) at this size, val NELBO nats/char: ELBO weight 2.240, flat
-    # 2.187, ELBO weight clipped at 5 2.139 (lr 3e-3) / 2.139 (5e-3); the bound is still what is reported.
+    # docs/study.md, "The training weighting (4 × 256, 3.4M tokens, bf16)": equal tokens at this size,
+    # val NELBO nats/char: ELBO weight 2.240, flat 2.187, ELBO weight clipped at 5 2.139 (lr 3e-3) /
+    # 2.139 (5e-3); the bound is still what is reported.
     cfg.diffusion.weighting, cfg.diffusion.weight_cap = "clipped", 5.0
-    # docs/study.md §5, equal tokens (3 × 192): Muon on the hidden matrices lowers the NELBO by 0.20
-    # and the AR twin's NLL by 0.06, for ~9 % fewer tokens per second on a CPU.
+    # docs/study.md, "The optimizer: Muon (equal tokens)", 3 × 192: Muon on the hidden matrices lowers
+    # the NELBO by 0.20 and the AR twin's NLL by 0.06, for ~9 % fewer tokens per second on a CPU.
     cfg.train.optimizer = "muon"
     cfg.train.max_steps, cfg.train.max_time = 1_000_000, 600.0
     cfg.train.eval_interval, cfg.train.ckpt_interval, cfg.train.eval_batches = 500, 500, 8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 
 import torch
@@ -47,3 +48,26 @@ def should_compile(setting: str, device: torch.device) -> bool:
         return True
     # Inductor needs a C++ compiler on CPU (and Triton on GPU, which ships with CUDA torch).
     return device.type == "cuda" or shutil.which("g++") is not None or shutil.which("c++") is not None
+
+
+def compile_model(model: torch.nn.Module, setting: str, device: torch.device) -> torch.nn.Module:
+    """`model` torch.compile'd when `setting` and the machine allow it (see should_compile)."""
+    if not should_compile(setting, device):
+        return model
+    quiet_cuda_probe()
+    return torch.compile(model)  # type: ignore[return-value]
+
+
+def quiet_cuda_probe() -> None:
+    """Silence torch's "No CUDA runtime is found, using CUDA_HOME=..." warning, and nothing else.
+
+    A CUDA build of torch (the default wheel on Linux) on a machine without a GPU logs it once when
+    inductor imports torch.utils.cpp_extension to compile for the CPU: the CUDA toolkit folder
+    exists but no GPU does. That is expected on such a machine and says nothing about the run."""
+    logger = logging.getLogger("torch.utils.cpp_extension")  # the same object once torch imports it
+    if _not_the_cuda_probe not in logger.filters:
+        logger.addFilter(_not_the_cuda_probe)
+
+
+def _not_the_cuda_probe(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("No CUDA runtime is found")

@@ -5,7 +5,10 @@ did the study find best for that many tokens?
 default model on random tokens, a few seconds, reported — turns the measured speed into the
 number of tokens the time budget buys, and applies the row of SIZE_TABLE for that many tokens.
 The choice and its reason are printed first and kept in the run's config (train.auto_size);
---preset, or key=value for the same fields, override it. The table comes from docs/study.md.
+--preset, or key=value for the same fields, override it. The probe does not run (and one line says
+why) when its answer would not be used: a `transformers` backbone (model.backbone) is the network,
+or key=value sets every field the table chooses (model.n_layer and model.d_model). The table comes
+from docs/study.md, "Size for the budget (equal tokens)".
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from dlm.config import RunConfig, apply_overrides
+from dlm.config import RunConfig, apply_overrides, parse_override
 
 # Fewest tokens of the default model (4 × 256) the budget buys → the geometry the study found best
-# for that budget (applied to the default preset, whose recipe it keeps). docs/study.md, "Quality per
-# minute": ~3.4M tokens (an AVX2-only CPU training in fp32 for 10 minutes) and ~6.8M (a CPU with
-# bf16 units) were each trained at equal tokens for the sizes that budget buys.
+# for that budget (applied to the default preset, whose recipe it keeps). docs/study.md, "Size for
+# the budget (equal tokens)": ~3.4M tokens (an AVX2-only CPU training in fp32 for 10 minutes) and
+# ~6.8M (a CPU with bf16 units) were each trained at equal tokens for the sizes that budget buys.
 SIZE_TABLE: list[tuple[float, str, list[str]]] = [
     (0.0, "3x192", ["model.n_layer=3", "model.d_model=192"]),
     (5e6, "4x192", ["model.d_model=192"]),
@@ -27,13 +30,18 @@ SIZE_TABLE: list[tuple[float, str, list[str]]] = [
 # ~7.5 epochs of Tiny Shakespeare and overfits (validation NLL rising over the last 350 steps, train
 # 1.06 against val 1.49). Hiding 10 % of its inputs behind [MASK] beat residual dropout 0.1 by 0.026
 # at equal tokens and costs no throughput; in 10-minute runs 15 % with weight decay 0.3 did best
-# (1.445 against 1.452 for 15 % and 1.456 for 10 %; four runs of it average 1.447; docs/study.md §6).
+# (1.445 against 1.452 for 15 % and 1.456 for 10 %; four runs of it average 1.447; docs/study.md,
+# "The AR twin's regulariser (equal tokens)").
 AR_EXTRA: dict[str, list[str]] = {"4x192": ["train.ar_input_mask=0.15", "train.weight_decay=0.3"]}
 # Training in earnest runs compiled and the probe eagerly. Tokens the 4 × 256 model trains in a
 # budget ≈ eager probe speed × budget × this factor (compiled speed over eager speed, less the
-# compilation and validation inside the budget). Measured on the development Xeon (docs/study.md):
+# compilation and validation inside the budget). Measured on the development Xeon (docs/study.md,
+# "Size for the budget (equal tokens)"):
 # fp32 probe 4,024 tokens/s against ~5,600 trained; bf16 5,987 against ~11,000.
 PROBE_EFFICIENCY = {"float32": 1.4, "bfloat16": 1.85}
+# The fields SIZE_TABLE sets (model.n_layer, model.d_model): when key=value sets all of them, the
+# probe's answer would be discarded, so it does not run.
+SIZE_FIELDS = tuple(dict.fromkeys(item.split("=")[0] for _, _, row in SIZE_TABLE for item in row))
 
 
 @dataclass
@@ -53,7 +61,8 @@ class SizeChoice:
         settings = " ".join(self.overrides) or "the preset as it is"
         return (f"budget probe: {self.tokens_per_s:,.0f} tokens/s ({dtype}, measured in {self.probe_s:.1f} s) → "
                 f"~{self.tokens / 1e6:.1f}M tokens of the 4×256 model in {self.budget_s:,.0f} s → size {self.name} "
-                f"({settings}), the best measured for such a budget (docs/study.md)")
+                f"({settings}), the best measured for such a budget (docs/study.md, 'Size for the budget "
+                "(equal tokens)')")
 
 
 def choose_size(tokens_per_s: float, budget_s: float, dtype: str = "float32", objective: str = "mdlm") -> SizeChoice:
@@ -107,6 +116,19 @@ def probe_tokens_per_second(cfg: RunConfig, steps: int = 3) -> tuple[float, floa
         per_step = (time.perf_counter() - timed) / steps
     tokens_per_step = cfg.train.batch_size * model_cfg.block_size
     return tokens_per_step / per_step, time.perf_counter() - started, str(dtype).removeprefix("torch.")
+
+
+def probe_skip_reason(cfg: RunConfig, user_overrides: list[str]) -> str | None:
+    """Why the probe would be pointless for this config (None: run it). cfg has the overrides applied."""
+    fields = " and ".join(SIZE_FIELDS)
+    if cfg.model.backbone:
+        return (f"budget probe skipped: model.backbone={cfg.model.backbone} is the network, and the probe sizes "
+                f"dlm's own Transformer (a backbone ignores {fields})")
+    given = {".".join(parse_override(cfg, item)[:2]) for item in user_overrides}
+    if all(key in given for key in SIZE_FIELDS):
+        return (f"budget probe skipped: {fields} are given, and they are all it would choose (the preset runs "
+                "as it is at that size)")
+    return None
 
 
 def auto_size(cfg: RunConfig, user_overrides: list[str]) -> tuple[RunConfig, SizeChoice, str]:

@@ -53,6 +53,29 @@ def test_export_round_trip_gives_identical_logits(trained, tmp_path: Path, twin:
         assert torch.equal(module(x), original.model(x))
 
 
+def test_from_pretrained_reads_a_training_run(trained, tmp_path: Path) -> None:
+    from dlm.hub import DiffusionLM
+
+    run = trained["mdlm"]
+    pipe, raw = dlm.load(run, dtype="fp32"), dlm.load(run, dtype="fp32", weights="raw")
+    x = torch.randint(0, pipe.tokenizer.n_real_tokens, (2, 32))
+    module = DiffusionLM.from_pretrained(str(run))  # the newest intact checkpoint, EMA weights as dlm.load
+    assert module.weights == pipe.weights == "ema"
+    with torch.no_grad():
+        assert torch.equal(module(x), pipe.model(x))
+        assert torch.equal(DiffusionLM.from_pretrained(pipe.checkpoint)(x), pipe.model(x))  # one checkpoint folder
+        assert torch.equal(DiffusionLM.from_pretrained(run, weights="raw")(x), raw.model(x))
+    assert module.tokenizer.encode("The cat") == pipe.tokenizer.encode("The cat")
+    assert module.run_config.to_dict() == pipe.config.to_dict()
+    # Neither a run nor an export: one line that says what to pass, and how to make an export.
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(dlm.DlmError, match="neither a training run") as caught:
+        DiffusionLM.from_pretrained(str(tmp_path / "empty"))
+    assert "\n" not in str(caught.value) and "dlm export RUN --hub OUT" in str(caught.value)
+    with pytest.raises(dlm.DlmError, match="not found"):
+        DiffusionLM.from_pretrained(str(tmp_path / "no" / "such" / "run"))
+
+
 def test_the_model_card_names_its_metrics_source(trained, tmp_path: Path) -> None:
     out = tmp_path / "export"
     assert main(["export", str(trained["mdlm"]), "--hub", str(out)]) == 0

@@ -216,3 +216,36 @@ def test_eval_l2r_on_a_subset_reports_the_bound_on_the_same_windows(tiny_twins: 
     # Both are per-token figures of the same text: finite, positive, and under a uniform guess's.
     for value in (l2r["nats_per_token"], l2r["nelbo_same_windows"]):
         assert 0 < value < math.log(80)
+
+
+def test_eval_l2r_scores_32_windows_by_default_and_says_so_first(tiny_twins: dict, tmp_path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from dlm.cli import main
+
+    monkeypatch.setenv("DLM_CACHE", str(tiny_twins["root"] / "cache"))
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--ckpt", str(tiny_twins["mdlm"]), "--max-passes", "2", "--quiet", "--l2r",
+                 "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["left_to_right"]["windows"] == 32 < result["windows"]
+    out = capsys.readouterr().out
+    plan = next(line for line in out.splitlines() if line.startswith("  left-to-right: "))
+    assert plan.startswith(f"  left-to-right: the first 32 of {result['windows']} windows × 64 positions = 2,048 "
+                           "sequences, about ")
+    assert plan.endswith("(--l2r-windows N or --l2r-windows all to change)")
+    assert out.index(plan) < out.index("left-to-right NLL")  # said before it starts
+    assert "NELBO on the same 32 windows" in out
+
+
+def test_l2r_windows_takes_a_count_or_all() -> None:
+    from dlm.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["eval", "--ckpt", "run"]).l2r_windows == 32
+    assert parse(["eval", "--ckpt", "run", "--l2r-windows", "all"]).l2r_windows == 0  # 0: every window
+    assert parse(["eval", "--ckpt", "run", "--l2r-windows", "8"]).l2r_windows == 8
+    with pytest.raises(SystemExit):
+        parse(["eval", "--ckpt", "run", "--l2r-windows", "many"])

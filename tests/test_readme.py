@@ -57,3 +57,22 @@ def test_the_quick_start_runs(tmp_path: Path, corpus_file: Path, monkeypatch: py
     assert len(sample.rstrip("\n")) >= 256  # 256 generated characters
     assert "NELBO (upper bound on NLL) on val" in eval_mdlm and (tmp_path / "val.json").is_file()
     assert "NLL (exact) on val" in eval_ar
+
+
+def python_blocks(page: Path = README) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.DOTALL)
+
+
+def test_the_python_example_runs(tmp_path: Path, corpus_text: str, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture) -> None:
+    """The README's Python block, on a tiny run standing in for the 10-minute one."""
+    (block,) = python_blocks()
+    corpus = tmp_path / "corpus.txt"  # every character the block's prompts use
+    corpus.write_text(corpus_text + "".join(sorted(set(block))), encoding="utf-8")
+    run = tmp_path / "runs" / "shakespeare-char-cpu-mdlm"
+    assert main(["train", "--preset", "tiny", "--data", str(corpus), "--out", str(run), "--max-steps", "20",
+                 "--quiet", "model.block_size=256"]) == 0
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})  # noqa: S102 (our own README)
+    printed = capsys.readouterr().out
+    assert printed.count("committed") == 16 and "ROMEO:" in printed

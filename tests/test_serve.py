@@ -1,8 +1,10 @@
 """`dlm serve` with the official openai client: models, completions, chat, streaming, the diffusion
-extras and frames, errors, the API key, a client that leaves, and a load of concurrent streams."""
+extras and frames, errors, the request limits and their flags, the API key, a client that leaves,
+and a load of concurrent streams. The engine's scheduling is tested in test_serve_engine.py."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import socket
@@ -19,7 +21,8 @@ httpx = pytest.importorskip("httpx", reason="the raw streaming tests use httpx")
 
 import dlm  # noqa: E402
 from dlm.cli import main  # noqa: E402
-from dlm.serve.app import Limits, create_app  # noqa: E402
+from dlm.serve.app import ApiError, Limits, create_app, parse_request  # noqa: E402
+from dlm.serve.limits import add_limit_flags, limits_from_args  # noqa: E402
 
 
 def free_port() -> int:
@@ -67,7 +70,8 @@ def runs(tiny_twins, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 @pytest.fixture(scope="module")
 def server(runs):
     pipes = {name: dlm.load(path) for name, path in runs.items()}
-    server = Server(create_app(pipes, limits=Limits(max_tokens=48, max_steps=64), max_batch=8, max_queue=48))
+    limits = Limits(max_tokens=48, max_steps=64, max_prompts=8, max_request_tokens=256)
+    server = Server(create_app(pipes, limits=limits, max_batch=8, max_queue=48))
     yield server
     server.stop()
 
@@ -147,12 +151,65 @@ def test_chat_completions(server) -> None:
     ({"model": "mdlm", "prompt": 5}, 400, "prompt must be a string or a list of strings"),
     ({"model": "mdlm", "prompt": "x", "n": 99}, 400, "n=99 must be between 1 and 8"),
     ({"model": "mdlm", "prompt": "Ω"}, 400, "not in the tokenizer's vocabulary"),
+    ({"model": "mdlm", "prompt": ["x"] * 9}, 400,
+     "this request has 9 prompts; the limit per request is 8 (dlm serve --max-prompts)"),
+    ({"model": "mdlm", "prompt": ["x"] * 4, "n": 2, "max_tokens": 40}, 400,
+     "this request asks for 4 prompts × n=2 × 40 tokens = 320 tokens; the limit per request is 256 "
+     "(dlm serve --max-request-tokens)"),
+    ({"model": "mdlm", "prompt": "x", "n": 8, "max_tokens": 8, "steps": 40}, 400,
+     "1 prompt × n=8 × 40 steps = 320 tokens; the limit per request is 256"),
 ])
 def test_bad_requests_get_openai_style_errors(server, body: dict, status: int, fragment: str) -> None:
     response = httpx.post(f"{server.url}/v1/completions", json=body, timeout=30)
     assert response.status_code == status
     error = response.json()["error"]
     assert fragment in error["message"] and error["type"] and "param" in error
+
+
+def test_a_request_over_the_limit_says_how_to_fit(server) -> None:
+    body = {"model": "mdlm", "prompt": ["x"] * 8, "max_tokens": 33}  # 8 × 33 = 264 > 256
+    response = httpx.post(f"{server.url}/v1/completions", json=body, timeout=30)
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["code"] == "request_too_large" and error["param"] == "max_tokens"
+    assert "send fewer prompts" in error["message"]
+    with pytest.raises(openai.BadRequestError, match="--max-request-tokens"):
+        server.client().completions.create(model="mdlm", prompt=["x"] * 8, max_tokens=33)
+
+
+def test_a_request_at_the_limit_is_answered(server) -> None:
+    engine = server.server.config.app.state.engine
+    batches = engine.batches_run
+    # 4 prompts × n=4 × 16 tokens = 256, the limit: 16 rows, two batches of max_batch=8.
+    result = server.client().completions.create(model="mdlm", prompt=["The ", "A", "he", "Rome"], n=4,
+                                                max_tokens=16, seed=5, extra_body={"steps": 4})
+    assert sorted(c.index for c in result.choices) == list(range(16))
+    assert all(len(c.text) == 16 for c in result.choices) and result.usage.completion_tokens == 256
+    assert engine.batches_run - batches == 2
+    # The AR twin takes one step per token whatever `steps` says, so its steps do not count.
+    ar = server.client().completions.create(model="ar", prompt="The ", n=8, max_tokens=8, seed=0,
+                                            extra_body={"steps": 64})
+    assert len(ar.choices) == 8
+
+
+def test_chat_counts_the_room_of_its_reply(server) -> None:
+    pipes = server.server.config.app.state.engine.pipes
+    body = {"model": "chat", "messages": [{"role": "user", "content": "The cat sat."}]}
+    fragment = r"1 reply × \d+ tokens = .*\(the default is the rest of the context\)"
+    with pytest.raises(ApiError, match=fragment) as caught:
+        parse_request(body, pipes, Limits(max_request_tokens=16), chat=True)
+    assert caught.value.status == 400
+    assert parse_request({**body, "max_tokens": 16}, pipes, Limits(max_request_tokens=16), chat=True).length == 16
+
+
+def test_the_limits_are_flags() -> None:
+    parser = argparse.ArgumentParser()
+    add_limit_flags(parser)
+    limits = limits_from_args(parser.parse_args(["--max-prompts", "3", "--max-request-tokens", "100"]))
+    assert (limits.max_prompts, limits.max_request_tokens, limits.max_tokens) == (3, 100, Limits().max_tokens)
+    assert all(flag in parser.format_help() for flag in ("--max-tokens-limit", "--max-steps-limit", "--max-prompts",
+                                                          "--max-request-tokens"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--max-request-tokens", "0"])
 
 
 def test_not_json_is_a_400(server) -> None:

@@ -50,14 +50,15 @@ def test_train_without_a_preset_probes_and_records_why(tmp_path: Path, corpus_fi
     monkeypatch.setattr(sizing, "probe_tokens_per_second", lambda cfg, steps=3: (slow, 1.5, "float32"))
     run = tmp_path / "run"
     args = ["train", "--data", str(corpus_file), "--out", str(run), "--max-steps", "2", "--quiet",
-            "model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.block_size=32", "compile=no"]
+            "model.d_model=32", "model.n_head=2", "model.block_size=32", "compile=no"]
     assert main(args) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith(f"dlm: budget probe: {slow:,.0f} tokens/s (float32, measured in 1.5 s)")
     assert f"size {low[1]}" in first
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["auto_size"] == first.removeprefix("dlm: ")
-    assert config["model"]["n_layer"] == 1 and config["model"]["d_model"] == 32  # the user's key=value wins
+    assert "model.n_layer=3" in low[2] and config["model"]["n_layer"] == 3  # the probe's row
+    assert config["model"]["d_model"] == 32  # the user's key=value wins
     # An explicit preset: no probe.
     assert main(["train", "--preset", "tiny", "--data", str(corpus_file), "--out", str(tmp_path / "b"),
                  "--max-steps", "2", "--quiet"]) == 0
@@ -80,3 +81,53 @@ def test_the_probe_measures_a_real_speed() -> None:
 
     speed, seconds, dtype = sizing.probe_tokens_per_second(tiny(), steps=2)
     assert speed > 0 and seconds > 0 and dtype in ("bfloat16", "float32")
+
+
+def test_the_probe_does_not_run_when_its_answer_would_be_ignored() -> None:
+    from dlm.config import apply_overrides
+    from dlm.presets import get_preset
+
+    def reason(*overrides: str) -> str | None:
+        return sizing.probe_skip_reason(apply_overrides(get_preset("shakespeare-char-cpu"), list(overrides)),
+                                        list(overrides))
+
+    assert sizing.SIZE_FIELDS == ("model.n_layer", "model.d_model")
+    assert reason() is None and reason("model.n_layer=2") is None and reason("lr=1e-3") is None
+    # Every field the table chooses is given (bare or dotted keys): the size is the user's.
+    assert reason("n_layer=2", "model.d_model=64").startswith("budget probe skipped: model.n_layer and "
+                                                              "model.d_model are given")
+    assert "is the network" in reason("model.backbone=hf:some/folder")
+
+
+def tiny_bert_folder(folder: Path, text: str) -> Path:
+    """A BertForMaskedLM built from a config (no download), with a WordPiece tokenizer trained on `text`."""
+    transformers = pytest.importorskip("transformers", reason="backbones need transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    rust = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    rust.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    rust.train_from_iterator(text.splitlines(), trainers.WordPieceTrainer(
+        vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False))
+    transformers.PreTrainedTokenizerFast(tokenizer_object=rust, unk_token="[UNK]", pad_token="[PAD]",
+                                         cls_token="[CLS]", sep_token="[SEP]",
+                                         mask_token="[MASK]").save_pretrained(folder)
+    config = transformers.BertConfig(vocab_size=rust.get_vocab_size(), hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    transformers.BertForMaskedLM(config).save_pretrained(folder)
+    return folder
+
+
+def test_a_backbone_run_skips_the_probe(tmp_path: Path, corpus_file: Path, monkeypatch,
+                                        capsys: pytest.CaptureFixture) -> None:
+    bert = tiny_bert_folder(tmp_path / "bert", corpus_file.read_text())
+
+    def no_probe(cfg, steps=3):  # noqa: ANN001, ANN202
+        raise AssertionError("the probe timed dlm's Transformer for a run whose network is a backbone")
+
+    monkeypatch.setattr(sizing, "probe_tokens_per_second", no_probe)
+    assert main(["train", "--data", str(corpus_file), "--out", str(tmp_path / "run"), "--max-steps", "2", "--quiet",
+                 f"model.backbone=hf:{bert}", "model.backbone_init=config", "model.block_size=32",
+                 "train.batch_size=4", "compile=no"]) == 0
+    out = capsys.readouterr().out
+    assert f"dlm: budget probe skipped: model.backbone=hf:{bert} is the network" in out.splitlines()[0]
+    assert "budget probe:" not in out

@@ -51,10 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    import warnings
-
-    warnings.formatwarning = lambda message, *args, **kwargs: f"dlm: warning: {message}\n"
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line as `main` reads it (bad input exits 2 with argparse's message); tests/test_docs.py
+    checks the documented commands with it."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come between flags (argparse takes only one run of positionals).
@@ -63,6 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = lambda message, *args, **kwargs: f"dlm: warning: {message}\n"
+    args = parse_args(argv)
     try:
         return args.func(args)
     except DlmError as e:

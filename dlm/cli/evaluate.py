@@ -8,6 +8,10 @@ from pathlib import Path
 
 from dlm.sampling.flags import add_sampler_flags
 
+L2R_WINDOWS = 32
+"""Windows `--l2r` scores by default: minutes on a CPU, where the whole Tiny Shakespeare split
+(435 windows × 256 positions, one forward pass each) takes an hour or more."""
+
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import dataclasses
@@ -57,13 +61,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from dlm.eval.likelihood import evaluate_left_to_right
 
         scored = windows[:args.l2r_windows] if args.l2r_windows else windows
+        print(l2r_plan(len(scored), len(windows), windows.shape[1],
+                       result["seconds"] / (result["passes"] * len(windows))), flush=True)
         l2r = evaluate_left_to_right(pipe.model, scored, tok.special, device=pipe.device, dtype=dtype,
                                      batch_size=max(1, args.batch_size // 16), progress=not args.quiet,
                                      time_conditioned=pipe.config.model.time_conditioning)
         if len(scored) < len(windows):  # the bound on exactly those windows, for a paired comparison
             same = evaluate_likelihood(pipe.model, scored, tok.special, causal=False, device=pipe.device, dtype=dtype,
                                        batch_size=args.batch_size, seed=args.seed, target_se=args.target_se,
-                                       max_passes=args.max_passes, progress=False)
+                                       max_passes=args.max_passes, progress=not args.quiet)
             l2r["nelbo_same_windows"] = same["nats_per_token"]
             l2r["nelbo_same_windows_mc_standard_error"] = same["mc_standard_error"]
         result["left_to_right"] = l2r
@@ -97,6 +103,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def l2r_plan(scored: int, available: int, length: int, seconds_per_sequence: float) -> str:
+    """The line `--l2r` prints before it starts: what it scores, about how long that takes, how to change it.
+
+    The estimate is the NELBO's pace per sequence: both run one forward pass per sequence of the
+    context length (docs/results.md: 262 s for 8,192 left-to-right sequences against ~10 s for the
+    NELBO's 320, 32 and 31 ms each)."""
+    sequences = scored * length
+    which = "all" if scored == available else f"the first {scored} of {available}"
+    change = "--l2r-windows N for fewer" if scored == available else "--l2r-windows N or --l2r-windows all to change"
+    return (f"  left-to-right: {which} windows × {length} positions = {sequences:,} sequences, about "
+            f"{_duration(sequences * seconds_per_sequence)} at the NELBO's speed ({change})")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def _window_count(text: str) -> int:
+    """--l2r-windows: a count of windows, or 'all' (0, as 0 always meant)."""
+    if text.strip().lower() == "all":
+        return 0
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of windows nor 'all'")
+    return count
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from dlm.viz.report import write_report
 
@@ -120,9 +158,11 @@ def register(sub) -> None:
                    help="add passes until the Monte-Carlo standard error is below this (nats)")
     p.add_argument("--max-passes", type=int, default=200)
     p.add_argument("--l2r", action="store_true", help="also the exact left-to-right NLL of a diffusion model "
-                   "(one forward pass per position: about context-length times the cost of one NELBO pass)")
-    p.add_argument("--l2r-windows", type=int, default=0, metavar="N",
-                   help="with --l2r: score only the first N windows of the split (default: all)")
+                   "(one forward pass per position of each window scored; see --l2r-windows)")
+    p.add_argument("--l2r-windows", type=_window_count, default=L2R_WINDOWS, metavar="N|all",
+                   help=f"with --l2r: score the first N windows of the split, and the NELBO on the same windows "
+                   f"for a paired comparison (default: {L2R_WINDOWS}); 'all': every window, about an hour on "
+                   "Tiny Shakespeare on a CPU")
     p.add_argument("--noise-curve", type=int, default=0, metavar="LEVELS",
                    help="also report the loss per masked token at LEVELS noise levels (diffusion runs)")
     p.add_argument("--gen", type=int, default=0, metavar="N",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from dlm.errors import DlmError
+from dlm.serve.limits import add_limit_flags, limits_from_args
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -19,7 +20,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise DlmError("dlm serve needs FastAPI and uvicorn, which are not installed; "
                        "pip install 'dlm[serve]'") from None
     from dlm.inference import load
-    from dlm.serve.app import Limits, create_app
+    from dlm.serve.app import create_app
 
     pipes = {}
     for path in [args.ckpt, *(args.ar or [])]:
@@ -30,7 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK and not api_key:
         print(f"dlm: warning: serving on {args.host} without an API key: anyone who can reach this machine can "
               "use it (--api-key KEY or DLM_API_KEY protects it)", file=sys.stderr)
-    limits = Limits(max_tokens=args.max_tokens_limit, max_steps=args.max_steps_limit)
+    limits = limits_from_args(args)
     app = create_app(pipes, api_key=api_key, limits=limits, max_batch=args.max_batch, max_queue=args.max_queue)
     print(f"dlm: serving {', '.join(pipes)} on http://{args.host}:{args.port}/ (OpenAI API under /v1"
           f"{', API key required' if api_key else ''}); Ctrl-C stops", flush=True)
@@ -51,10 +52,12 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (default: $DLM_API_KEY, else none)")
-    p.add_argument("--max-batch", type=int, default=16, help="rows decoded together at most")
-    p.add_argument("--max-queue", type=int, default=64, help="requests waiting at most; more get HTTP 429")
-    p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask for")
-    p.add_argument("--max-steps-limit", type=int, default=1024, help="largest steps a request may ask for")
+    p.add_argument("--max-batch", type=int, default=16, help="rows decoded together at most; a request with "
+                   "more rows (prompts × n) runs as several batches, taking turns with other requests "
+                   "(default: %(default)s)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting at most; more get HTTP 429 "
+                   "(default: %(default)s)")
+    add_limit_flags(p)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
     p.set_defaults(func=cmd_serve)

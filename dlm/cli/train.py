@@ -62,11 +62,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = apply_overrides(cfg, overrides)
     fresh_default = not (resume and run.has_config()) and not args.preset and cfg.preset == "shakespeare-char-cpu"
     if fresh_default and cfg.train.max_time > 0 and "RANK" not in os.environ:
-        from dlm.sizing import auto_size
+        from dlm.sizing import auto_size, probe_skip_reason
 
         cfg.validate()  # a bad key=value fails now, not after the probe's seconds
-        cfg, _, reason = auto_size(cfg, overrides)  # a size for this machine's speed; key=value still wins
-        print(f"dlm: {reason}", flush=True)
+        skipped = probe_skip_reason(cfg, overrides)
+        if skipped is None:
+            cfg, _, reason = auto_size(cfg, overrides)  # a size for this machine's speed; key=value still wins
+        print(f"dlm: {skipped or reason}", flush=True)
     if run_dir is None:
         run_dir = Path("runs") / f"{cfg.preset or 'run'}-{cfg.train.objective}"
     result = train(cfg, run_dir, resume=resume, quiet=args.quiet, fresh_optimizer=args.fresh_optimizer)

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from dlm.data.config import DataConfig
 from dlm.data.corpus import cache_dir
 from dlm.data.sources import CHUNK_CHARS, Chunk, corpus_chunks, describe
 from dlm.errors import DlmError
 from dlm.io import atomic_write_json
+from dlm.progress import Progress
 from dlm.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer
 
 FORMAT_VERSION = 2
@@ -91,7 +91,7 @@ def stream_tokens(chunks: Iterator[Chunk], tokenizer: Tokenizer, out_path: Path,
     workers = workers or min(8, os.cpu_count() or 1)
     eos = np.array([tokenizer.eos_id], dtype=dtype)
     count, last_doc, has_text = 0, None, False
-    bar = tqdm(unit="tok", unit_scale=True, desc="tokenizing", disable=not progress, leave=False)
+    bar = Progress(unit="tok", unit_scale=True, desc="tokenizing", enabled=progress, leave=False)
     with open(out_path, "wb") as f, ThreadPoolExecutor(workers) as pool:
         pending: list = []
 

@@ -27,11 +27,11 @@ import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from dlm.diffusion.schedules import Linear
 from dlm.objectives.autoregressive import ar_loss
 from dlm.objectives.mdlm import mdlm_loss
+from dlm.progress import Progress
 from dlm.runtime import autocast
 from dlm.special_ids import SpecialIds
 
@@ -39,6 +39,20 @@ from dlm.special_ids import SpecialIds
 def _stratified_t(n: int, generator: torch.Generator) -> torch.Tensor:
     u = torch.rand(1, generator=generator)
     return ((u + torch.randperm(n, generator=generator).float() / n) % 1.0)
+
+
+def passes_needed(passes: int, mc_se: float, target_se: float, min_passes: int, max_passes: int) -> int:
+    """How many passes the NELBO estimate will take in all, judged after `passes` of them with
+    Monte-Carlo s.e. `mc_se`: s.e. ∝ 1/√passes, so reaching `target_se` takes about
+    passes·(mc_se/target_se)², at least `min_passes` and one more than now, at most `max_passes`.
+    This is the progress bar's total (the cap alone made a 4-pass job's ETA read two hours)."""
+    if mc_se < target_se:
+        needed = passes  # the loop stops here once min_passes are done
+    elif target_se > 0 and math.isfinite(mc_se):
+        needed = max(math.ceil(passes * (mc_se / target_se) ** 2), passes + 1)
+    else:
+        needed = max_passes
+    return min(max(needed, min_passes), max(max_passes, passes))
 
 
 @torch.no_grad()
@@ -50,7 +64,7 @@ def evaluate_likelihood(model: torch.nn.Module, windows: torch.Tensor, special: 
     Returns a dict of figures in nats/token (see module docstring)."""
     model.eval()
     N, L = windows.shape
-    generator = torch.Generator().manual_seed(seed)
+    generator, started = torch.Generator().manual_seed(seed), time.perf_counter()
 
     def one_pass(t_all: torch.Tensor | None) -> np.ndarray:
         per_window = []
@@ -71,17 +85,20 @@ def evaluate_likelihood(model: torch.nn.Module, windows: torch.Tensor, special: 
         mc_se = 0.0
     else:
         passes, window_sums = [], np.zeros(N)
-        bar = tqdm(total=max_passes, disable=not progress, desc="eval passes", leave=False)
+        bar = Progress(total=min(min_passes, max_passes), enabled=progress, desc="eval passes", unit="pass",
+                       leave=False)
         while True:
             estimate = one_pass(_stratified_t(N, generator))
             window_sums += estimate
             passes.append(estimate.mean())
-            bar.update(1)
-            if len(passes) >= 2:
+            if len(passes) >= 2:  # an s.e. needs two passes; the total is then re-estimated from it
                 mc_se = float(np.std(passes, ddof=1) / math.sqrt(len(passes)))
                 bar.set_postfix(nelbo=f"{np.mean(passes):.4f}", se=f"{mc_se:.4f}")
-                if (len(passes) >= min_passes and mc_se < target_se) or len(passes) >= max_passes:
-                    break
+                bar.total = passes_needed(len(passes), mc_se, target_se, min_passes, max_passes)
+            bar.update(1)
+            if len(passes) >= 2 and ((len(passes) >= min_passes and mc_se < target_se)
+                                     or len(passes) >= max_passes):
+                break
         bar.close()
         per_window = window_sums / len(passes)
     nats = float(np.mean(passes))
@@ -99,6 +116,7 @@ def evaluate_likelihood(model: torch.nn.Module, windows: torch.Tensor, special: 
         "tokens": N * L,
         "seed": seed,
         "estimator_schedule": None if causal else "linear",
+        "seconds": time.perf_counter() - started,
     }
 
 
@@ -142,7 +160,7 @@ def evaluate_left_to_right(model: torch.nn.Module, windows: torch.Tensor, specia
     vocab = None
     started, passes, per_window = time.perf_counter(), 0, np.zeros(N)
     columns = torch.arange(L)
-    bar = tqdm(total=N * L, disable=not progress, desc="left-to-right", leave=False, unit="pos")
+    bar = Progress(total=N * L, enabled=progress, desc="left-to-right", leave=False, unit="pos")
     for w in range(0, N, batch_size):
         x = windows[w:w + batch_size].to(device)  # (b, L)
         b = len(x)

@@ -4,7 +4,9 @@ Options combine freely: an unmasking order, the committed-per-step counts of a n
 optional confidence-threshold parallel decoding, semi-autoregressive blocks with or without a KV
 cache, ReMDM remasking, editing of visible tokens, classifier-free guidance and a stop at the
 first completed [EOS]. The defaults (random order, temperature 0.8, over the whole canvas) are the
-measured best of docs/study.md: confidence decoding, the old default, collapses into repetition.
+measured best of docs/study.md, "The default sampler": confidence decoding, the old default,
+collapses into repetition. An AR run samples at AR_TEMPERATURE (1) unless given a temperature
+(dlm.inference applies it).
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from dataclasses import dataclass, fields
 from dlm.errors import DlmError
 
 ORDERS = ("confidence", "margin", "entropy", "random", "ancestral")
+# The AR twin samples from its own distribution unless told otherwise (diffusion: SamplerConfig's default).
+AR_TEMPERATURE = 1.0
 
 
 @dataclass
 class SamplerConfig:
     sampler: str = "random"
-    """Unmasking order (default random: chosen by measurement, docs/study.md). confidence: commit the
-    drawn tokens the model gives the highest probability;
+    """Unmasking order (default random: chosen by measurement, docs/study.md, "The default sampler").
+    confidence: commit the drawn tokens the model gives the highest probability;
     margin: largest top-1 − top-2 probability; entropy: lowest predictive entropy; random: a uniformly
     random order; ancestral: MDLM's reverse step (each mask revealed with probability
     (α_s − α_t)/(1 − α_t), so the count per step is random)."""
@@ -28,7 +32,8 @@ class SamplerConfig:
     """Denoising steps over the whole canvas (shared among blocks when block_length > 0)."""
     temperature: float = 0.8
     """Softmax temperature of the token draws; 0 = greedy. Default 0.8 for diffusion models (measured,
-    docs/study.md); an AR run samples at 1 (its own distribution) unless a temperature is given."""
+    docs/study.md, "The default sampler"); an AR run samples at 1 (AR_TEMPERATURE, its own distribution)
+    unless a temperature is given."""
     top_k: int = 0
     """Draw from the k most likely tokens only (0 = all)."""
     top_p: float = 1.0

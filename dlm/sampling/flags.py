@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dlm.sampling.config import ORDERS, SamplerConfig
+from dlm.sampling.config import AR_TEMPERATURE, ORDERS, SamplerConfig
 
 DEFAULTS = SamplerConfig()  # one source of defaults for the flags, the API and the server
 
@@ -15,10 +15,10 @@ def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sampler", default=None, choices=ORDERS,
                    help="unmasking order: confidence (max probability), margin (top-1 − top-2), entropy, "
                    f"random, or ancestral (MDLM's reverse step). Default: {DEFAULTS.sampler} (measured, "
-                   "docs/study.md and docs/chat.md)")
+                   "docs/study.md, 'The default sampler', and docs/chat.md)")
     g.add_argument("--temperature", type=float, default=None,
                    help=f"softmax temperature; 0 = greedy (default {DEFAULTS.temperature:g} for diffusion runs, "
-                   "1 for AR runs)")
+                   f"{AR_TEMPERATURE:g} for AR runs)")
     g.add_argument("--top-k", type=int, default=0, help="draw from the k most likely tokens (0 = all)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     g.add_argument("--repetition-penalty", type=float, default=1.0,

@@ -11,7 +11,9 @@ top_k, block_length, block_context, kv_cache, threshold, remask, repetition_pena
 stop_at_eos, schedule. With `stream: true` the answer comes as server-sent events in OpenAI's
 chunk format, the text that is final so far as ordinary deltas; `dlm_frames: true` adds, in the
 same chunks, a `dlm_frame` field with the whole canvas after each denoising step (masks as null),
-for clients that draw it. Every bad request gets a 4xx with an OpenAI-style error object.
+for clients that draw it. Every bad request gets a 4xx with an OpenAI-style error object,
+including one that asks for more work than the limits allow (limits.py: prompts per request, and
+prompts × n × max_tokens generated tokens per request).
 
 FastAPI is imported at the top (its route signatures are read from this module's names); the
 command imports this module only when serving.
@@ -25,7 +27,6 @@ import json
 import random
 import time
 import uuid
-from dataclasses import dataclass
 from importlib import resources
 
 from fastapi import FastAPI, Request
@@ -36,20 +37,12 @@ from dlm.errors import DlmError
 from dlm.inference import Pipeline
 from dlm.sampling.config import SamplerConfig
 from dlm.serve.engine import Engine, Job, QueueFull
+from dlm.serve.limits import Limits
 
 EXTRA_FIELDS = ("steps", "sampler", "top_k", "block_length", "block_context", "kv_cache", "threshold", "remask",
                 "repetition_penalty", "eos_penalty", "stop_at_eos", "schedule")
 UNSUPPORTED = {"stop": None, "logprobs": None, "echo": False, "best_of": None, "suffix": None, "tools": None,
                "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": None, "response_format": None}
-
-
-@dataclass
-class Limits:
-    max_tokens: int = 1024
-    """Largest max_tokens a request may ask for (the model's context caps it too)."""
-    max_steps: int = 1024
-    max_n: int = 8
-    default_max_tokens: int = 128
 
 
 class ApiError(Exception):
@@ -101,11 +94,14 @@ def parse_request(body, pipes: dict[str, Pipeline], limits: Limits, chat: bool) 
         raise ApiError(400, f"max_tokens={max_tokens} must be between 1 and {min(limits.max_tokens, context - 1)} "
                        f"(the model's context is {context} tokens)", param="max_tokens")
     options = {k: body[k] for k in EXTRA_FIELDS if body.get(k) is not None}
+    steps = _number(body, "steps", None, int)
+    if steps is not None:
+        options["steps"] = steps
     if body.get("temperature") is not None:  # unset: the model's default (diffusion 0.8, AR 1)
         options["temperature"] = _number(body, "temperature", None, float)
     options["top_p"] = _number(body, "top_p", 1.0, float)
-    if options.get("steps") is not None and not 1 <= int(options["steps"]) <= limits.max_steps:
-        raise ApiError(400, f"steps={options['steps']} must be between 1 and {limits.max_steps}", param="steps")
+    if steps is not None and not 1 <= steps <= limits.max_steps:
+        raise ApiError(400, f"steps={steps} must be between 1 and {limits.max_steps}", param="steps")
     try:
         SamplerConfig.from_kwargs(**options)
     except (DlmError, TypeError) as e:
@@ -117,16 +113,27 @@ def parse_request(body, pipes: dict[str, Pipeline], limits: Limits, chat: bool) 
         if n != 1:
             raise ApiError(400, "n > 1 is not supported for chat completions", param="n")
         try:
-            ChatTemplate(pipe.tokenizer)
+            template = ChatTemplate(pipe.tokenizer)
             job.messages = check_conversation({"messages": body.get("messages")}, "messages")
         except DlmError as e:
             raise ApiError(400, str(e), param="messages") from None
-        job.prompt_tokens = len(ChatTemplate(pipe.tokenizer).prompt(job.messages))
+        job.prompt_tokens = len(template.prompt(job.messages))
+        # The reply's room as Pipeline.chat_decoder sets it: by default the rest of the context.
+        room = max_tokens or context - len(template.prompt(job.messages, max_len=context - context // 4))
+        check_work(limits, 1, "1 reply", room, steps, pipe.is_autoregressive,
+                   "ask for a smaller max_tokens" + ("" if max_tokens else " (the default is the rest of the context)"))
         return job
     prompt = body.get("prompt", "")
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise ApiError(400, "prompt must be a string or a list of strings", param="prompt")
+    if len(prompts) > limits.max_prompts:
+        raise ApiError(400, f"this request has {len(prompts):,} prompts; the limit per request is "
+                       f"{limits.max_prompts:,} (dlm serve --max-prompts): send them in several requests",
+                       param="prompt", code="request_too_large")
+    what = f"{len(prompts):,} prompt{'s' * (len(prompts) > 1)}" + (f" × n={n}" if n > 1 else "")
+    check_work(limits, len(prompts) * n, what, job.length, steps, pipe.is_autoregressive,
+               "send fewer prompts (or the rest in another request), a smaller n or max_tokens")
     try:
         lengths = [len(pipe.encode_prompt(p, job.length)) for p in prompts]
     except DlmError as e:
@@ -135,6 +142,21 @@ def parse_request(body, pipes: dict[str, Pipeline], limits: Limits, chat: bool) 
     job.prompts, job.prompt_tokens = prompts, sum(lengths)
     job.seeds = [seed + i for _ in prompts for i in range(n)]
     return job
+
+
+def check_work(limits: Limits, rows: int, what: str, tokens: int, steps: int | None, autoregressive: bool,
+               fix: str) -> None:
+    """Bound the work of one request: rows × the tokens each generates, or × its denoising steps
+    when there are more of them (each step runs the model over the row's canvas; the AR twin takes
+    one step per token, whatever `steps` says)."""
+    counted, unit = tokens, "tokens"
+    if steps is not None and steps > tokens and not autoregressive:
+        counted, unit, fix = steps, "steps", "ask for fewer steps, or " + fix
+    work = rows * counted
+    if work > limits.max_request_tokens:
+        raise ApiError(400, f"this request asks for {what} × {counted:,} {unit} = {work:,} tokens; the limit per "
+                       f"request is {limits.max_request_tokens:,} (dlm serve --max-request-tokens): {fix}",
+                       param="steps" if unit == "steps" else "max_tokens", code="request_too_large")
 
 
 def _number(body: dict, name: str, default, kind):
@@ -174,7 +196,7 @@ def create_app(pipes: dict[str, Pipeline], api_key: str | None = None, limits: L
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": list(pipes), "waiting": engine.waiting.qsize(),
+        return {"status": "ok", "models": list(pipes), "waiting": engine.waiting_requests(),
                 "running_rows": engine.running_rows(), "batches_run": engine.batches_run, "rows_run": engine.rows_run,
                 "cancelled_batches": engine.cancelled_batches}
 

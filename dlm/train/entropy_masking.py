@@ -13,12 +13,12 @@ import os
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from dlm.data.shards import PreparedCorpus
 from dlm.errors import DlmError
 from dlm.inference import load
 from dlm.io import atomic_write_json
+from dlm.progress import track
 from dlm.runtime import autocast
 
 
@@ -34,7 +34,8 @@ def position_entropies(model: torch.nn.Module, tokens: np.ndarray, bos_id: int, 
     out = np.zeros(n, dtype=np.float32)
     filled = 0  # positions [0, filled) are written
     model.eval()
-    for i in tqdm(range(0, len(starts), batch_size), desc="token entropies", disable=not progress, leave=False):
+    for i in track(range(0, len(starts), batch_size), desc="token entropies", unit="batch", enabled=progress,
+                  leave=False):
         chunk = starts[i:i + batch_size]
         x = torch.from_numpy(np.stack([tokens[s:s + block_size] for s in chunk]).astype(np.int64)).to(device)
         inputs = torch.cat((torch.full_like(x[:, :1], bos_id), x[:, :-1]), dim=1)

@@ -17,15 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from dlm.config import RunConfig
 from dlm.diffusion.process import entropy_mask_scale
 from dlm.errors import DlmError
 from dlm.model.hf_backbone import build_model
 from dlm.objectives import Objective, make_objective
+from dlm.progress import Progress
 from dlm.run_folder import RunFolder, RunLock, load_weights, weights_intact
-from dlm.runtime import autocast, pick_device, pick_dtype, should_compile
+from dlm.runtime import autocast, compile_model, pick_device, pick_dtype
 from dlm.tokenizers import Tokenizer
 from dlm.train.data_source import TrainingData, prepare_training_data
 from dlm.train.distributed import (
@@ -194,7 +194,7 @@ def build_state(setup: TrainSetup, point: ResumePoint | None = None) -> TrainSta
                                 fused=not fsdp, ns_dtype=setup.dtype)
     data_seed = tc.seed + point.step if point.weights_only else tc.seed  # not a replay of the first batches
     loader = setup.data.loader(cfg, "train", data_seed, device)
-    compiled = torch.compile(wrapped) if should_compile(tc.compile, device) else wrapped
+    compiled = compile_model(wrapped, tc.compile, device)
     state = TrainState(model, wrapped, compiled, optimizer, ema, loader, fsdp)
     if point.saved is not None:
         state.restore(point.saved, ema_start)
@@ -335,8 +335,8 @@ def _train(setup: TrainSetup, point: ResumePoint, on_validate: Callable[[int, fl
     window_loss, window_tokens, window_start = torch.zeros((), device=setup.device), 0, time.time()
     last_loss, val_loss, stopped_by, bad_steps = float("nan"), None, "max_steps", []
     # With a time budget the step count is not the limit: show steps and the time left instead.
-    bar = tqdm(total=None if tc.max_time > 0 else tc.max_steps, initial=state.step, disable=quiet,
-               dynamic_ncols=True, unit="step", file=sys.stderr)
+    bar = Progress(total=None if tc.max_time > 0 else tc.max_steps, initial=state.step, enabled=not quiet,
+                   desc="train", unit="step", file=sys.stderr)  # a bar on a terminal, lines in a log
     state.model.train()
     with StopFlag() as stop:
         while state.step < tc.max_steps:
@@ -352,7 +352,6 @@ def _train(setup: TrainSetup, point: ResumePoint, on_validate: Callable[[int, fl
             bad_steps = []
             window_loss += outcome.loss_sum
             window_tokens += setup.tokens_per_step
-            bar.update(1)
             if state.step % tc.log_interval == 0 or state.step == tc.max_steps:
                 now = time.time()
                 last_loss = all_reduce_sum(window_loss, dist).item() / window_tokens
@@ -365,6 +364,7 @@ def _train(setup: TrainSetup, point: ResumePoint, on_validate: Callable[[int, fl
                     postfix["left"] = f"{max(tc.max_time - record['elapsed_s'], 0):.0f}s"
                 bar.set_postfix(postfix)
                 window_loss, window_tokens, window_start = torch.zeros((), device=setup.device), 0, time.time()
+            bar.update(1)  # after the postfix, so a progress line carries this step's loss
 
             out_of_time, signalled = stop_decision(state, setup, stop)
             finishing = state.step == tc.max_steps or out_of_time or signalled

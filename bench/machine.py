@@ -1,0 +1,49 @@
+"""Name the CPU a figure came from: its vendor line and its class for dlm (AVX2, AVX512-BF16, AMX)."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return platform.processor() or platform.machine()
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            return " ".join(line.split(":", 1)[1].split())
+    return platform.machine()
+
+
+def cpu_class(flags: set[str] | None = None) -> str:
+    """dlm's CPU classes: bf16 training needs AVX512-BF16 or AMX; without them dlm trains in fp32."""
+    flags = cpu_flags() if flags is None else flags
+    if "amx_bf16" in flags:
+        return "AVX512-BF16 + AMX"
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16 (no AMX)"
+    if "avx512f" in flags:
+        return "AVX-512 without bf16"
+    if "avx2" in flags:
+        return "AVX2 only"
+    return platform.machine()
+
+
+def describe_cpu() -> str:
+    """E.g. 'AMD EPYC, AVX512-BF16 (no AMX), 2 vCPUs'."""
+    import os
+
+    return f"{cpu_model()}, {cpu_class()}, {os.cpu_count()} vCPUs"
