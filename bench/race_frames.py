@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import sys
 import textwrap
 import time
 from pathlib import Path
 
 import torch
+from machine import describe_cpu  # noqa: E402 (bench/ is on the path when run)
 from markers import write_between_markers
 from PIL import Image, ImageDraw, ImageFont
 
@@ -88,7 +88,7 @@ def main() -> int:
         gif = os.path.relpath(Path(args.gif).resolve(), Path(args.markdown).resolve().parent)
         command = "python bench/race_frames.py " + " ".join(sys.argv[1:])
         text = (f"![dlm race: the diffusion model and its AR twin writing side by side]({gif})\n\n"
-                f"`{command}` ({time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+                f"`{command}` ({time.strftime('%Y-%m-%d')}, {describe_cpu()}, "
                 f"torch {torch.__version__}). Frames as text:\n\n```text\n" + "\n".join(lines) + "```\n\n"
                 + "".join(f"* {t}\n" for t in totals))
         write_between_markers(args.markdown, "bench/race_frames.py", text)

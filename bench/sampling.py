@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from labels import network_dtype, temperature_label, unit_of
+from machine import describe_cpu  # noqa: E402 (bench/ is on the path when run)
 
 from dlm.data.loader import RandomWindows
 from dlm.data.shards import prepare_corpus
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def machine() -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "processor": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")}
+            "processor": describe_cpu(), "date": time.strftime("%Y-%m-%d")}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info

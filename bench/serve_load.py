@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import socket
 import sys
@@ -33,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from machine import describe_cpu  # noqa: E402 (bench/ is on the path when run)
 from markers import write_between_markers
 
 
@@ -89,7 +89,7 @@ def main() -> int:
     one(-1)  # warm-up
     engine = app.state.engine
     batches, rows = engine.batches_run, engine.rows_run
-    report = {"settings": vars(args), "machine": f"{platform.processor() or platform.machine()}",
+    report = {"settings": vars(args), "machine": describe_cpu(),
               "date": time.strftime("%Y-%m-%d")}
     if args.scenario == "load":
         report.update(load(args, one))

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from labels import optimizer_label
+from machine import describe_cpu  # noqa: E402 (bench/ is on the path when run)
 
 
 def worker(preset: str, objective: str, dtype_name: str, compile_setting: str, steps: int, warmup: int,
@@ -148,7 +149,7 @@ def main() -> None:
     import torch
 
     meta = {"command": " ".join([Path(sys.executable).name] + sys.argv), "torch": torch.__version__,
-            "machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
+            "machine": platform.machine(), "processor": describe_cpu(), "cpus": os.cpu_count(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     print(f"written to {out}")

