@@ -1,4 +1,4 @@
-"""The diffusion-vs-autoregressive report: one network, two objectives, equal training compute.
+"""The diffusion-vs-autoregressive report: one network, two objectives, equal training compute (or time).
 
 Trains (or takes) a masked diffusion model and its AR twin — the same Transformer, recipe, batch
 and number of optimizer steps, so the same training FLOPs — and writes a Markdown report with:
@@ -322,6 +322,7 @@ def render(report: dict, command: str) -> str:
     short = "char" if unit == "character" else unit
     differ = recipe_differences(d_cfg, a_cfg)
     weights = weights_label(report.get("weights", {}))
+    same_steps = tr["diffusion"]["steps"] == tr["ar"]["steps"]
     lines = [
         "# Diffusion vs autoregressive: one network, two objectives",
         "",
@@ -330,14 +331,18 @@ def render(report: dict, command: str) -> str:
         + (" With `--reuse`, sections 1 and 2 come from that JSON, written by the same command without "
            "`--reuse` earlier the same day, and only section 3 is measured again." if s.get("reuse") else ""),
         "",
-        "## Setup: equal training compute",
+        f"## Setup: equal training {'compute' if same_steps else 'time'}",
         "",
         f"Both models are the same Transformer ({m['n_layer']} layers × {m['n_head']} heads × {m['d_model']}, "
         f"context {m['block_size']}), trained with the same recipe{' except as noted' if differ else ''} "
         f"(preset `{d_cfg['preset']}`, batch "
-        f"{t_cfg['batch_size']}, lr {t_cfg['lr']}, optimizer {t_cfg.get('optimizer', 'adamw')}) for the same "
-        f"number of optimizer steps on `{data['source']}` ({data['tokenizer']} tokenizer), so they used the same "
-        f"training FLOPs. The {'' if differ else 'only '}differences: the diffusion model attends both ways and "
+        f"{t_cfg['batch_size']}, lr {t_cfg['lr']}, optimizer {t_cfg.get('optimizer', 'adamw')}) "
+        + (f"for the same number of optimizer steps on `{data['source']}` ({data['tokenizer']} tokenizer), so they "
+           "used the same training FLOPs." if same_steps else
+           f"for the same wall-clock budget ({t_cfg.get('max_time', 0):g} s each) on "
+           f"`{data['source']}` ({data['tokenizer']} tokenizer), so their step counts differ (the table): equal "
+           "time, not equal FLOPs.")
+        + f" The {'' if differ else 'only '}differences: the diffusion model attends both ways and "
         f"learns the MDLM objective; the AR twin is causal and learns next-{unit} prediction"
         + (f"; and their configs set {', '.join(differ)} differently." if differ else "."),
         "",

@@ -20,7 +20,8 @@ A candidate is *within reach of the AR twin* when all of these hold against the 
   direction: more repetitive and noisier than the twin's text both fail).
 The recommended default is the candidate within reach with the highest real-word rate; if none is
 within reach, the candidate with the highest real-word rate among those whose entropy is within 5 %
-of the twin's (said so). A candidate whose name gives no temperature samples at 1.
+and self-BLEU within 5 % of the twin's (said so): samples that repeat one another are not a
+default. A candidate whose name gives no temperature samples at 1.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ REAL_WORD_POINTS = 3.0  # at most this many percentage points below the twin's r
 MAUVE_RATIO = 0.9  # whole-text MAUVE at least this fraction of the twin's
 ENTROPY_FRACTION = 0.05  # unigram entropy within this fraction of the twin's, either way
 SELF_BLEU_FRACTION = 0.10  # self-BLEU within this fraction of the twin's, either way
+# The recommendation's guard against samples that repeat one another (the collapse that retired
+# confidence order): when no candidate is within reach, self-BLEU within this fraction of the twin's.
+DIVERSITY_FRACTION = 0.05
 RULE = (f"its real-word rate is at most {REAL_WORD_POINTS:g} points below the AR twin's, its whole-text MAUVE at "
         f"least {MAUVE_RATIO:g}× the twin's, its unigram entropy within {ENTROPY_FRACTION * 100:g} % and its "
         f"self-BLEU within {SELF_BLEU_FRACTION * 100:g} % of the twin's")
@@ -91,6 +95,12 @@ def at_most(value: float, limit: float) -> bool:
 
 def entropy_close(row: dict, ar: dict) -> bool:
     return at_most(abs(row["unigram_entropy"] - ar["unigram_entropy"]), ENTROPY_FRACTION * ar["unigram_entropy"])
+
+
+def varied(row: dict, ar: dict) -> bool:
+    """Entropy within ENTROPY_FRACTION and self-BLEU within DIVERSITY_FRACTION of the twin's."""
+    return entropy_close(row, ar) and at_most(abs(row["self_bleu"] - ar["self_bleu"]),
+                                              DIVERSITY_FRACTION * ar["self_bleu"])
 
 
 def shortfalls(row: dict, ar: dict) -> list[str] | None:
@@ -127,7 +137,7 @@ def recommend(rows: dict) -> dict | None:
     within = passing(rows)
     scored = [name for name, r in rows.items() if name != "AR twin" and shortfalls(r, ar) is not None
               and r["real_word_rate"] is not None]
-    pool = within or [name for name in scored if entropy_close(rows[name], ar)]
+    pool = within or [name for name in scored if varied(rows[name], ar)]
     if not pool:
         return None
     best = max(pool, key=lambda name: (rows[name]["real_word_rate"], rows[name]["mauve"]))
@@ -140,16 +150,17 @@ def recommendation_text(rows: dict) -> str:
     if pick is None:
         if all(shortfalls(r, ar) is None for name, r in rows.items() if name != "AR twin"):
             return "No recommendation: these rows have no real-word rate or whole-text MAUVE (an older report)."
-        return (f"No recommendation: no candidate's unigram entropy is within {ENTROPY_FRACTION * 100:g} % of the AR "
-                f"twin's ({ar['unigram_entropy']:.3f} nats).")
+        return (f"No recommendation: no candidate's unigram entropy is within {ENTROPY_FRACTION * 100:g} % and "
+                f"self-BLEU within {DIVERSITY_FRACTION * 100:g} % of the AR twin's.")
     figures = (f"real words {percent(pick['real_word_rate'])} % against the twin's {percent(ar['real_word_rate'])} %, "
                f"whole-text MAUVE {pick['mauve']:.3f} against {ar['mauve']:.3f}")
     if pick["within_reach"]:
         return (f"Recommended default: `{pick['name']}`, the candidate within reach of the AR twin with the "
                 f"highest real-word rate ({figures}).")
     return (f"No candidate is within reach of the AR twin. Recommended default: `{pick['name']}`, the highest "
-            f"real-word rate among the candidates whose entropy is within {ENTROPY_FRACTION * 100:g} % of the twin's "
-            f"({figures}).")
+            f"real-word rate among the candidates whose entropy is within {ENTROPY_FRACTION * 100:g} % and self-BLEU "
+            f"within {DIVERSITY_FRACTION * 100:g} % of the twin's, so that samples neither repeat words nor one "
+            f"another ({figures}).")
 
 
 def verdict_cell(row: dict, ar: dict) -> str:

@@ -73,6 +73,10 @@ def test_the_recommendation_is_the_best_real_word_rate_within_reach(bench) -> No
     assert not ds.recommend(rows)["within_reach"]
     assert ds.recommendation_text(rows).startswith("No candidate is within reach of the AR twin. Recommended "
                                                    "default: `d`")
+    # Nor one whose samples repeat one another (self-BLEU 9 % above the twin's; the 2026-12-04 case of
+    # confidence order with top-p 0.9 and a repetition penalty: the most real words, not a default).
+    rows = {"AR twin": row(), "f": row(0.95, mauve=0.3, self_bleu=0.872), "e": row(0.80, mauve=0.3)}
+    assert ds.recommend(rows)["name"] == "e"
     rows = {"AR twin": row(), "c": row(0.97, entropy=2.5)}
     assert ds.recommend(rows) is None and "no candidate's unigram entropy is within 5 %" in ds.recommendation_text(rows)
 
