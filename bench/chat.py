@@ -30,7 +30,10 @@ import torch
 from markers import write_between_markers
 
 from dlm.data.chat import ChatTemplate, load_conversations, with_chat_tokens
+from dlm.data.shards import prepare_corpus
 from dlm.eval.chat_likelihood import reply_nll
+from dlm.eval.generation_eval import run_word_list
+from dlm.eval.words import real_word_rate
 from dlm.inference import Pipeline, load
 from dlm.io import atomic_write_json
 from dlm.model.hf_backbone import build_model
@@ -44,7 +47,10 @@ DECODING = {"end token": {}, "end token + EOS penalty 2": {"eos_penalty": 2.0},
 # The order in which a diffusion reply is committed: the chat default until now, and the measured
 # default for free text (docs/study.md, "The default sampler").
 SAMPLERS = {"confidence": {"sampler": "confidence", "temperature": 1.0},
-            "random order 0.8": {"sampler": "random", "temperature": 0.8}}
+            "random order 0.8": {"sampler": "random", "temperature": 0.8},
+            "random order 0.7": {"sampler": "random", "temperature": 0.7},
+            "confidence, top-p 0.9, repetition 1.3": {"sampler": "confidence", "temperature": 1.0, "top_p": 0.9,
+                                                      "repetition_penalty": 1.3}}
 
 
 def finetune(base: str, data: str, out: Path, fill: str, steps: int, extra: list[str]) -> None:
@@ -70,12 +76,15 @@ def before_finetuning(base: str) -> Pipeline:
     return Pipeline(model, tokenizer, cfg, Path(base), torch.device("cpu"), pick_dtype("fp32", torch.device("cpu")))
 
 
-def reply_lengths(pipe: Pipeline, conversations: list[list[dict]], options: dict, seed: int) -> list[int]:
-    lengths = []
-    for i, conversation in enumerate(conversations):
-        history = conversation[:-1]  # everything but the reference reply
-        lengths.append(len(pipe.chat(history, seed=seed + i, **options)))
-    return lengths
+def replies(pipe: Pipeline, conversations: list[list[dict]], options: dict, seed: int) -> list[str]:
+    """The model's reply to each conversation's last cue (its reference reply left out)."""
+    return [pipe.chat(conversation[:-1], seed=seed + i, **options) for i, conversation in enumerate(conversations)]
+
+
+def reply_row(texts: list[str], words) -> dict:
+    """Length quartiles of the replies and the share of their words that are real words."""
+    return {**quartiles([len(t) for t in texts]), "real_word_rate": real_word_rate(texts, words)["real_word_rate"],
+            "replies": texts}
 
 
 def quartiles(values) -> dict:
@@ -94,7 +103,8 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     extra = args.override or []
     models = diffusion_models(out)
-    for fill in FILLS:
+    models = {name: path for name, path in models.items() if name.split("fill=")[1] in args.fills}
+    for fill in args.fills:
         finetune(args.base, args.data, models[f"diffusion, fill={fill}"], fill, args.steps, extra)
     if args.ar_base:
         models["AR twin, fill=pad"] = out / "ar-pad"
@@ -122,17 +132,19 @@ def run(args: argparse.Namespace) -> dict:
     cues = [c for c in held if len(template.tokenizer.encode(c[-1]["content"])) + 1 <= block // 2]
     cues = rng.sample(cues, min(args.cues, len(cues)))
     report["cues"] = cues
-    report["lengths"]["reference replies"] = quartiles([len(c[-1]["content"]) for c in cues])
+    base = load(args.base, dtype="fp32")
+    words = run_word_list(base, prepare_corpus(base.config.data, tokenizer=base.tokenizer).split("train"))
+    report["lengths"]["reference replies"] = reply_row([c[-1]["content"] for c in cues], words)
     for name, pipe in pipes.items():
         samplers = {"": {}} if pipe.is_autoregressive else {f" · {k}": v for k, v in SAMPLERS.items()
                                                             if k in args.samplers}
         for sampler_label, sampler in samplers.items():
-            for label, options in DECODING.items():
+            for label, options in ((k, v) for k, v in DECODING.items() if k in args.decodings):
                 if pipe.is_autoregressive and label != "end token":
                     continue
                 key = f"{name}{sampler_label} · {label}"
-                report["lengths"][key] = quartiles(reply_lengths(pipe, cues, {**options, **sampler}, args.seed))
-                print(key, report["lengths"][key], flush=True)
+                report["lengths"][key] = reply_row(replies(pipe, cues, {**options, **sampler}, args.seed), words)
+                print(key, {k: v for k, v in report["lengths"][key].items() if k != "replies"}, flush=True)
     report["closest_to_reference"] = closest_to_reference(report["lengths"])
     transcripts(report, models, cues, args.transcripts_from)
     return report
@@ -151,7 +163,7 @@ def closest_to_reference(lengths: dict) -> str:
 
 
 def transcripts(report: dict, models: dict, cues: list, transcripts_from: str) -> None:
-    chosen = models[transcripts_from] if transcripts_from in models else models["diffusion, fill=pad"]
+    chosen = models.get(transcripts_from, next(iter(models.values())))
     report["transcripts"] = []
     for conversation in cues[:5]:
         cue = conversation[-2]["content"]
@@ -172,9 +184,11 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {kind} | {r['nats_per_reply_token']:.4f} | {r['standard_error']:.4f} | "
                      f"{r['examples']} | {r['reply_tokens']} |")
     lines += ["", f"### Reply length (characters) on {s['cues']} held-out cues", "",
-              "| model · decoding | mean | Q1 | median | Q3 |", "|---|---|---|---|---|"]
+              "| model · decoding | mean | Q1 | median | Q3 | real words % |", "|---|---|---|---|---|---:|"]
     for name, q in report["lengths"].items():
-        lines.append(f"| {name} | {q['mean']:.1f} | {q['q1']:.0f} | {q['median']:.0f} | {q['q3']:.0f} |")
+        rate = q.get("real_word_rate")  # reports written before the real-word rate: "—"
+        lines.append(f"| {name} | {q['mean']:.1f} | {q['q1']:.0f} | {q['median']:.0f} | {q['q3']:.0f} | "
+                     f"{'—' if rate is None else f'{100 * rate:.1f}'} |")
     if "closest_to_reference" in report:
         lines += ["", f"Closest to the reference quartiles (mean |ΔQ1|, |Δmedian|, |ΔQ3|): "
                       f"**{report['closest_to_reference']}**."]
@@ -202,12 +216,19 @@ def main() -> int:
     parser.add_argument("--markdown", help="write the tables into this file between the bench/chat.py markers")
     parser.add_argument("--samplers", default=";".join(SAMPLERS),
                         help=f"';'-separated diffusion reply orders to compare, of: {'; '.join(SAMPLERS)}")
+    parser.add_argument("--fills", default=",".join(FILLS), help="','-separated training fills to fine-tune")
+    parser.add_argument("--decodings", default=";".join(DECODING),
+                        help=f"';'-separated length remedies to compare, of: {'; '.join(DECODING)}")
     parser.add_argument("--from-json", metavar="FILE", help="no fine-tuning or measuring: print (and --markdown) "
                         "the tables of a JSON this script wrote")
     parser.add_argument("--redo-transcripts", action="store_true",
                         help="with --from-json: record the transcripts again (after changing chat defaults) and "
                         "save them into FILE")
     args = parser.parse_args()
+    args.fills = [f.strip() for f in args.fills.split(",") if f.strip()]
+    args.decodings = [d.strip() for d in args.decodings.split(";") if d.strip()]
+    if not set(args.fills) <= set(FILLS) or not set(args.decodings) <= set(DECODING):
+        parser.error(f"--fills: of {', '.join(FILLS)}; --decodings: of {'; '.join(DECODING)}")
     args.samplers = [s.strip() for s in args.samplers.split(";") if s.strip()]
     unknown = [s for s in args.samplers if s not in SAMPLERS]
     if unknown:
