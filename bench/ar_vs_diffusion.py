@@ -321,8 +321,11 @@ def equal_quality_text(eq: dict) -> str:
 
 
 def summary(report: dict, same_steps: bool, short: str) -> list[str]:
-    """The page's opening: five lines of what these figures say, drawn from the report itself."""
+    """The page's opening: five lines of what these figures say, drawn from the report itself (none for a
+    report written before the real-word rate)."""
     tr, lk, eq = report["training"], report["likelihood"], report["equal_quality"]
+    if "rule" not in eq or not all("real_word_rate" in q for q in report["quality"]):
+        return []
     d, a = lk["diffusion"], lk["ar"]
     diffusion = [q for q in report["quality"] if q["name"] != "AR twin"]
     twin = next(q for q in report["quality"] if q["name"] == "AR twin")
@@ -335,7 +338,7 @@ def summary(report: dict, same_steps: bool, short: str) -> list[str]:
                / r["ar"]["tokens_per_s"], r["batch_size"]) for r in report["speed"] for label in r["diffusion"]]
     return [
         "What is true now:",
-        f"- The runs `{report['settings']['diffusion']}` and `{report['settings']['ar']}` of {report['date']}, "
+        f"- The runs `{report['settings'].get('diffusion')}` and `{report['settings'].get('ar')}` of {report['date']}, "
         f"{budget}: the AR twin's exact NLL is {d['nats_per_token'] - a['nats_per_token']:.3f} nats/{short} below "
         f"the diffusion model's bound ({a['nats_per_token']:.3f} against {d['nats_per_token']:.3f}).",
         f"- The twin's samples: {percent(twin['real_word_rate'])} % real words, whole-text MAUVE "
