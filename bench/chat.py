@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import subprocess
 import sys
 import time
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.ar_base:
         models["AR twin, fill=pad"] = out / "ar-pad"
         finetune(args.ar_base, args.data, models["AR twin, fill=pad"], "pad", args.steps, extra)
-    report: dict = {"settings": vars(args), "command": " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
+    report: dict = {"settings": vars(args), "command": shlex.join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
                     "likelihood": {}, "lengths": {}}
     _, held, kind = load_conversations(args.data)
     report["data"] = kind
@@ -175,7 +176,7 @@ def transcripts(report: dict, models: dict, cues: list, transcripts_from: str) -
 
 def markdown(report: dict) -> str:
     s = report["settings"]
-    lines = [f"Command: `python bench/chat.py {report.get('command', ' '.join(sys.argv[1:]))}` on {report['date']}. "
+    lines = [f"Command: `python bench/chat.py {report.get('command', shlex.join(sys.argv[1:]))}` on {report['date']}. "
              f"Data: {report['data']}.",
              "", "### Held-out replies: nats per reply token (end-of-turn token included)", "",
              "| model | kind | nats/reply token | s.e. | examples | reply tokens |", "|---|---|---|---|---|---|"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -91,7 +92,7 @@ def main() -> int:
     weighting = config["diffusion"]["weighting"]
     objective = ("the NELBO itself" if weighting == "elbo" else
                  f"the training objective, the recipe's {weighting} weighting, which lies below the bound")
-    lines = [f"Command: `python bench/pretrained_encoder.py {' '.join(sys.argv[1:])}` on {report['date']}. "
+    lines = [f"Command: `python bench/pretrained_encoder.py {shlex.join(sys.argv[1:])}` on {report['date']}. "
              f"Nats per WordPiece token (uncased BERT vocabulary), context {args.context}, batch {args.batch_size}, "
              f"lr {args.lr}, {args.steps} steps each. The curve is the trainer's validation loss (fixed-seed, "
              f"{config['train']['eval_batches']} batches) under {objective}; the final figures are the NELBO of "

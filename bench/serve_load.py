@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import socket
 import sys
 import threading
@@ -105,7 +106,7 @@ def main() -> int:
         table = load_table if args.scenario == "load" else large_table
         marker = "bench/serve_load.py" + ("" if args.scenario == "load" else " large")
         write_between_markers(args.markdown, marker,
-                              f"`python bench/serve_load.py {' '.join(sys.argv[1:])}` ({report['date']}, "
+                              f"`python bench/serve_load.py {shlex.join(sys.argv[1:])}` ({report['date']}, "
                               f"{report['machine']}, {os.cpu_count()} CPU cores; server and clients in one process)"
                               f"\n\n{table(args, report)}")
     return 0
