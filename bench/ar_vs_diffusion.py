@@ -88,6 +88,7 @@ def likelihood(pipe, args) -> dict:
     windows = eval_windows(corpus.split("val"), cfg.model.block_size)
     tok = pipe.tokenizer
     return evaluate_likelihood(pipe.model, windows, tok.special, causal=pipe.is_autoregressive, device=pipe.device,
+                               block=pipe.diffusion_block,
                                dtype=torch.float32, seed=0, progress=False)
 
 

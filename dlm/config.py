@@ -47,12 +47,21 @@ class DiffusionConfig:
     twin in diffusion.entropy_run; a training objective, not a bound)."""
     entropy_run: str = ""
     """With masking=entropy: the AR run (trained on the same corpus) whose predictive entropies weight the masking."""
+    block_size: int = 0
+    """With train.objective=bd3: tokens per block of block diffusion (BD3-LM), a divisor of the context.
+    Blocks are generated left to right with an exact KV cache, each denoised in parallel; 1 is the AR
+    limit, the context is MDLM. 0 = not set."""
+    t_range: str = "0,1"
+    """With train.objective=bd3: 'lo,hi', draw each block's noise level from U[lo, hi] in training (the
+    paper's clipped schedules, a lower-variance loss). Only 0,1 keeps the training loss a bound; dlm
+    eval always integrates over [0, 1]."""
 
 
 @dataclass
 class TrainConfig:
     objective: str = "mdlm"
-    """'mdlm' (masked diffusion, bidirectional) or 'ar' (the causal twin, next-token loss)."""
+    """'mdlm' (masked diffusion, bidirectional), 'bd3' (block diffusion: blocks of diffusion.block_size
+    tokens, left to right) or 'ar' (the causal twin, next-token loss)."""
     batch_size: int = 64
     """Sequences per optimizer step (split into grad_accum micro-batches)."""
     grad_accum: int = 1
@@ -171,7 +180,7 @@ class RunConfig:
             self.model.validate()
         except ValueError as e:
             raise DlmError(f"bad model config: {e}") from None
-        choices = {"train.objective": ("mdlm", "ar"), "train.optimizer": ("adamw", "muon"),
+        choices = {"train.objective": ("mdlm", "bd3", "ar"), "train.optimizer": ("adamw", "muon"),
                    "train.dtype": ("auto", "bf16", "fp32"),
                    "train.compile": ("auto", "yes", "no"), "train.device": ("auto", "cpu", "cuda"),
                    "data.tokenizer": ("char", "bpe")}
@@ -206,6 +215,19 @@ class RunConfig:
         if t.objective == "ar" and (d.edit_prob > 0 or d.prompt_prob > 0):
             raise DlmError("diffusion.edit_prob and diffusion.prompt_prob are for diffusion runs; "
                            "set them to 0 for train.objective=ar")
+        if t.objective == "bd3":
+            if d.block_size < 1 or self.model.block_size % d.block_size:
+                raise DlmError(f"diffusion.block_size={d.block_size} must divide the context "
+                               f"model.block_size={self.model.block_size}: set diffusion.block_size=B "
+                               "(e.g. 4) with train.objective=bd3")
+            if self.model.time_conditioning or self.model.backbone or d.edit_prob or d.prompt_prob \
+                    or d.masking != "uniform":
+                raise DlmError("train.objective=bd3 works with dlm's own Transformer, without time conditioning, "
+                               "edit corruption, prompts or entropy masking")
+        elif d.block_size:
+            raise DlmError(f"diffusion.block_size={d.block_size} is for block diffusion: add "
+                           "train.objective=bd3 (or --objective bd3), or set diffusion.block_size=0")
+        parse_t_range(d.t_range)
         f = self.finetune
         if f.fill not in ("pad", "eos", "block-eos"):
             raise DlmError(f"finetune.fill={f.fill!r} is not one of pad, eos, block-eos")
@@ -236,6 +258,17 @@ class RunConfig:
             raise DlmError("train.lr and train.max_steps must be positive and train.max_time ≥ 0")
         if not 0 < self.data.val_fraction < 1:
             raise DlmError(f"data.val_fraction={self.data.val_fraction} must be between 0 and 1")
+
+
+def parse_t_range(text: str) -> tuple[float, float]:
+    """'lo,hi' → (lo, hi), 0 ≤ lo < hi ≤ 1 (diffusion.t_range)."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise DlmError(f"diffusion.t_range={text!r}: write lo,hi, e.g. 0.3,0.8 (0,1 keeps the loss a bound)") from None
+    if not 0 <= lo < hi <= 1:
+        raise DlmError(f"diffusion.t_range={text!r} must have 0 ≤ lo < hi ≤ 1")
+    return lo, hi
 
 
 SECTIONS = ("model", "data", "diffusion", "train", "finetune")

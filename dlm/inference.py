@@ -48,6 +48,16 @@ class Pipeline:
         return self.model.cfg.causal
 
     @property
+    def objective(self) -> str:
+        """'ar', 'bd3' (block diffusion) or 'mdlm'."""
+        return "ar" if self.is_autoregressive else "bd3" if self.diffusion_block else "mdlm"
+
+    @property
+    def diffusion_block(self) -> int:
+        """Tokens per block of a block-diffusion (bd3) run; 0 for MDLM and AR runs."""
+        return self.config.diffusion.block_size if self.config.train.objective == "bd3" else 0
+
+    @property
     def special_ids(self) -> SpecialIds:
         return self.tokenizer.special
 
@@ -86,6 +96,12 @@ class Pipeline:
         options = {k: v for k, v in options.items() if v is not None}  # None: the default for this model
         if self.is_autoregressive:
             options.setdefault("temperature", AR_TEMPERATURE)
+        elif self.diffusion_block:  # block diffusion decodes as it was trained: blocks, exact prefix cache
+            options.setdefault("block_length", self.diffusion_block)
+            if options["block_length"]:
+                options.setdefault("block_context", "prefix")
+                options.setdefault("kv_cache", True)
+                options.setdefault("aligned_blocks", True)
         config = SamplerConfig.from_kwargs(**options)
         if not self.is_autoregressive and config.edit_threshold and not getattr(self.config.diffusion, "edit_prob", 0):
             warnings.warn("editing (edit_threshold > 0) needs a model trained with diffusion.edit_prob > 0; this "
@@ -131,12 +147,36 @@ class Pipeline:
         `SamplerConfig` fields (sampler, steps, temperature, top_k, top_p, block_length, ...).
         Row i uses seed + i. `on_step` sees the canvas after every step. Returns ids with everything
         the sampler knows (forward passes, ...)."""
+        groups = self._block_groups(prompt, template, num_samples, options)
+        if groups is not None:  # block diffusion, prompts whose lengths differ modulo the block size
+            parts = [self.sample([prompt[i] for i in members], length, num_samples, on_step=on_step,
+                                 seeds=seeds, **options) for members, seeds in groups]
+            return merge_results(parts, [m for members, _ in groups for m in members], num_samples)
         decoder = self.decoder(prompt, length, num_samples, template, **options)
         with autocast(self.device, self.dtype):
             for state in decoder.steps():
                 if on_step is not None:
                     on_step(state)
         return decoder.result()
+
+    def _block_groups(self, prompt: str | list[str], template: str | None, num_samples: int,
+                      options: dict) -> list[tuple[list[int], list[int]]] | None:
+        """Aligned blocks need one prompt length modulo the block size per batch: for a list of
+        prompts that differ, (prompt indices, row seeds) of each group; None when one batch does."""
+        block = options.get("block_length", self.diffusion_block)
+        if not self.diffusion_block or not block or template is not None or isinstance(prompt, str) \
+                or "seeds" in options or not options.get("aligned_blocks", True):
+            return None
+        offsets = [len(self.tokenizer.encode(p) if p else []) % block for p in prompt]
+        if len(set(offsets)) < 2:
+            return None
+        seed = options.pop("seed", 0)
+        groups = []
+        for offset in dict.fromkeys(offsets):
+            members = [i for i, o in enumerate(offsets) if o == offset]
+            seeds = [seed + i * num_samples + k for i in members for k in range(num_samples)]
+            groups.append((members, seeds))
+        return groups
 
     def stream(self, prompt: str | list[str] = "", length: int = 256, num_samples: int = 1,
                template: str | None = None, **options) -> Iterator[DenoiseStep]:
@@ -247,6 +287,24 @@ class Pipeline:
                 text = "".join("_" if i == mask else self.tokenizer.decode([i]) for i in ids
                                if i == mask or i not in self.tokenizer.reserved_ids)
                 yield state, text
+
+
+def merge_results(parts: list[GenerationResult], order: list[int], num_samples: int) -> GenerationResult:
+    """One result from batches sampled apart: rows back in prompt order (`order`, the prompt index of
+    each part's prompts in turn), left-padded to one width."""
+    width = max(p.tokens.shape[1] for p in parts)
+
+    def left_pad(x: torch.Tensor, value) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (width - x.shape[1], 0), value=value)
+
+    tokens = torch.cat([left_pad(p.tokens, p.pad_id) for p in parts])
+    valid = torch.cat([left_pad(p.valid, False) for p in parts])
+    generated = torch.cat([left_pad(p.generated, False) for p in parts])
+    rows = [i * num_samples + k for i in order for k in range(num_samples)]  # where each merged row belongs
+    back = torch.empty(len(rows), dtype=torch.long)
+    back[torch.tensor(rows)] = torch.arange(len(rows))
+    return GenerationResult(tokens[back], valid[back], generated[back], sum(p.forward_passes for p in parts),
+                            sum(p.steps for p in parts), parts[0].pad_id)
 
 
 def is_hub_export(path: str | Path) -> bool:

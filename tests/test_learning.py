@@ -28,7 +28,8 @@ def val_nelbo(run: Path, max_windows: int = 512) -> dict:
     pipe = dlm.load(run)
     corpus = prepare_corpus(pipe.config.data, tokenizer=pipe.tokenizer)
     windows = eval_windows(corpus.split("val"), pipe.config.model.block_size)[:max_windows]
-    return evaluate_likelihood(pipe.model, windows, pipe.tokenizer.special, causal=False, device=torch.device("cpu"),
+    return evaluate_likelihood(pipe.model, windows, pipe.tokenizer.special, causal=False, block=pipe.diffusion_block,
+                               device=torch.device("cpu"),
                                dtype=torch.float32, target_se=0.02, progress=False)
 
 

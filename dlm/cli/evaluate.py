@@ -48,15 +48,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dtype = pick_dtype(args.dtype, pipe.device)
     tok = pipe.tokenizer
     result = evaluate_likelihood(pipe.model, windows, tok.special, causal=pipe.is_autoregressive, device=pipe.device,
+                                 block=pipe.diffusion_block,
                                  dtype=dtype, batch_size=args.batch_size, seed=args.seed,
                                  target_se=args.target_se, max_passes=args.max_passes,
                                  progress=not args.quiet)
     result.update({"checkpoint": str(pipe.checkpoint), "weights": pipe.weights, "split": args.split,
                    "data": data.source,
                    "tokenizer": tok.kind, "dtype": str(dtype).removeprefix("torch."),
-                   "objective": "ar" if pipe.is_autoregressive else "mdlm"})
+                   "objective": pipe.objective})
     unit = "char" if tok.kind == "char" else "token"
-    label = "NLL (exact)" if pipe.is_autoregressive else "NELBO (upper bound on NLL)"
+    label = ("NLL (exact)" if pipe.is_autoregressive else
+             f"block-diffusion NELBO, blocks of {pipe.diffusion_block} (upper bound on NLL)" if pipe.diffusion_block
+             else "NELBO (upper bound on NLL)")
     passes = "" if pipe.is_autoregressive else f", {result['passes']} passes"
     window_se = result["window_standard_error"]  # None when the split holds a single window
     print(f"{label} on {args.split}: {result['nats_per_token']:.4f} nats/{unit} "
@@ -66,7 +69,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"{passes})")
     print(f"  = {result['bits_per_token']:.4f} bits/{unit}; perplexity"
           f"{'' if pipe.is_autoregressive else ' bound'} {math.exp(result['nats_per_token']):.3f}")
-    if args.l2r and not pipe.is_autoregressive:
+    if args.l2r and pipe.diffusion_block:
+        print("  (--l2r skipped: a block-diffusion model decodes block by block; its NELBO above is the figure)")
+    elif args.l2r and not pipe.is_autoregressive:
         from dlm.eval.likelihood import evaluate_left_to_right
 
         scored = windows[:args.l2r_windows] if args.l2r_windows else windows

@@ -8,10 +8,13 @@ from pathlib import Path
 
 from dlm.errors import DlmError
 
+BD3_DEFAULT_BLOCK = 4
+
 EPILOG_TRAIN = """examples:
   dlm train                                        # default preset on Tiny Shakespeare
   dlm train --preset shakespeare-char-cpu --max-time 600 --out runs/mdlm
   dlm train --objective ar --out runs/ar           # the autoregressive twin
+  dlm train --objective bd3 --block-size 4 --out runs/bd3   # block diffusion (BD3-LM)
   dlm train --out runs/mdlm --resume max_steps=20000
   dlm train --data my_corpus/ tokenizer=bpe vocab_size=4096 n_layer=8 lr=6e-4
 
@@ -40,7 +43,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     for flag, key in (("data", "data.source"), ("max_steps", "train.max_steps"), ("max_time", "train.max_time"),
-                      ("objective", "train.objective"), ("compile", "train.compile")):
+                      ("objective", "train.objective"), ("compile", "train.compile"),
+                      ("block_size", "diffusion.block_size")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     if args.wandb:
@@ -59,6 +63,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                        "config.json from a backup, or move the folder aside")
     else:  # nothing to resume yet: a new run, so one script serves the first submission and every requeue
         cfg = get_preset(args.preset or _default_preset())
+    if args.block_size is not None and cfg.train.objective != "bd3" and "train.objective=" not in " ".join(overrides):
+        cfg.train.objective = "bd3"  # --block-size alone asks for block diffusion
+    if cfg.train.objective == "bd3" and not cfg.diffusion.block_size and not any(
+            o.startswith(("diffusion.block_size=", "block_size=")) for o in overrides):
+        cfg.diffusion.block_size = BD3_DEFAULT_BLOCK  # the measured default (docs/block-diffusion.md)
     cfg = apply_overrides(cfg, overrides)
     fresh_default = not (resume and run.has_config()) and not args.preset and cfg.preset == "shakespeare-char-cpu"
     if fresh_default and cfg.train.max_time > 0 and "RANK" not in os.environ:
@@ -113,7 +122,11 @@ def register(sub) -> None:
     p.add_argument("--out", help="run folder for config, checkpoints and logs (default runs/PRESET-OBJECTIVE)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--max-time", type=float, help="stop (after saving) after this many seconds")
-    p.add_argument("--objective", choices=("mdlm", "ar"), help="mdlm (diffusion) or ar (the causal twin)")
+    p.add_argument("--objective", choices=("mdlm", "bd3", "ar"),
+                   help="mdlm (diffusion), bd3 (block diffusion, blocks of --block-size) or ar (the causal twin)")
+    p.add_argument("--block-size", type=int, metavar="B",
+                   help=f"block diffusion: tokens per block, a divisor of the context (implies --objective bd3; "
+                   f"default {BD3_DEFAULT_BLOCK})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest intact "
                    "checkpoint (a folder with none yet starts a new run)")
     p.add_argument("--fresh-optimizer", action="store_true", help="with --resume, when no checkpoint is wholly "

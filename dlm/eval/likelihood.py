@@ -7,6 +7,9 @@ scores every window of the split once, with noise levels stratified over the pas
 NELBO per token. Passes use independent u, π and masks, so the spread of pass estimates gives
 the Monte-Carlo standard error; passes continue until it is below `target_se` (or `max_passes`).
 
+Block diffusion (bd3 runs): the same estimator over the block NELBO of dlm.objectives.block_diffusion,
+one noise level per block, stratified over every block of the pass.
+
 AR twin. The NLL is exact (no Monte-Carlo error); each window is scored from a [BOS], the same
 tokens the diffusion bound covers.
 
@@ -30,6 +33,7 @@ import torch
 
 from dlm.diffusion.schedules import Linear
 from dlm.objectives.autoregressive import ar_loss
+from dlm.objectives.block_diffusion import bd3_loss
 from dlm.objectives.mdlm import mdlm_loss
 from dlm.progress import Progress
 from dlm.runtime import autocast
@@ -59,11 +63,13 @@ def passes_needed(passes: int, mc_se: float, target_se: float, min_passes: int, 
 def evaluate_likelihood(model: torch.nn.Module, windows: torch.Tensor, special: SpecialIds, *, causal: bool,
                         device: torch.device, dtype: torch.dtype, batch_size: int = 64, seed: int = 0,
                         target_se: float = 0.01, min_passes: int = 4, max_passes: int = 200,
-                        progress: bool = True) -> dict:
-    """Score `windows` (N, L) of token ids: the NELBO (diffusion) or the exact NLL (`causal`).
-    Returns a dict of figures in nats/token (see module docstring)."""
+                        progress: bool = True, block: int = 0) -> dict:
+    """Score `windows` (N, L) of token ids: the NELBO (diffusion; block diffusion with blocks of
+    `block` tokens when > 0) or the exact NLL (`causal`). Returns a dict of figures in nats/token
+    (see module docstring)."""
     model.eval()
     N, L = windows.shape
+    n_blocks = L // block if block else 1
     generator, started = torch.Generator().manual_seed(seed), time.perf_counter()
 
     def one_pass(t_all: torch.Tensor | None) -> np.ndarray:
@@ -73,6 +79,9 @@ def evaluate_likelihood(model: torch.nn.Module, windows: torch.Tensor, special: 
             with autocast(device, dtype):
                 if causal:
                     out = ar_loss(model, x, special.bos)
+                elif block:
+                    out = bd3_loss(model, x, Linear(), special.mask, block, generator=generator,
+                                   t=t_all[i:i + batch_size].to(device))
                 else:  # linear: α(1) = 0, so the bound has no prior term (no vocabulary size needed)
                     out = mdlm_loss(model, x, Linear(), special.mask, generator=generator,
                                     t=t_all[i:i + batch_size].to(device))
@@ -88,7 +97,7 @@ def evaluate_likelihood(model: torch.nn.Module, windows: torch.Tensor, special: 
         bar = Progress(total=min(min_passes, max_passes), enabled=progress, desc="eval passes", unit="pass",
                        leave=False)
         while True:
-            estimate = one_pass(_stratified_t(N, generator))
+            estimate = one_pass(_stratified_t(N * n_blocks, generator).view(N, n_blocks).squeeze(1))
             window_sums += estimate
             passes.append(estimate.mean())
             if len(passes) >= 2:  # an s.e. needs two passes; the total is then re-estimated from it
@@ -116,6 +125,7 @@ def evaluate_likelihood(model: torch.nn.Module, windows: torch.Tensor, special: 
         "tokens": N * L,
         "seed": seed,
         "estimator_schedule": None if causal else "linear",
+        "block_size": block or None,
         "seconds": time.perf_counter() - started,
     }
 

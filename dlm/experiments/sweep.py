@@ -83,6 +83,7 @@ def score(run: Path, windows: int, seed: int = 0) -> dict:
     corpus = prepare_corpus(pipe.config.data, tokenizer=pipe.tokenizer)
     val = eval_windows(corpus.split("val"), pipe.config.model.block_size)[:windows]
     return evaluate_likelihood(pipe.model, val, pipe.tokenizer.special, causal=pipe.is_autoregressive,
+                               block=pipe.diffusion_block,
                                device=pipe.device, dtype=torch.float32, seed=seed, target_se=0.01, progress=False)
 
 

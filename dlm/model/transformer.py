@@ -228,8 +228,10 @@ class Transformer(nn.Module):
         """
         B, T = idx.shape
         start, end = cache.span(T) if cache is not None else (0, T)
-        if max(start + T, end) > self.cfg.block_size:
-            raise ValueError(f"sequence of {max(start + T, end)} tokens exceeds block_size={self.cfg.block_size}")
+        # Explicit positions may repeat (block diffusion reads a noisy and a clean copy of one window).
+        reach = int(positions.max()) + 1 if positions is not None and cache is None else max(start + T, end)
+        if reach > self.cfg.block_size:
+            raise ValueError(f"sequence of {reach} tokens exceeds block_size={self.cfg.block_size}")
         if positions is None:
             cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, Hd/2)
         else:

@@ -73,13 +73,15 @@ def prompt_canvas(prompts: list[list[int]], length: int, special: SpecialIds,
 
 
 def attention_mask(canvas: Canvas, block_length: int = 0, block_causal: bool = False,
-                   query: tuple[int, int] | None = None, keys: int | None = None) -> torch.Tensor | None:
+                   query: tuple[int, int] | None = None, keys: int | None = None,
+                   aligned: bool = False) -> torch.Tensor | None:
     """Bool (B, 1, Tq, Tk) mask (True = may attend), or None when every key is visible.
 
     Hides padding keys (a padding query sees itself, so its row of the softmax stays finite). With
     `block_causal`, a query sees only keys in its own block or earlier blocks, the text before the
-    first block counting as block −1 (BD3-LM). `query` = (start, end) columns of the queries and
-    `keys` the number of key columns (defaults: all).
+    first block counting as block −1 (BD3-LM); with `aligned`, blocks are cut at multiples of
+    `block_length` in each row's own positions, prompt included (how a bd3 model was trained).
+    `query` = (start, end) columns of the queries and `keys` the number of key columns (defaults: all).
     """
     T = canvas.tokens.shape[1]
     q0, q1 = query or (0, T)
@@ -96,5 +98,9 @@ def attention_mask(canvas: Canvas, block_length: int = 0, block_causal: bool = F
         def block_of(cols: torch.Tensor) -> torch.Tensor:
             return torch.where(cols < start, -1, torch.div(cols - start, block_length, rounding_mode="floor"))
 
-        allowed = allowed & (block_of(k_cols)[None, :] <= block_of(q_cols)[:, None])[None, None]
+        if aligned:  # per row: (B, 1, Tq, Tk)
+            blocks = torch.div(canvas.positions, block_length, rounding_mode="floor")  # (B, T)
+            allowed = allowed & (blocks[:, None, None, :keys] <= blocks[:, None, q0:q1, None])
+        else:
+            allowed = allowed & (block_of(k_cols)[None, :] <= block_of(q_cols)[:, None])[None, None]
     return allowed

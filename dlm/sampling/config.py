@@ -54,6 +54,12 @@ class SamplerConfig:
     block_context: str = "canvas"
     """What a block attends to. canvas: the whole canvas, masks to the right included (LLaDA);
     prefix: only the committed blocks before it and itself (BD3-LM; the right is not fed)."""
+    aligned_blocks: bool = False
+    """With block_length: blocks start at multiples of block_length in each row's positions, as a
+    block-diffusion (bd3) model was trained, instead of at the first generated token. The prompt is
+    then encoded block by block and its last, partial block is denoised together with the first
+    generated tokens. Set by default for bd3 runs. Rows of one batch must agree on prompt length
+    modulo block_length (dlm.inference groups them)."""
     kv_cache: bool = False
     """With block_length: cache keys and values outside the current block. With block_context=prefix
     the cache is exact (each committed block is encoded once, as the uncached run sees it); with
@@ -110,6 +116,8 @@ class SamplerConfig:
                 raise DlmError(f"{name}={getattr(self, name)} must be in [0, 1] (0 = off)")
         if self.block_length < 0 or self.edit_rounds < 0 or self.guidance_scale < 0 or self.eos_penalty < 0:
             raise DlmError("block_length, edit_rounds, guidance_scale and eos_penalty must be ≥ 0")
+        if self.aligned_blocks and not self.block_length:
+            raise DlmError("aligned_blocks needs semi-autoregressive blocks: set block_length")
         if self.kv_cache and not self.block_length:
             raise DlmError("kv_cache needs semi-autoregressive blocks: set block_length (e.g. 32)")
         if self.edit_rounds and not self.edit_threshold:

@@ -106,7 +106,18 @@ class Denoiser:
         T, start = self.x.shape[1], self.canvas.gen_start
         if not self.cfg.block_length:
             return [(start, T)] if start < T else []
+        if self.cfg.aligned_blocks and start < T:  # back to the start of the block holding the first mask
+            start -= self._block_offset(start)
         return [(s, min(s + self.cfg.block_length, T)) for s in range(start, T, self.cfg.block_length)]
+
+    def _block_offset(self, column: int) -> int:
+        """How far `column` lies into its block, the same in every row (aligned blocks)."""
+        valid = self.canvas.valid[:, column]
+        offsets = set((self.canvas.positions[:, column][valid] % self.cfg.block_length).tolist())
+        if len(offsets) > 1:
+            raise ValueError("aligned blocks: the rows' prompt lengths differ modulo block_length; "
+                             "sample them in separate batches")
+        return offsets.pop() if offsets else 0
 
     def _call(self, x: torch.Tensor, t: torch.Tensor, columns: tuple[int, int], mask: torch.Tensor | None,
               cache_window: tuple[int, int] | None) -> torch.Tensor:
@@ -135,7 +146,8 @@ class Denoiser:
     def _mask(self, block_causal: bool, query: tuple[int, int], keys: int) -> torch.Tensor | None:
         key = (block_causal, query, keys)
         if key not in self._masks:
-            self._masks[key] = attention_mask(self.canvas, self.cfg.block_length, block_causal, query, keys)
+            self._masks[key] = attention_mask(self.canvas, self.cfg.block_length, block_causal, query, keys,
+                                              aligned=self.cfg.aligned_blocks)
         return self._masks[key]
 
     def _new_cache(self) -> None:

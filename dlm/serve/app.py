@@ -68,7 +68,7 @@ class SinkToLoop:
 def describe_model(name: str, pipe: Pipeline) -> dict:
     chat = "<|end|>" in pipe.tokenizer.added_tokens
     return {"id": name, "object": "model", "created": int(pipe.checkpoint.stat().st_mtime), "owned_by": "dlm",
-            "dlm": {"objective": "ar" if pipe.is_autoregressive else "mdlm", "chat": chat,
+            "dlm": {"objective": pipe.objective, "chat": chat,
                     "context": pipe.model.cfg.block_size, "checkpoint": str(pipe.checkpoint)}}
 
 
@@ -140,6 +140,13 @@ def parse_request(body, pipes: dict[str, Pipeline], limits: Limits, chat: bool) 
         raise ApiError(400, str(e), param="prompt",
                        code="context_length_exceeded" if "context" in str(e) else None) from None
     job.prompts, job.prompt_tokens = prompts, sum(lengths)
+    block = options.get("block_length", pipe.diffusion_block)
+    if pipe.diffusion_block and block:  # aligned blocks: one prompt length modulo the block per batch
+        offsets = {n_tokens % block for n_tokens in lengths}
+        if len(offsets) > 1:
+            raise ApiError(400, f"a block-diffusion model decodes blocks of {block} tokens, and these prompts' "
+                           f"lengths differ modulo {block}: send them in separate requests", param="prompt")
+        job.align = offsets.pop()
     job.seeds = [seed + i for _ in prompts for i in range(n)]
     return job
 

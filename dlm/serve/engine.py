@@ -52,6 +52,8 @@ class Job:
     prompts: list[str] = field(default_factory=list)
     messages: list[dict] = field(default_factory=list)
     frames: bool = False
+    align: int = 0
+    """Block diffusion: the prompts' length modulo the block size (batches share it)."""
     events: queue.Queue = field(default_factory=queue.Queue)
     """Events for the HTTP side: ('delta', row, text), ('frame', row, dict), ('done', row, finish_reason,
     text, tokens), ('error', message), then ('end',)."""
@@ -77,7 +79,7 @@ class Job:
     def batch_key(self) -> tuple:
         frozen = tuple(sorted((k, v) for k, v in self.options.items()))
         # Chat canvases depend on each conversation's length: they batch only with themselves.
-        return (self.model, self.kind, self.length, frozen, id(self) if self.kind == "chat" else None)
+        return (self.model, self.kind, self.length, frozen, id(self) if self.kind == "chat" else None, self.align)
 
 
 @dataclass

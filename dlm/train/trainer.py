@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from dlm.config import RunConfig
+from dlm.config import RunConfig, parse_t_range
 from dlm.diffusion.process import entropy_mask_scale
 from dlm.errors import DlmError
 from dlm.model.hf_backbone import build_model
@@ -148,7 +148,8 @@ def _prepare_locked(cfg: RunConfig, run: RunFolder, dist: DistInfo, device_name:
     dc = cfg.diffusion
     objective = make_objective(tc.objective, dc.schedule, tokenizer, edit_prob=dc.edit_prob, antithetic=dc.antithetic,
                                edit_weight=dc.edit_weight, prompt_prob=dc.prompt_prob, weighting=dc.weighting,
-                               weight_cap=dc.weight_cap, ar_input_mask=tc.ar_input_mask)
+                               weight_cap=dc.weight_cap, ar_input_mask=tc.ar_input_mask,
+                               block_size=dc.block_size, t_range=parse_t_range(dc.t_range))
     if dc.masking == "entropy" and tc.objective != "ar":
         from dlm.train.entropy_masking import cached_entropies
 

@@ -1,0 +1,135 @@
+"""Block diffusion (BD3-LM, Arriola et al. 2025): the NELBO as a sum over blocks.
+
+The sequence x of L tokens is cut into L/B blocks of B tokens. The model is autoregressive over
+blocks and a masked diffusion model inside each:
+
+    −log p(x) = Σ_b −log p(x_b | x_<b) ≤ Σ_b NELBO_MDLM(x_b | x_<b),
+
+each block's bound taken with its own noise level t_b, its tokens masked with probability 1 − α(t_b)
+and scored with the MDLM weight −α'(t_b)/(1 − α(t_b)). Divided by L, the figure is a bound on the NLL
+per token, like every other figure `dlm eval` reports.
+
+One forward pass scores every block (the paper's vectorised form): the network reads the noisy
+copy z and the clean copy x side by side, 2L tokens, both at positions 0..L−1, under one attention
+mask —
+
+* a noisy token of block b sees the noisy tokens of block b and the clean tokens of blocks < b;
+* a clean token of block b sees the clean tokens of blocks ≤ b (block-causal), which is how the
+  sampler's KV cache encodes each finished block (dlm.sampling, block_context=prefix).
+
+Only the noisy half's logits are scored. B = L is MDLM (one block, the clean copy unseen); with
+B = 1 the lone token of a block is masked or not, and E_t[w(t)·1{masked}] = 1, so the bound's
+expectation is the exact next-token NLL of the network reading x_<l clean and [MASK] at l.
+
+`t_range=(lo, hi)` draws the noise levels from U[lo, hi] instead of U[0, 1] (the paper's clipped
+schedules, a lower-variance training loss). Only (0, 1) keeps the loss a bound: a narrower range
+drops part of the integral over t. `dlm eval` always uses (0, 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dlm.diffusion.process import sample_t
+from dlm.diffusion.schedules import Schedule
+from dlm.objectives.mdlm import T_MIN, loss_weight
+from dlm.objectives.output import LossOutput
+
+
+def check_block_size(length: int, block: int) -> None:
+    if block < 1 or length % block:
+        raise ValueError(f"diffusion.block_size={block} must divide the sequence length {length} "
+                         f"(e.g. {', '.join(str(d) for d in (1, 2, 4, 8, 16) if length % d == 0)})")
+
+
+def block_diffusion_mask(length: int, block: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(2L, 2L) bool, True where a query may attend: rows and columns are [noisy z | clean x]."""
+    check_block_size(length, block)
+    ids = torch.arange(length, device=device) // block  # block of each position
+    q, k = ids[:, None], ids[None, :]
+    noisy_rows = torch.cat((q == k, k < q), dim=1)  # noisy b: its own noisy block, clean blocks < b
+    clean_rows = torch.cat((torch.zeros_like(q == k), k <= q), dim=1)  # clean b: clean blocks ≤ b
+    return torch.cat((noisy_rows, clean_rows), dim=0)
+
+
+_MASKS: dict[tuple, torch.Tensor] = {}
+
+
+def _cached_mask(length: int, block: int, device: torch.device) -> torch.Tensor:
+    key = (length, block, str(device))
+    if key not in _MASKS:
+        _MASKS[key] = block_diffusion_mask(length, block, device)
+    return _MASKS[key]
+
+
+def sample_block_t(batch: int, n_blocks: int, device: torch.device | str = "cpu",
+                   generator: torch.Generator | None = None, antithetic: bool = True,
+                   t_range: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """(batch, n_blocks) noise levels, one per block, stratified over all of them when `antithetic`.
+    With one block this is `sample_t` (the same draws as MDLM's)."""
+    t = sample_t(batch * n_blocks, device, generator, antithetic=antithetic).view(batch, n_blocks)
+    lo, hi = t_range
+    return t if (lo, hi) == (0.0, 1.0) else lo + (hi - lo) * t
+
+
+def block_diffusion_logits(model: nn.Module, z: torch.Tensor, x: torch.Tensor, block: int) -> torch.Tensor:
+    """(B, L, V) logits of the noisy copy z given the clean copy x, in one forward pass."""
+    B, L = x.shape
+    positions = torch.arange(L, device=x.device).repeat(2)[None]  # (1, 2L): both copies at 0..L−1
+    mask = _cached_mask(L, block, x.device)
+    return model(torch.cat((z, x), dim=1), positions=positions, attn_mask=mask)[:, :L]
+
+
+def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int, block: int,
+             n_real_tokens: int | None = None, generator: torch.Generator | None = None,
+             t: torch.Tensor | None = None, *, antithetic: bool = True, weighting: str = "elbo",
+             weight_cap: float | None = None, t_range: tuple[float, float] = (0.0, 1.0),
+             prompt_mask: torch.Tensor | None = None, token_weight: torch.Tensor | None = None) -> LossOutput:
+    """One-sample estimate of the block-diffusion NELBO of each sequence in x (B, L), per token.
+
+    `t` (B, L/B) fixes the blocks' noise levels (default: drawn). `prompt_mask` (B, L) bool marks
+    positions never masked or scored (chat fine-tuning's conversation so far) and `token_weight`
+    (B, L) each scored position's weight, as in `mdlm_loss`. With weighting other than 'elbo' or a
+    narrower t_range the result is a training loss, not the NELBO.
+    """
+    B, L = x.shape
+    check_block_size(L, block)
+    n_blocks = L // block
+    if t is None:
+        t = sample_block_t(B, n_blocks, x.device, generator, antithetic, t_range)
+    t = t.clamp(min=T_MIN)
+    t_token = t.repeat_interleave(block, dim=1)  # (B, L)
+    mask_prob = (1 - schedule.alpha(t_token.double())).float()  # (B, L), as mask_tokens computes it
+    masked = torch.rand(x.shape, generator=generator, device="cpu").to(x.device) < mask_prob
+    if prompt_mask is not None:
+        masked &= ~prompt_mask
+    z = torch.where(masked, torch.full_like(x, mask_id), x)
+    logits = block_diffusion_logits(model, z, x, block).float()
+    logits[..., mask_id] = float("-inf")  # SUBS
+    nll = F.cross_entropy(logits.transpose(1, 2), x, reduction="none")  # (B, L)
+    weight = loss_weight(schedule, t_token.flatten(), weighting, weight_cap).view(B, L)
+    scored = masked if token_weight is None else masked * token_weight
+    per_seq = (nll * scored * weight).sum(1) / L
+
+    if weighting == "elbo":
+        alpha_0, alpha_1 = schedule.alpha(torch.tensor([0.0, 1.0], dtype=torch.float64)).tolist()
+        if alpha_0 < 1 - 1e-9:  # reconstruction term at t = 0, every block at once
+            mask0 = torch.rand(x.shape, generator=generator, device="cpu").to(x.device) < (1 - alpha_0)
+            if prompt_mask is not None:
+                mask0 &= ~prompt_mask
+            z0 = torch.where(mask0, torch.full_like(x, mask_id), x)
+            logits0 = block_diffusion_logits(model, z0, x, block).float()
+            logits0[..., mask_id] = float("-inf")
+            nll0 = F.cross_entropy(logits0.transpose(1, 2), x, reduction="none")
+            per_seq = per_seq + (nll0 * mask0).sum(1) / L
+        if alpha_1 > 1e-9:  # prior term at t = 1 (analytic), per generated token
+            assert n_real_tokens is not None, f"schedule {schedule.name} leaves α(1) > 0: pass n_real_tokens"
+            prior = alpha_1 * math.log(n_real_tokens)
+            if prompt_mask is not None:
+                prior = prior * (~prompt_mask).sum(1) / L
+            per_seq = per_seq + prior
+    return LossOutput(per_seq.sum() * L, B * L, per_seq.detach(), t.mean(1))

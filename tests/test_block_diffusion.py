@@ -1,0 +1,181 @@
+"""Block diffusion (BD3-LM): the objective's limits (B = L is MDLM, B = 1 the exact next-token NLL),
+the sampler's KV cache against the training forward, and a short run that learns."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dlm
+from dlm.data.config import DataConfig
+from dlm.data.shards import prepare_corpus
+from dlm.diffusion.schedules import Linear
+from dlm.errors import DlmError
+from dlm.model import ModelConfig
+from dlm.model.transformer import Transformer
+from dlm.objectives.block_diffusion import bd3_loss, block_diffusion_logits, block_diffusion_mask
+from dlm.objectives.mdlm import mdlm_loss
+from dlm.presets import tiny
+from dlm.sampling.canvas import build_canvas
+from dlm.sampling.config import SamplerConfig
+from dlm.sampling.denoiser import Denoiser
+from dlm.special_ids import SpecialIds
+from dlm.train.trainer import train
+
+V, MASK = 12, 11
+SPECIAL = SpecialIds(mask=MASK, pad=10, bos=9, eos=8)
+
+
+def model(L: int = 16, seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig(vocab_size=V, n_layer=2, n_head=2, d_model=32, block_size=L)).eval()
+
+
+def data(B: int = 3, L: int = 16, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 8, (B, L), generator=torch.Generator().manual_seed(seed))
+
+
+def test_attention_mask_noisy_sees_its_block_and_clean_past() -> None:
+    mask = block_diffusion_mask(4, 2).int()
+    expected = torch.tensor([
+        # noisy 0..3        clean 0..3
+        [1, 1, 0, 0,        0, 0, 0, 0],
+        [1, 1, 0, 0,        0, 0, 0, 0],
+        [0, 0, 1, 1,        1, 1, 0, 0],
+        [0, 0, 1, 1,        1, 1, 0, 0],
+        [0, 0, 0, 0,        1, 1, 0, 0],
+        [0, 0, 0, 0,        1, 1, 0, 0],
+        [0, 0, 0, 0,        1, 1, 1, 1],
+        [0, 0, 0, 0,        1, 1, 1, 1],
+    ])
+    assert torch.equal(mask, expected)
+    with pytest.raises(ValueError, match="must divide"):
+        block_diffusion_mask(6, 4)
+
+
+def test_one_block_is_mdlm_with_the_same_weights_and_noise() -> None:
+    net, x = model(), data()
+    ours = bd3_loss(net, x, Linear(), MASK, block=16, generator=torch.Generator().manual_seed(5))
+    theirs = mdlm_loss(net, x, Linear(), MASK, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(ours.t, theirs.t)
+    assert torch.allclose(ours.per_sequence, theirs.per_sequence, atol=1e-5), (ours.per_sequence, theirs.per_sequence)
+
+
+def exact_next_token_nll(net: Transformer, x: torch.Tensor) -> torch.Tensor:
+    """(B,) mean −log p(x_l | x_<l) per token, each position scored on its own: the clean prefix read
+    causally, [MASK] at l (what a block of one token is, decoded with nothing else)."""
+    B, L = x.shape
+    total = torch.zeros(B)
+    for pos in range(L):
+        inputs = torch.cat((x[:, :pos], torch.full((B, 1), MASK)), dim=1)
+        causal = torch.ones(pos + 1, pos + 1, dtype=torch.bool).tril()
+        logits = net(inputs, attn_mask=causal)[:, -1].float()
+        logits[:, MASK] = float("-inf")
+        total += torch.nn.functional.cross_entropy(logits, x[:, pos], reduction="none")
+    return total / L
+
+
+def test_blocks_of_one_token_give_the_exact_next_token_nll() -> None:
+    net, x = model(), data()
+    exact = exact_next_token_nll(net, x)
+    # Every block masked (t = 1, weight 1 under the linear schedule): the bound is the NLL itself.
+    at_one = bd3_loss(net, x, Linear(), MASK, block=1, t=torch.ones(3, 16))
+    assert torch.allclose(at_one.per_sequence, exact, atol=1e-5)
+    # And in expectation over t: averaged over many draws the estimate converges to it.
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([bd3_loss(net, x, Linear(), MASK, block=1, generator=gen).per_sequence for _ in range(400)])
+    se = draws.std(0) / 400 ** 0.5
+    assert ((draws.mean(0) - exact).abs() < 4 * se).all(), (draws.mean(0), exact, se)
+
+
+@pytest.mark.parametrize("prompt_len", [0, 5, 8])
+def test_the_samplers_cached_block_sees_what_training_saw(prompt_len: int) -> None:
+    """The logits of the first step of a block, decoded with the exact KV cache of the blocks before
+    it, equal the training forward's logits for that block fully masked."""
+    net, x, block = model(), data(B=1), 4
+    first = prompt_len // block  # the block holding the first generated token
+    s, e = first * block, (first + 1) * block
+    canvas = build_canvas([[*x[0, :prompt_len].tolist(), *([None] * (16 - prompt_len))]], SPECIAL)
+    config = SamplerConfig(block_length=block, block_context="prefix", kv_cache=True, aligned_blocks=True,
+                           steps=16, temperature=0)
+    decoder = Denoiser(net, canvas, config, SPECIAL)
+    windows = decoder._windows()
+    assert windows[0] == (s, e) and all(b - a == block for a, b in windows)
+    with torch.no_grad():
+        cached = decoder.logits(windows[0], torch.ones(1))
+        z = x.clone()
+        z[:, prompt_len:e] = MASK
+        trained = block_diffusion_logits(net, z, x, block)[:, s:e]
+    keep = z[:, s:e] == MASK  # the sampler suppresses specials; compare the positions it decodes
+    trained[..., [MASK, SPECIAL.pad, SPECIAL.bos]] = float("-inf")
+    assert torch.allclose(cached[keep], trained[keep].float(), atol=1e-4)
+
+
+def test_cached_and_uncached_block_decoding_agree() -> None:
+    net = model()
+    prompt = data(B=1)[0, :6].tolist()
+    results = []
+    for cache in (True, False):
+        canvas = build_canvas([[*prompt, *([None] * 10)]], SPECIAL)
+        config = SamplerConfig(block_length=4, block_context="prefix", kv_cache=cache, aligned_blocks=True,
+                               steps=10, temperature=0.8, seed=3)
+        with torch.no_grad():
+            results.append(Denoiser(net, canvas, config, SPECIAL).run())
+    assert torch.equal(results[0].tokens, results[1].tokens)
+    assert results[0].tokens[0, :6].tolist() == prompt and not (results[0].tokens == MASK).any()
+
+
+def test_config_errors_name_the_fix() -> None:
+    cfg = tiny()
+    cfg.train.objective, cfg.diffusion.block_size = "bd3", 5
+    with pytest.raises(DlmError, match="must divide the context"):
+        cfg.validate()
+    cfg.train.objective, cfg.diffusion.block_size = "mdlm", 4
+    with pytest.raises(DlmError, match="train.objective=bd3"):
+        cfg.validate()
+    cfg.train.objective, cfg.diffusion.t_range = "bd3", "0.5,0.2"
+    with pytest.raises(DlmError, match="t_range"):
+        cfg.validate()
+
+
+def test_cli_rejects_a_block_size_that_does_not_divide_the_context(tmp_path: Path, corpus_file: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "dlm", "train", "--preset", "tiny", "--data", str(corpus_file),
+                          "--out", str(tmp_path / "run"), "--block-size", "5", "--max-steps", "1"],
+                         capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "diffusion.block_size=5 must divide" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_short_block_diffusion_run_learns_evaluates_and_samples(tmp_path: Path, corpus_file: Path) -> None:
+    from test_learning import unigram_entropy, val_nelbo
+
+    cfg = tiny()
+    cfg.data.source = str(corpus_file)
+    cfg.train.objective, cfg.diffusion.block_size = "bd3", 4
+    cfg.train.max_steps, cfg.train.eval_interval = 400, 1000
+    run = tmp_path / "run"
+    train(cfg, run, quiet=True)
+
+    # it learns: its NELBO is well below the best context-free model's
+    entropy = unigram_entropy(prepare_corpus(DataConfig(source=str(corpus_file))).split("train"))
+    pipe = dlm.load(run)
+    assert pipe.objective == "bd3" and pipe.diffusion_block == 4
+    nelbo = val_nelbo(run)
+    assert nelbo["nats_per_token"] < entropy - 0.3, (nelbo, entropy)
+
+    # dlm eval names the figure
+    out = subprocess.run([sys.executable, "-m", "dlm", "eval", "--ckpt", str(run), "--quiet", "--max-passes", "4"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "block-diffusion NELBO, blocks of 4 (upper bound on NLL)" in out.stdout
+
+    # prompts of any length in one call; a row's text does not depend on the rest of the batch
+    texts = pipe.generate(["The", "The quick", ""], length=20, seed=1)
+    assert texts[0].startswith("The") and texts[1].startswith("The quick") and len(texts) == 3
+    alone = pipe.generate(["The quick"], length=20, seeds=[1 + 1])
+    assert alone[0] == texts[1]
+    assert all("[MASK]" not in text for text in texts)
