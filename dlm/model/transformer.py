@@ -228,8 +228,12 @@ class Transformer(nn.Module):
         """
         B, T = idx.shape
         start, end = cache.span(T) if cache is not None else (0, T)
-        # Explicit positions may repeat (block diffusion reads a noisy and a clean copy of one window).
-        reach = int(positions.max()) + 1 if positions is not None and cache is None else max(start + T, end)
+        # Explicit positions may repeat (block diffusion reads a noisy and a clean copy of one window);
+        # their range is checked outside compiled code only (reading it back would break the graph).
+        if positions is not None and cache is None:
+            reach = 0 if torch.compiler.is_compiling() else int(positions.max()) + 1
+        else:
+            reach = max(start + T, end)
         if reach > self.cfg.block_size:
             raise ValueError(f"sequence of {reach} tokens exceeds block_size={self.cfg.block_size}")
         if positions is None:
