@@ -179,3 +179,13 @@ def test_a_short_block_diffusion_run_learns_evaluates_and_samples(tmp_path: Path
     alone = pipe.generate(["The quick"], length=20, seeds=[1 + 1])
     assert alone[0] == texts[1]
     assert all("[MASK]" not in text for text in texts)
+
+
+@pytest.mark.parametrize("block", [1, 4, 16])
+def test_the_partwise_attention_equals_the_dense_mask(block: int) -> None:
+    net, x = model(), data()
+    z = x.masked_fill(torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) < 0.5, MASK)
+    with torch.no_grad():
+        fast = block_diffusion_logits(net, z, x, block)
+        dense = block_diffusion_logits(net, z, x, block, dense=True)
+    assert torch.allclose(fast, dense, atol=1e-5)

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dlm.model.block_attention import BlockDiffusionLayout, block_diffusion_attention
 from dlm.model.config import ModelConfig
 from dlm.model.kv_cache import KVCache
 from dlm.model.lora import add_lora
@@ -91,6 +92,9 @@ class Attention(nn.Module):
                 raise ValueError("KV cache: extend one token at a time after the prefill")
             k, v = cache.update(self.layer, k, v)
         dropout = self.dropout if self.training else 0.0
+        if isinstance(attn_mask, BlockDiffusionLayout):  # block diffusion's [noisy | clean] training input
+            y = block_diffusion_attention(q, k, v, attn_mask, dropout)
+            return self.proj(y.transpose(1, 2).reshape(B, T, D))
         # CPU: explicit matmuls, but causal fp32 goes to SDPA's flash kernel (faster there, bench/attention.py),
         # except under ONNX export, whose traced lengths make is_causal a tensor that SDPA refuses.
         exporting = torch.jit.is_tracing() or torch.compiler.is_exporting()
@@ -223,7 +227,8 @@ class Transformer(nn.Module):
         positions: (B, T) RoPE positions per row (default: consecutive, from the cache's write
         position or 0) — left-padded batches use it so every row counts from its own first token.
         attn_mask: bool, broadcastable to (B, H, T, Tk), True where a query may attend (on top of
-        the causal mask of the AR twin). Returns logits (B, T, V), or the final normalised hidden
+        the causal mask of the AR twin); or a BlockDiffusionLayout, block diffusion's [noisy | clean]
+        training input (dlm.model.block_attention). Returns logits (B, T, V), or the final normalised hidden
         states (B, T, D) with `return_hidden`.
         """
         B, T = idx.shape

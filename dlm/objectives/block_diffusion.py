@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from dlm.diffusion.process import sample_t
 from dlm.diffusion.schedules import Schedule
+from dlm.model.block_attention import BlockDiffusionLayout
 from dlm.objectives.mdlm import T_MIN, loss_weight
 from dlm.objectives.output import LossOutput
 
@@ -56,14 +57,15 @@ def block_diffusion_mask(length: int, block: int, device: torch.device | str = "
     return torch.cat((noisy_rows, clean_rows), dim=0)
 
 
-_MASKS: dict[tuple, torch.Tensor] = {}
+_LAYOUTS: dict[tuple[int, int], BlockDiffusionLayout] = {}
 
 
-def _cached_mask(length: int, block: int, device: torch.device) -> torch.Tensor:
-    key = (length, block, str(device))
-    if key not in _MASKS:
-        _MASKS[key] = block_diffusion_mask(length, block, device)
-    return _MASKS[key]
+def layout_for(length: int, block: int) -> BlockDiffusionLayout:
+    """The attention layout of `block_diffusion_mask`, computed part by part (dlm.model.block_attention)."""
+    check_block_size(length, block)
+    if (length, block) not in _LAYOUTS:
+        _LAYOUTS[(length, block)] = BlockDiffusionLayout(length, block)
+    return _LAYOUTS[(length, block)]
 
 
 def sample_block_t(batch: int, n_blocks: int, device: torch.device | str = "cpu",
@@ -76,11 +78,13 @@ def sample_block_t(batch: int, n_blocks: int, device: torch.device | str = "cpu"
     return t if (lo, hi) == (0.0, 1.0) else lo + (hi - lo) * t
 
 
-def block_diffusion_logits(model: nn.Module, z: torch.Tensor, x: torch.Tensor, block: int) -> torch.Tensor:
-    """(B, L, V) logits of the noisy copy z given the clean copy x, in one forward pass."""
+def block_diffusion_logits(model: nn.Module, z: torch.Tensor, x: torch.Tensor, block: int,
+                           dense: bool = False) -> torch.Tensor:
+    """(B, L, V) logits of the noisy copy z given the clean copy x, in one forward pass. `dense`:
+    through the (2L)² mask of `block_diffusion_mask` (the reference the tests compare with)."""
     B, L = x.shape
     positions = torch.arange(L, device=x.device).repeat(2)[None]  # (1, 2L): both copies at 0..L−1
-    mask = _cached_mask(L, block, x.device)
+    mask = block_diffusion_mask(L, block, x.device) if dense else layout_for(L, block)
     return model(torch.cat((z, x), dim=1), positions=positions, attn_mask=mask)[:, :L]
 
 

@@ -167,16 +167,15 @@ class Denoiser:
             end = e if block_causal else T
             mask = self._mask(block_causal, (0, end), end)
             logits = self._call(self.x[:, :end], t, (0, end), mask, None)[:, s:e]
-        elif block_causal:  # exact prefix cache: encode each finished block once, then the block alone
+        elif block_causal:  # exact prefix cache: each finished block is encoded once, then the block alone
             if self.cache is None:
                 self._new_cache()
-            if self._cache_filled < s:
-                a = self._cache_filled
-                mask = self._mask(True, (a, s), s)
-                self._call(self.x[:, a:s], t, (a, s), mask, (a, s))
-                self._cache_filled = s
-            mask = self._mask(True, (s, e), e)
-            logits = self._call(self.x[:, s:e], t, (s, e), mask, (s, e))
+            # The finished blocks not yet cached ride along with the block's first step: one forward
+            # over [a, e), block-causal, so each finished block still sees only itself and the past.
+            a = self._cache_filled
+            mask = self._mask(True, (a, e), e)
+            logits = self._call(self.x[:, a:e], t, (a, e), mask, (a, e))[:, s - a:]
+            self._cache_filled = s
         else:  # dual cache: refresh every column at a block's first step, then recompute the block only
             if self.cache is None:
                 self._new_cache()

@@ -1,0 +1,253 @@
+"""Block diffusion's frontier: likelihood against block size, and quality against speed for every sampler.
+
+    python bench/block_diffusion.py --bd3 runs/bd3-b1 runs/bd3-b4 runs/bd3-b16 --mdlm runs/mdlm --ar runs/ar \\
+        --samples 64 --json runs/block_diffusion.json --markdown docs/block-diffusion.md \\
+        --plot docs/img/block-diffusion-frontier.png
+
+Three tables, each row measured here, on this machine, in one run of this script:
+
+1. **Likelihood**: every run's figure on the validation split with `dlm eval`'s estimator (the
+   block NELBO for bd3 runs, the NELBO for MDLM, the exact NLL for the AR twin), its Monte-Carlo and
+   over-windows standard errors, and the run's training steps. `--eval-json RUN=FILE` reuses a
+   `dlm eval --json` file of that run instead of computing the figure again.
+2. **Samples and speed**: `--samples` unconditional samples of `--length` characters from each
+   sampler setting of each model (block models: tokens committed per step and threshold decoding;
+   MDLM: its default sampler; the AR twin with its KV cache), judged as in
+   bench/default_sampler.py: real-word rate, whole-text MAUVE with its interval, gen-PPL under the
+   AR twin and under an independent pretrained judge, unigram entropy, self-BLEU. Speed: generated
+   characters per second at batch 32 (the samples themselves) and at batch 1 (`--speed-samples`
+   single samples, seeds 0, 1, …), each with its wall time.
+3. **The verdict**: each row against the AR twin by the "within reach" rule of
+   bench/default_sampler.py, and its speed as a multiple of the twin's at batch 1 and 32.
+
+`--plot` draws the quality–speed frontier (real-word rate against characters per second at
+batch 1, every row a point) as a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from default_sampler import held_out, shortfalls
+from labels import mauve_cell, percent
+from machine import describe_cpu  # noqa: E402 (bench/ is on the path when run)
+from markers import write_between_markers
+
+from dlm.data.loader import eval_windows
+from dlm.data.shards import prepare_corpus
+from dlm.eval.generation_eval import evaluate_generation, run_word_list
+from dlm.eval.likelihood import evaluate_likelihood
+from dlm.inference import load
+from dlm.io import atomic_write_json
+
+METRICS = ("real_word_rate", "mauve", "gen_ppl", "independent_gen_ppl", "unigram_entropy", "self_bleu")
+
+
+def block_settings(block: int, length: int) -> dict[str, dict]:
+    """Sampler settings of a block model: tokens committed per step (steps per block), then
+    threshold decoding at one token per step at least (confidence order)."""
+    blocks = length // block
+    settings = {}
+    for per_step in (1, 2, 4, 8):
+        if per_step <= block:
+            settings[f"{per_step} token{'s' * (per_step > 1)}/step"] = {"steps": blocks * max(1, block // per_step)}
+    for threshold in (0.9, 0.7, 0.5):
+        settings[f"threshold {threshold}"] = {"steps": length, "sampler": "confidence", "threshold": threshold}
+    return settings
+
+
+def training_steps(run: str) -> int | None:
+    log, step = Path(run) / "log.jsonl", None
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            try:
+                step = json.loads(line).get("step", step)
+            except json.JSONDecodeError:
+                continue
+    return step
+
+
+def likelihood(run: str, pipe, reuse: dict[str, str], args: argparse.Namespace) -> dict:
+    if run in reuse:
+        figures = json.loads(Path(reuse[run]).read_text())
+        return {**figures, "source": f"dlm eval --json {reuse[run]}"}
+    corpus = prepare_corpus(pipe.config.data, tokenizer=pipe.tokenizer)
+    windows = eval_windows(corpus.split("val"), pipe.config.model.block_size)
+    figures = evaluate_likelihood(pipe.model, windows, pipe.tokenizer.special, causal=pipe.is_autoregressive,
+                                  block=pipe.diffusion_block, device=pipe.device, dtype=pipe.dtype,
+                                  seed=0, progress=False)
+    return {**figures, "source": "computed here (dlm eval's estimator, seed 0)"}
+
+
+def speed_at_batch_1(pipe, options: dict, args: argparse.Namespace) -> dict:
+    started, tokens = time.perf_counter(), 0
+    for seed in range(args.speed_samples):
+        result = pipe.sample("", length=args.length, seed=seed, **options)
+        tokens += int(result.generated.sum())
+    wall = time.perf_counter() - started
+    return {"batch1_chars_per_s": tokens / wall, "batch1_wall_s": wall, "batch1_samples": args.speed_samples}
+
+
+def measure(name: str, pipe, options: dict, common: dict, args: argparse.Namespace) -> dict:
+    steps = options.pop("steps", args.length)
+    row = evaluate_generation(pipe, common.pop("split"), steps=steps, sampler_options=options, **common)
+    row.update(speed_at_batch_1(pipe, {"steps": steps, **options}, args))
+    row["batch32_chars_per_s"] = row["tokens_per_s"]
+    row["options"] = {"steps": steps, **options}
+    shown = {k: round(row[k], 3) for k in METRICS if row.get(k) is not None}
+    print(name, shown, f"{row['batch1_chars_per_s']:.0f} chars/s at batch 1, "
+          f"{row['batch32_chars_per_s']:.0f} at batch {args.batch_size}", flush=True)
+    return row
+
+
+def verdicts(report: dict) -> None:
+    ar = report["rows"]["AR twin"]
+    for row in report["rows"].values():
+        missing = shortfalls(row, ar)
+        row["within_reach"] = missing is not None and not missing
+        row["shortfalls"] = missing or []
+        row["speed_vs_ar_batch1"] = row["batch1_chars_per_s"] / ar["batch1_chars_per_s"]
+        row["speed_vs_ar_batch32"] = row["batch32_chars_per_s"] / ar["batch32_chars_per_s"]
+
+
+def markdown(report: dict) -> str:
+    s = report["settings"]
+    lines = [f"Command: `{report['command']}` on {report['date']} ({report['machine']}).", "",
+             "#### Likelihood on the validation split (nats/char)", "",
+             "| model | figure | nats/char | MC s.e. | s.e. over windows | training steps |", "|---|---|---:|---:|---:|---:|"]
+    for name, r in report["likelihood"].items():
+        kind = {"exact_nll": "exact NLL", "nelbo_bound": "NELBO (bound)"}[r["kind"]]
+        se = r.get("window_standard_error")
+        lines.append(f"| {name} | {kind} | {r['nats_per_token']:.4f} | {r.get('mc_standard_error', 0):.4f} | "
+                     f"{'—' if se is None else f'{se:.4f}'} | {r.get('training_steps') or '—'} |")
+    lines += ["", f"#### Samples and speed ({s['samples']} samples × {s['length']} characters; speed at batch 1 "
+              f"over {s['speed_samples']} samples, at batch {s['batch_size']} over the samples themselves)", "",
+              "| model · sampler | real words % | MAUVE (whole text) | gen-PPL (AR twin) | gen-PPL (independent) | "
+              "entropy | self-BLEU | chars/s, batch 1 | × AR | chars/s, batch 32 | × AR | within reach |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    ref = report["reference"]
+    lines.append(f"| held-out text | {percent(ref)} | {mauve_cell(ref)} | {ref['gen_ppl']:.2f} | "
+                 f"{ref.get('independent_gen_ppl') or 0:.1f} | {ref['unigram_entropy']:.3f} | {ref['self_bleu']:.3f} "
+                 "| — | — | — | — | — |")
+    for name, r in report["rows"].items():
+        verdict = "**yes**" if r["within_reach"] else f"no ({', '.join(r['shortfalls'])})" if r["shortfalls"] else "—"
+        if name == "AR twin":
+            verdict = "—"
+        lines.append(f"| {name} | {percent(r)} | {mauve_cell(r)} | {r['gen_ppl']:.2f} | "
+                     f"{r.get('independent_gen_ppl') or 0:.1f} | {r['unigram_entropy']:.3f} | {r['self_bleu']:.3f} | "
+                     f"{r['batch1_chars_per_s']:,.0f} | {r['speed_vs_ar_batch1']:.2f} | "
+                     f"{r['batch32_chars_per_s']:,.0f} | {r['speed_vs_ar_batch32']:.2f} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: str) -> None:
+    from dlm.viz.plots import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in report["rows"].items():
+        model = name.split(" · ")[0]
+        marker = {"AR twin": "s", "MDLM": "^"}.get(model, "o")
+        ax.scatter(r["batch1_chars_per_s"], 100 * r["real_word_rate"], marker=marker, label=name, s=28)
+    ax.axhline(100 * report["reference"]["real_word_rate"], color="grey", linestyle=":", label="held-out text")
+    ax.set_xscale("log")
+    ax.set_xlabel("characters per second, batch 1 (log scale)")
+    ax.set_ylabel("real words, % of the samples' words")
+    ax.set_title(f"Quality against speed, {report['date']}")
+    ax.legend(fontsize=6, ncol=2, loc="lower left")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+
+
+def publish(report: dict, args: argparse.Namespace) -> None:
+    text = markdown(report)
+    print(text)
+    if args.markdown:
+        write_between_markers(args.markdown, "bench/block_diffusion.py", text)
+    if args.plot:
+        plot(report, args.plot)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bd3", nargs="+", default=[], metavar="RUN", help="block-diffusion runs (any block sizes)")
+    parser.add_argument("--mdlm", help="the MDLM run (the B = context endpoint)")
+    parser.add_argument("--ar", help="the AR twin (the B = 1 endpoint with its KV cache; required)")
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--speed-samples", type=int, default=4, help="single samples timed at batch 1")
+    parser.add_argument("--settings", help="';'-separated subset of the block samplers' setting names")
+    parser.add_argument("--quality-blocks", type=int, nargs="*",
+                        help="block sizes whose samples are judged (default: every bd3 run's)")
+    parser.add_argument("--eval-json", action="append", default=[], metavar="RUN=FILE",
+                        help="reuse this `dlm eval --json` file for RUN's likelihood")
+    parser.add_argument("--independent-judge", default="smollm2", help="as in bench/default_sampler.py; 'none' skips")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default="bench/results/block_diffusion.json")
+    parser.add_argument("--markdown", help="write the tables between the bench/block_diffusion.py markers")
+    parser.add_argument("--plot", help="write the quality–speed frontier here (PNG)")
+    parser.add_argument("--from-json", metavar="FILE", help="no measuring: print (and --markdown, --plot) a report")
+    args = parser.parse_args()
+    if args.from_json:
+        publish(json.loads(Path(args.from_json).read_text()), args)
+        return 0
+    if not args.ar:
+        parser.error("--ar is required (the twin every row is compared with)")
+    reuse = dict(item.split("=", 1) for item in args.eval_json)
+    ar = load(args.ar)
+    corpus = prepare_corpus(ar.config.data, tokenizer=ar.tokenizer)
+    split, words = corpus.split("val"), run_word_list(ar, corpus.split("train"))
+    independent = None if args.independent_judge == "none" else args.independent_judge
+
+    models: dict[str, tuple[str, object]] = {}
+    for run in args.bd3:
+        pipe = load(run)
+        if not pipe.diffusion_block:
+            parser.error(f"{run} is not a block-diffusion run (train.objective=bd3)")
+        models[f"block {pipe.diffusion_block}"] = (run, pipe)
+    if args.mdlm:
+        models["MDLM"] = (args.mdlm, load(args.mdlm))
+    models["AR twin"] = (args.ar, ar)
+
+    report: dict = {"settings": vars(args), "date": time.strftime("%Y-%m-%d"),
+                    "command": "python bench/block_diffusion.py " + shlex.join(sys.argv[1:]),
+                    "machine": f"{describe_cpu()}, torch {torch.__version__}", "likelihood": {}, "rows": {}}
+    for name, (run, pipe) in models.items():
+        report["likelihood"][name] = {**likelihood(run, pipe, reuse, args), "run": run,
+                                      "training_steps": training_steps(run)}
+        print(name, f"{report['likelihood'][name]['nats_per_token']:.4f} nats/char", flush=True)
+
+    def common() -> dict:
+        return {"split": split, "num_samples": args.samples, "length": args.length, "batch_size": args.batch_size,
+                "seed": args.seed, "judge": args.ar, "mauve": True, "words": words,
+                "independent_judge": independent}
+
+    report["reference"] = held_out(ar, split, words, args, independent)
+    report["rows"]["AR twin"] = measure("AR twin", ar, {}, common(), args)
+    if args.mdlm:
+        report["rows"]["MDLM · default sampler"] = measure("MDLM", models["MDLM"][1], {}, common(), args)
+    chosen = [n.strip() for n in args.settings.split(";")] if args.settings else None
+    for name, (run, pipe) in models.items():
+        if not name.startswith("block ") or (args.quality_blocks and pipe.diffusion_block not in args.quality_blocks):
+            continue
+        for setting, options in block_settings(pipe.diffusion_block, args.length).items():
+            if chosen is None or setting in chosen:
+                report["rows"][f"{name} · {setting}"] = measure(f"{name} · {setting}", pipe, dict(options),
+                                                                common(), args)
+    verdicts(report)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(args.json), report)
+    publish(report, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
