@@ -56,9 +56,14 @@ def block_settings(block: int, length: int) -> dict[str, dict]:
     settings = {}
     for per_step in (1, 2, 4, 8):
         if per_step <= block:
-            settings[f"{per_step} token{'s' * (per_step > 1)}/step"] = {"steps": blocks * max(1, block // per_step)}
-    for threshold in (0.9, 0.7, 0.5):
-        settings[f"threshold {threshold}"] = {"steps": length, "sampler": "confidence", "threshold": threshold}
+            name = f"{per_step} token{'s' * (per_step > 1)}/step"
+            settings[name] = {"steps": blocks * max(1, block // per_step)}  # random order, temperature 0.8
+            settings[f"{name}, temperature 1"] = {"steps": blocks * max(1, block // per_step), "temperature": 1.0}
+    if block > 1:
+        for threshold in (0.9, 0.7):
+            settings[f"threshold {threshold}"] = {"steps": length, "sampler": "confidence", "threshold": threshold}
+            settings[f"threshold {threshold}, temperature 1"] = {"steps": length, "sampler": "confidence",
+                                                                 "threshold": threshold, "temperature": 1.0}
     return settings
 
 
@@ -120,7 +125,8 @@ def markdown(report: dict) -> str:
     s = report["settings"]
     lines = [f"Command: `{report['command']}` on {report['date']} ({report['machine']}).", "",
              "#### Likelihood on the validation split (nats/char)", "",
-             "| model | figure | nats/char | MC s.e. | s.e. over windows | training steps |", "|---|---|---:|---:|---:|---:|"]
+             "| model | figure | nats/char | MC s.e. | s.e. over windows | training steps |",
+             "|---|---|---:|---:|---:|---:|"]
     for name, r in report["likelihood"].items():
         kind = {"exact_nll": "exact NLL", "nelbo_bound": "NELBO (bound)"}[r["kind"]]
         se = r.get("window_standard_error")
@@ -235,7 +241,7 @@ def main() -> int:
     if args.mdlm:
         report["rows"]["MDLM · default sampler"] = measure("MDLM", models["MDLM"][1], {}, common(), args)
     chosen = [n.strip() for n in args.settings.split(";")] if args.settings else None
-    for name, (run, pipe) in models.items():
+    for name, (_, pipe) in models.items():
         if not name.startswith("block ") or (args.quality_blocks and pipe.diffusion_block not in args.quality_blocks):
             continue
         for setting, options in block_settings(pipe.diffusion_block, args.length).items():

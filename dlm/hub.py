@@ -154,8 +154,14 @@ def write_tokenizer_files(tokenizer: Tokenizer, folder: Path) -> None:
 
 def model_card(cfg: RunConfig, tokenizer: Tokenizer, params: int, eval_result: dict | None, eval_source: str | None,
                name: str) -> str:
-    objective = "autoregressive twin (causal, exact next-token NLL)" if cfg.model.causal else \
-        f"masked diffusion (MDLM NELBO, {cfg.diffusion.schedule} schedule, {cfg.diffusion.weighting} weighting)"
+    if cfg.model.causal:
+        objective = "autoregressive twin (causal, exact next-token NLL)"
+    elif cfg.train.objective == "bd3":
+        objective = (f"block diffusion (BD3-LM NELBO, blocks of {cfg.diffusion.block_size} tokens, "
+                     f"{cfg.diffusion.schedule} schedule)")
+    else:
+        objective = (f"masked diffusion (MDLM NELBO, {cfg.diffusion.schedule} schedule, "
+                     f"{cfg.diffusion.weighting} weighting)")
     unit = "character" if tokenizer.kind == "char" else "token"
     network = cfg.model.backbone or f"{cfg.model.n_layer} layers × {cfg.model.n_head} heads × {cfg.model.d_model}"
     lines = ["---", "library_name: dlm", "license: mit", "pipeline_tag: text-generation",

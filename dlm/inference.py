@@ -147,6 +147,8 @@ class Pipeline:
         `SamplerConfig` fields (sampler, steps, temperature, top_k, top_p, block_length, ...).
         Row i uses seed + i. `on_step` sees the canvas after every step. Returns ids with everything
         the sampler knows (forward passes, ...)."""
+        if self.diffusion_block and template is None and self._beyond_context(prompt, length):
+            return self._sample_sliding(prompt, length, num_samples, on_step, options)
         groups = self._block_groups(prompt, template, num_samples, options)
         if groups is not None:  # block diffusion, prompts whose lengths differ modulo the block size
             parts = [self.sample([prompt[i] for i in members], length, num_samples, on_step=on_step,
@@ -158,6 +160,70 @@ class Pipeline:
                 if on_step is not None:
                     on_step(state)
         return decoder.result()
+
+    def _beyond_context(self, prompt: str | list[str], length: int) -> bool:
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        longest = max(len(self.tokenizer.encode(p)) if p else 0 for p in prompts)
+        return longest + length > self.model.cfg.block_size
+
+    def _sample_sliding(self, prompt: str | list[str], length: int, num_samples: int,
+                        on_step: Callable[[DenoiseStep], None] | None, options: dict) -> GenerationResult:
+        """Block diffusion past the context: decode a window, then slide it by half a context (the
+        last half, a whole number of blocks, becomes the next window's prompt, encoded again) until
+        `length` tokens are written or every row has ended at [EOS]. Row i of round r draws from
+        seed + i + r·rows. Steps are shared among rounds in proportion to the tokens each writes."""
+        context = self.model.cfg.block_size
+        block = options.get("block_length") or self.diffusion_block
+        keep = max(block, context // 2 // block * block)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if any(len(self.tokenizer.encode(p)) >= context if p else False for p in prompts):
+            raise DlmError(f"a prompt fills the model's context of {context} tokens; shorten it")
+        options = dict(options)
+        seed, steps = options.pop("seed", 0), options.pop("steps", length)
+        first = context - max(len(self.tokenizer.encode(p)) if p else 0 for p in prompts)
+        result = self.sample(prompts, min(first, length), num_samples, on_step=on_step, seed=seed,
+                             steps=max(1, round(steps * min(first, length) / length)), **options)
+        rows = result.rows()
+        written = [sum(result.generated[i] & result.valid[i]).item() for i in range(len(rows))]
+        generated_from = [len(r) - w for r, w in zip(rows, written, strict=True)]
+        passes, step_count, done_round = result.forward_passes, result.steps, min(first, length)
+        stops = bool(options.get("stop_at_eos"))
+        ended = [stops and self._ended(r, w) for r, w in zip(rows, written, strict=True)]
+        config = self._config({**options, "steps": 1})
+        rounds = 1
+        while done_round < length and not all(ended):
+            n = min(context - keep, length - done_round)
+            live = [i for i, e in enumerate(ended) if not e]
+            canvas = build_canvas([rows[i][-keep:] + [None] * n for i in live], self.special_ids, self.device)
+            config.steps = max(1, round(steps * n / length))
+            seeds = [seed + i + rounds * len(rows) for i in live]
+            decoder = Denoiser(self.model, canvas, config, self.special_ids, seeds)
+            with autocast(self.device, self.dtype):
+                for state in decoder.steps():
+                    if on_step is not None:
+                        on_step(state)
+            part = decoder.result()
+            for i, tail in zip(live, part.rows(), strict=True):
+                new = tail[keep:]
+                rows[i] = rows[i] + new
+                ended[i] = stops and (self._ended(new, len(new)) or len(new) < n)
+            passes, step_count, done_round, rounds = passes + part.forward_passes, step_count + part.steps, \
+                done_round + n, rounds + 1
+        width = max(len(r) for r in rows)
+        pad = self.special_ids.pad
+        tokens = torch.full((len(rows), width), pad, dtype=torch.long)
+        valid = torch.zeros(len(rows), width, dtype=torch.bool)
+        generated = torch.zeros_like(valid)
+        for i, row in enumerate(rows):
+            tokens[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            valid[i, width - len(row):] = True
+            generated[i, width - len(row) + generated_from[i]:] = True
+        return GenerationResult(tokens.to(self.device), valid.to(self.device), generated.to(self.device), passes,
+                                step_count, pad)
+
+    def _ended(self, row: list[int], written: int) -> bool:
+        """Whether the last `written` ids of a row hold an [EOS] (a row stopped at it)."""
+        return written > 0 and self.tokenizer.eos_id in row[len(row) - written:]
 
     def _block_groups(self, prompt: str | list[str], template: str | None, num_samples: int,
                       options: dict) -> list[tuple[list[int], list[int]]] | None:

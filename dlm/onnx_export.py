@@ -3,9 +3,11 @@
     dlm export runs/mdlm --onnx exports/mdlm-onnx [--web [--ort-dir node_modules/onnxruntime-web/dist]]
 
 model.onnx maps input_ids (batch, length) int64 → logits (batch, length, vocab) float32, with
-dynamic batch and length (up to the context). The export is run through onnxruntime on several
-shapes and compared with PyTorch's logits; the largest difference is reported (and the export
-refused beyond 1e-3). RMSNorm is written out as its formula, which every ONNX opset has.
+dynamic batch and length (up to the context). A block-diffusion (bd3) run exports under its
+block-causal mask (config.json's diffusion_block), and the page decodes it block by block. The
+export is run through onnxruntime on several shapes and compared with PyTorch's logits; the
+largest difference is reported (and the export refused beyond 1e-3). RMSNorm is written out as its
+formula, which every ONNX opset has.
 
 --web adds index.html and config.json (vocabulary, reserved ids, context): a static page that
 runs the confidence sampler in JavaScript with onnxruntime-web — no model on any server. Serve the
@@ -37,12 +39,19 @@ ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-thr
 
 
 class LogitsOnly(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module):
+    """input_ids → fp32 logits; for a block-diffusion model (`block` > 0) under its block-causal
+    mask, blocks cut at multiples of `block` from the first position (how it was trained), so the
+    export run over [finished blocks | the current block] gives the sampler's logits."""
+
+    def __init__(self, model: torch.nn.Module, block: int = 0):
         super().__init__()
-        self.model = model
+        self.model, self.block = model, block
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids).float()
+        if not self.block:
+            return self.model(input_ids).float()
+        blocks = torch.arange(input_ids.shape[1], device=input_ids.device) // self.block
+        return self.model(input_ids, attn_mask=blocks[None, :] <= blocks[:, None]).float()
 
 
 @contextlib.contextmanager
@@ -78,7 +87,7 @@ def export_onnx(run: str | Path, out: str | Path, weights: str = "auto", web: bo
                        "transformers' own tools (optimum)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model = LogitsOnly(pipe.model).eval()
+    model = LogitsOnly(pipe.model, pipe.diffusion_block).eval()
     pipe.model.fp32_logits = False
     real = torch.tensor(sorted(set(range(pipe.tokenizer.vocab_size)) - set(pipe.tokenizer.reserved_ids)))
     example = real[torch.randint(0, len(real), (2, min(16, pipe.model.cfg.block_size)))]
@@ -92,7 +101,8 @@ def export_onnx(run: str | Path, out: str | Path, weights: str = "auto", web: bo
     if report["max_abs_diff"] > TOLERANCE:
         raise DlmError(f"the ONNX export differs from PyTorch by {report['max_abs_diff']:.2e} (> {TOLERANCE}); "
                        "please report it")
-    config = {"objective": "ar" if pipe.is_autoregressive else "mdlm", "block_size": pipe.model.cfg.block_size,
+    config = {"objective": pipe.objective, "diffusion_block": pipe.diffusion_block,
+              "block_size": pipe.model.cfg.block_size,
               "vocab_size": pipe.tokenizer.vocab_size, "tokenizer": pipe.tokenizer.kind,
               "mask_id": pipe.tokenizer.mask_id, "pad_id": pipe.tokenizer.pad_id, "bos_id": pipe.tokenizer.bos_id,
               "eos_id": pipe.tokenizer.eos_id, "reserved_ids": pipe.tokenizer.reserved_ids, "source": str(run)}

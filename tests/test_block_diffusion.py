@@ -189,3 +189,91 @@ def test_the_partwise_attention_equals_the_dense_mask(block: int) -> None:
         fast = block_diffusion_logits(net, z, x, block)
         dense = block_diffusion_logits(net, z, x, block, dense=True)
     assert torch.allclose(fast, dense, atol=1e-5)
+
+
+def test_a_block_model_writes_past_its_context_and_exports(tmp_path: Path, corpus_file: Path) -> None:
+    cfg = tiny()
+    cfg.data.source = str(corpus_file)
+    cfg.train.objective, cfg.diffusion.block_size = "bd3", 4
+    cfg.train.max_steps, cfg.train.eval_interval = 20, 1000
+    train(cfg, tmp_path / "run", quiet=True)
+    pipe = dlm.load(tmp_path / "run")
+    context = pipe.model.cfg.block_size
+    result = pipe.sample(["The", "A small"], length=3 * context, seed=0)
+    rows = result.rows()
+    assert [len(r) for r in rows] == [len(pipe.tokenizer.encode(p)) + 3 * context for p in ("The", "A small")]
+    assert int(result.generated.sum()) == 2 * 3 * context
+    specials = {pipe.tokenizer.mask_id, pipe.tokenizer.pad_id}
+    assert not any(specials & set(r) for r in rows)
+    assert pipe.decode(result)[1].startswith("A small")
+    # a step-by-step decoder (the server's) holds one window: it still says the sample does not fit
+    with pytest.raises(DlmError, match="exceeds the model's context"):
+        pipe.decoder("The", context)
+
+    # Hub export: the export loads as the same block model and samples the same text
+    from dlm.hub import export_run
+
+    export_run(tmp_path / "run", tmp_path / "hub")
+    again = dlm.load(tmp_path / "hub")
+    assert again.objective == "bd3" and again.diffusion_block == 4
+    assert again.generate("The", length=12, seed=3) == pipe.generate("The", length=12, seed=3)
+
+    # ONNX: the export computes the block-causal logits the sampler uses
+    onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX checks need onnxruntime (pip install 'dlm[onnx]')")
+    from dlm.onnx_export import TOLERANCE, export_onnx
+
+    report = export_onnx(tmp_path / "run", tmp_path / "onnx")
+    assert report["max_abs_diff"] < TOLERANCE
+    session = onnxruntime.InferenceSession(report["path"], providers=["CPUExecutionProvider"])
+    ids = torch.randint(0, pipe.tokenizer.n_real_tokens, (2, 10))
+    blocks = torch.arange(10) // 4
+    fp32 = dlm.load(tmp_path / "run", dtype="fp32")
+    with torch.no_grad():
+        expected = fp32.model(ids, attn_mask=blocks[None, :] <= blocks[:, None]).float()
+    ours = torch.from_numpy(session.run(None, {"input_ids": ids.numpy()})[0])
+    assert (ours - expected).abs().max() < TOLERANCE
+    import json
+
+    assert json.loads((tmp_path / "onnx" / "config.json").read_text())["diffusion_block"] == 4
+
+
+def test_a_block_model_chats_and_serves(tmp_path: Path, corpus_text: str) -> None:
+    """Chat fine-tuning keeps the block objective; the chat model answers what it learnt and stops; the
+    server decodes it block by block and asks for prompts of one length modulo the block per request."""
+    import json
+
+    from dlm.cli import main
+    from dlm.serve.app import ApiError, Limits, parse_request
+
+    pairs = [("The cat sat on the mat.", "All that glitters is not gold."),
+             ("Good morning, my friend.", "Many hands make light work."),
+             ("How much wood?", "Early to bed and early to rise.")]
+    (tmp_path / "corpus.txt").write_text(corpus_text)
+    (tmp_path / "chats.jsonl").write_text("\n".join(
+        json.dumps({"messages": [{"role": "user", "content": c}, {"role": "assistant", "content": r}]})
+        for c, r in pairs * 4))
+    assert main(["train", "--preset", "tiny", "--data", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "base"),
+                 "--block-size", "4", "--max-steps", "150", "--quiet", "model.block_size=64", "batch_size=16"]) == 0
+    assert main(["finetune", "--base", str(tmp_path / "base"), "--chat", "--data", str(tmp_path / "chats.jsonl"),
+                 "--out", str(tmp_path / "chat"), "--max-steps", "600", "--quiet", "lr=4e-3", "warmup_steps=20",
+                 "eval_interval=1000", "ema_decay=0"]) == 0
+    pipe = dlm.load(tmp_path / "chat")
+    assert pipe.objective == "bd3" and pipe.config.finetune.chat
+    answers = [pipe.chat([{"role": "user", "content": c}], temperature=0.0) for c, _ in pairs]
+    assert sum(a == r for a, (_, r) in zip(answers, pairs, strict=True)) >= 2, answers
+
+    pipes, limits = {"bd3": pipe}, Limits(max_tokens=48, max_steps=64, max_prompts=8, max_request_tokens=512)
+    job = parse_request({"model": "bd3", "prompt": ["The", "A b"], "max_tokens": 8}, pipes, limits, chat=False)
+    assert job.align == 3
+    with pytest.raises(ApiError, match="differ modulo 4"):
+        parse_request({"model": "bd3", "prompt": ["The", "A"], "max_tokens": 8}, pipes, limits, chat=False)
+
+
+def test_clipped_noise_levels_stay_in_their_range() -> None:
+    from dlm.objectives.block_diffusion import sample_block_t
+
+    t = sample_block_t(8, 16, generator=torch.Generator().manual_seed(0), t_range=(0.45, 0.95))
+    assert t.shape == (8, 16) and float(t.min()) >= 0.45 and float(t.max()) <= 0.95
+    # stratified over all 128 blocks: one draw in each of 128 equal slices of the range
+    slices = ((t.flatten() - 0.45) / 0.5 * 128).floor().long()
+    assert sorted(slices.tolist()) == list(range(128))

@@ -69,6 +69,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             o.startswith(("diffusion.block_size=", "block_size=")) for o in overrides):
         cfg.diffusion.block_size = BD3_DEFAULT_BLOCK  # the measured default (docs/block-diffusion.md)
     cfg = apply_overrides(cfg, overrides)
+    user_block = args.block_size is not None or any(o.startswith(("diffusion.block_size=", "block_size="))
+                                                    for o in overrides)
+    if cfg.train.objective != "bd3" and cfg.diffusion.block_size and not user_block:
+        cfg.diffusion.block_size = 0  # a preset's block size belongs to its block-diffusion objective
     fresh_default = not (resume and run.has_config()) and not args.preset and cfg.preset == "shakespeare-char-cpu"
     if fresh_default and cfg.train.max_time > 0 and "RANK" not in os.environ:
         from dlm.sizing import auto_size, probe_skip_reason

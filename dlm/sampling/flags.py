@@ -28,13 +28,15 @@ def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--threshold", type=float, default=0.0,
                    help="parallel decoding (Fast-dLLM): also commit every position whose token has probability "
                    "above this; ends early when nothing is masked. 0 = off")
-    g.add_argument("--block-length", type=int, default=0,
-                   help="semi-autoregressive: decode blocks of this many tokens left to right (0 = whole canvas)")
-    g.add_argument("--block-context", default="canvas", choices=("canvas", "prefix"),
-                   help="what a block sees: the whole canvas (LLaDA) or only the text before it (BD3-LM)")
-    g.add_argument("--kv-cache", action="store_true",
+    g.add_argument("--block-length", type=int, default=None,
+                   help="semi-autoregressive: decode blocks of this many tokens left to right (0 = whole canvas; "
+                   "default 0, or a block-diffusion run's block size)")
+    g.add_argument("--block-context", default=None, choices=("canvas", "prefix"),
+                   help="what a block sees: the whole canvas (LLaDA; the default) or only the text before it "
+                   "(BD3-LM; the default of block-diffusion runs)")
+    g.add_argument("--kv-cache", action="store_true", default=None,
                    help="with --block-length: cache keys/values outside the block (exact with --block-context "
-                   "prefix; the approximate dual cache with canvas)")
+                   "prefix; the approximate dual cache with canvas). On by default for block-diffusion runs")
     g.add_argument("--no-reuse-logits", dest="reuse_logits", action="store_false",
                    help="run the model even when a step changed nothing (default: reuse its logits, exact)")
     g.add_argument("--remask", type=float, default=0.0,
