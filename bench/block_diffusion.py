@@ -2,7 +2,7 @@
 
     python bench/block_diffusion.py --bd3 runs/bd3-b1 runs/bd3-b4 runs/bd3-b16 --mdlm runs/mdlm --ar runs/ar \\
         --samples 64 --json runs/block_diffusion.json --markdown docs/block-diffusion.md \\
-        --plot docs/img/block-diffusion-frontier.png
+        --plot docs/images/block-diffusion-frontier.png
 
 Three tables, each row measured here, on this machine, in one run of this script:
 

@@ -54,7 +54,8 @@ def results_table(rows: list[dict]) -> str:
             "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|\n")
     lines = []
     for r in rows:
-        model = "diffusion, NELBO (bound)" if r["objective"] == "mdlm" else "AR twin, exact NLL"
+        model = {"mdlm": "diffusion, NELBO (bound)", "ar": "AR twin, exact NLL",
+                 "bd3": f"block diffusion, blocks of {r.get('block')}, NELBO (bound)"}[r["objective"]]
         lines.append(f"| {r['cpu_class']} | {r['machine']} ({r['source']}) | {r['date']} | {r['dtype']} | {r['size']} "
                      f"| {model} | {count(r['steps'])} | {count(r.get('tokens'), 1e6, 'M')} "
                      f"| {count(r.get('tokens_per_s'))} | **{number(r['value'])}** | {number(r.get('mc_se'))} "
@@ -68,16 +69,20 @@ def readme_table(rows: list[dict]) -> str:
     for r in rows:
         key = (r["cpu_class"], r["machine"], r["date"], r["dtype"], r["source"])
         machines.setdefault(key, {})[r["objective"]] = r
-    head = ("| CPU class | measured on | size, precision | diffusion NELBO (steps) | AR twin NLL (steps) |\n"
-            "|---|---|---|---:|---:|\n")
+    blocks = sorted({r.get("block") for r in rows if r["objective"] == "bd3"})
+    block = blocks[0] if len(blocks) == 1 else None  # one block size in the README's table
+    objectives = ("mdlm", "bd3", "ar") if block else ("mdlm", "ar")
+    head = ("| CPU class | measured on | size, precision | diffusion NELBO (steps) | "
+            + (f"block diffusion, blocks of {block}, NELBO (steps) | " if block else "")
+            + "AR twin NLL (steps) |\n|---|---|---|" + "---:|" * len(objectives) + "\n")
     lines = []
     for (cls, machine, date, dtype, source), pair in machines.items():
         cells = []
-        for objective in ("mdlm", "ar"):
+        for objective in objectives:
             r = pair.get(objective)
             cells.append("–" if r is None else f"{r['value']:.3f} ({r['steps']:,})")
         size = " / ".join(dict.fromkeys(r["size"] for r in pair.values()))
-        lines.append(f"| {cls} | {machine} ({source}, {date}) | {size}, {dtype} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {cls} | {machine} ({source}, {date}) | {size}, {dtype} | {' | '.join(cells)} |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -112,7 +117,9 @@ def row_from_run(args: argparse.Namespace) -> dict:
         note = ", ".join(extras + [f"weight decay {t['weight_decay']:g}"])
     return {"cpu_class": args.cpu_class or cpu_class(), "machine": args.machine or describe_cpu(),
             "source": args.source, "date": args.date, "dtype": dtype, "size": f"{m['n_layer']} × {m['d_model']}",
-            "objective": t["objective"], "steps": last["step"], "tokens": tokens,
+            "objective": t["objective"], **({"block": config["diffusion"]["block_size"]}
+                                            if t["objective"] == "bd3" else {}),
+            "steps": last["step"], "tokens": tokens,
             "tokens_per_s": tokens / last["elapsed_s"], "value": result["nats_per_token"],
             "mc_se": result["mc_standard_error"], "window_se": result["window_standard_error"], "note": note}
 
