@@ -130,22 +130,25 @@ def markdown(report: dict) -> str:
     for name, r in report["likelihood"].items():
         kind = {"exact_nll": "exact NLL", "nelbo_bound": "NELBO (bound)"}[r["kind"]]
         se = r.get("window_standard_error")
+        steps = f"{r['training_steps']:,}" if r.get("training_steps") else "—"
         lines.append(f"| {name} | {kind} | {r['nats_per_token']:.4f} | {r.get('mc_standard_error', 0):.4f} | "
-                     f"{'—' if se is None else f'{se:.4f}'} | {r.get('training_steps') or '—'} |")
+                     f"{'—' if se is None else f'{se:.4f}'} | {steps} |")
     lines += ["", f"#### Samples and speed ({s['samples']} samples × {s['length']} characters; speed at batch 1 "
               f"over {s['speed_samples']} samples, at batch {s['batch_size']} over the samples themselves)", "",
               "| model · sampler | real words % | MAUVE (whole text) | gen-PPL (AR twin) | gen-PPL (independent) | "
               "entropy | self-BLEU | chars/s, batch 1 | × AR | chars/s, batch 32 | × AR | within reach |",
               "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     ref = report["reference"]
-    lines.append(f"| held-out text | {percent(ref)} | {mauve_cell(ref)} | {ref['gen_ppl']:.2f} | "
+    words = percent(ref.get("real_word_rate"), ref.get("real_word_rate_se"))
+    lines.append(f"| held-out text | {words} | {mauve_cell(ref)} | {ref['gen_ppl']:.2f} | "
                  f"{ref.get('independent_gen_ppl') or 0:.1f} | {ref['unigram_entropy']:.3f} | {ref['self_bleu']:.3f} "
                  "| — | — | — | — | — |")
     for name, r in report["rows"].items():
         verdict = "**yes**" if r["within_reach"] else f"no ({', '.join(r['shortfalls'])})" if r["shortfalls"] else "—"
         if name == "AR twin":
             verdict = "—"
-        lines.append(f"| {name} | {percent(r)} | {mauve_cell(r)} | {r['gen_ppl']:.2f} | "
+        words = percent(r.get("real_word_rate"), r.get("real_word_rate_se"))
+        lines.append(f"| {name} | {words} | {mauve_cell(r)} | {r['gen_ppl']:.2f} | "
                      f"{r.get('independent_gen_ppl') or 0:.1f} | {r['unigram_entropy']:.3f} | {r['self_bleu']:.3f} | "
                      f"{r['batch1_chars_per_s']:,.0f} | {r['speed_vs_ar_batch1']:.2f} | "
                      f"{r['batch32_chars_per_s']:,.0f} | {r['speed_vs_ar_batch32']:.2f} | {verdict} |")
@@ -183,7 +186,8 @@ def publish(report: dict, args: argparse.Namespace) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bd3", nargs="+", default=[], metavar="RUN", help="block-diffusion runs (any block sizes)")
+    parser.add_argument("--bd3", nargs="+", default=[], metavar="[LABEL=]RUN",
+                        help="block-diffusion runs (any block sizes); LABEL tells two runs of one block size apart")
     parser.add_argument("--mdlm", help="the MDLM run (the B = context endpoint)")
     parser.add_argument("--ar", help="the AR twin (the B = 1 endpoint with its KV cache; required)")
     parser.add_argument("--samples", type=int, default=64)
@@ -214,11 +218,12 @@ def main() -> int:
     independent = None if args.independent_judge == "none" else args.independent_judge
 
     models: dict[str, tuple[str, object]] = {}
-    for run in args.bd3:
+    for item in args.bd3:
+        label, _, run = item.rpartition("=")
         pipe = load(run)
         if not pipe.diffusion_block:
             parser.error(f"{run} is not a block-diffusion run (train.objective=bd3)")
-        models[f"block {pipe.diffusion_block}"] = (run, pipe)
+        models[f"block {pipe.diffusion_block}" + (f" ({label})" if label else "")] = (run, pipe)
     if args.mdlm:
         models["MDLM"] = (args.mdlm, load(args.mdlm))
     models["AR twin"] = (args.ar, ar)

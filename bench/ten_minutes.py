@@ -136,7 +136,8 @@ def sample_lines(run: str, lines: int, seed: int) -> tuple[str, list[str]]:
 def samples(args: argparse.Namespace) -> None:
     """The README's few lines of generated text, straight from `dlm sample` on the runs in the table."""
     out = []
-    for label, run in (("diffusion model", args.diffusion), ("AR twin", args.ar)):
+    for label, run in (("block-diffusion model (the default)" if args.block else "diffusion model", args.diffusion),
+                       ("AR twin", args.ar)):
         cmd, lines = sample_lines(run, args.lines, args.seed)
         out.append(f"The {label} (`{cmd.replace(run, 'RUN')}`, unedited, first {len(lines)} lines):\n\n"
                    "```text\n" + "\n".join(lines) + "\n```\n")
@@ -169,6 +170,7 @@ def main() -> None:
     smp = sub.add_parser("samples", help="write the README's sample lines from dlm sample on two runs")
     smp.add_argument("--diffusion", required=True)
     smp.add_argument("--ar", required=True)
+    smp.add_argument("--block", action="store_true", help="--diffusion is a block-diffusion run")
     smp.add_argument("--date", required=True)
     smp.add_argument("--machine")
     smp.add_argument("--lines", type=int, default=6)

@@ -1,7 +1,7 @@
 """dlm: masked (absorbing-state) discrete diffusion language models, and their autoregressive twins.
 
     import dlm
-    pipe = dlm.load("runs/shakespeare-char-cpu-mdlm")
+    pipe = dlm.load("runs/shakespeare-char-cpu-bd3")
     print(pipe.generate("ROMEO:", length=200, steps=200)[0])
 
 Layers. A module imports only from its own layer or the layers below it (tests/test_layering.py

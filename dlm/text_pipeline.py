@@ -1,6 +1,6 @@
 """`dlm.pipeline("text-diffusion", model=...)`: generation the way Hugging Face pipelines do it.
 
-    generator = dlm.pipeline("text-diffusion", model="runs/shakespeare-char-cpu-mdlm")
+    generator = dlm.pipeline("text-diffusion", model="runs/shakespeare-char-cpu-bd3")
     generator("ROMEO:", max_new_tokens=128, steps=64, num_return_sequences=2)
     # → [{"generated_text": "ROMEO: …"}, {"generated_text": "ROMEO: …"}]
 

@@ -134,10 +134,7 @@ def test_config_errors_name_the_fix() -> None:
     cfg.train.objective, cfg.diffusion.block_size = "bd3", 5
     with pytest.raises(DlmError, match="must divide the context"):
         cfg.validate()
-    cfg.train.objective, cfg.diffusion.block_size = "mdlm", 4
-    with pytest.raises(DlmError, match="train.objective=bd3"):
-        cfg.validate()
-    cfg.train.objective, cfg.diffusion.t_range = "bd3", "0.5,0.2"
+    cfg.diffusion.block_size, cfg.diffusion.t_range = 4, "0.5,0.2"
     with pytest.raises(DlmError, match="t_range"):
         cfg.validate()
 
@@ -148,6 +145,10 @@ def test_cli_rejects_a_block_size_that_does_not_divide_the_context(tmp_path: Pat
                          capture_output=True, text=True)
     assert out.returncode != 0
     assert "diffusion.block_size=5 must divide" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run([sys.executable, "-m", "dlm", "train", "--preset", "tiny", "--data", str(corpus_file),
+                          "--out", str(tmp_path / "run"), "--block-size", "4", "--objective", "mdlm"],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "use --objective bd3" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_a_short_block_diffusion_run_learns_evaluates_and_samples(tmp_path: Path, corpus_file: Path) -> None:

@@ -23,10 +23,10 @@ key=value overrides any config field, dotted (train.lr=3e-4) or bare when unique
 
 
 EPILOG_FINETUNE = """examples:
-  dlm finetune --base runs/shakespeare-char-cpu-mdlm --chat --data tinyshakespeare   # a Shakespeare chat model
+  dlm finetune --base runs/shakespeare-char-cpu-bd3 --chat --data tinyshakespeare   # a Shakespeare chat model
   dlm finetune --base runs/mdlm --chat --data conversations.jsonl --lora 8 --max-steps 1000
   dlm finetune --base runs/mdlm --data my_notes/ --out runs/mdlm-notes               # continued pre-training
-  dlm chat --ckpt runs/shakespeare-char-cpu-mdlm-chat"""
+  dlm chat --ckpt runs/shakespeare-char-cpu-bd3-chat"""
 
 
 def _default_preset() -> str:
@@ -65,14 +65,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = get_preset(args.preset or _default_preset())
     if args.block_size is not None and cfg.train.objective != "bd3" and "train.objective=" not in " ".join(overrides):
         cfg.train.objective = "bd3"  # --block-size alone asks for block diffusion
+    cfg = apply_overrides(cfg, overrides)
     if cfg.train.objective == "bd3" and not cfg.diffusion.block_size and not any(
             o.startswith(("diffusion.block_size=", "block_size=")) for o in overrides):
         cfg.diffusion.block_size = BD3_DEFAULT_BLOCK  # the measured default (docs/block-diffusion.md)
-    cfg = apply_overrides(cfg, overrides)
     user_block = args.block_size is not None or any(o.startswith(("diffusion.block_size=", "block_size="))
                                                     for o in overrides)
-    if cfg.train.objective != "bd3" and cfg.diffusion.block_size and not user_block:
-        cfg.diffusion.block_size = 0  # a preset's block size belongs to its block-diffusion objective
+    if cfg.train.objective != "bd3" and user_block and cfg.diffusion.block_size:
+        raise DlmError(f"a block size is for block diffusion, not train.objective={cfg.train.objective}: "
+                       "use --objective bd3, or leave the block size out")
     fresh_default = not (resume and run.has_config()) and not args.preset and cfg.preset == "shakespeare-char-cpu"
     if fresh_default and cfg.train.max_time > 0 and "RANK" not in os.environ:
         from dlm.sizing import auto_size, probe_skip_reason

@@ -25,9 +25,10 @@ def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
                    help="> 1 discourages tokens already in the text (special tokens exempt); 1 = off")
     g.add_argument("--schedule", default=DEFAULTS.schedule,
                    help=f"noise schedule that sets how many tokens each step commits (default {DEFAULTS.schedule})")
-    g.add_argument("--threshold", type=float, default=0.0,
+    g.add_argument("--threshold", type=float, default=None,
                    help="parallel decoding (Fast-dLLM): also commit every position whose token has probability "
-                   "above this; ends early when nothing is masked. 0 = off")
+                   "above this; ends early when nothing is masked. 0 = off (the default; 0.9 with confidence order "
+                   "for block-diffusion runs)")
     g.add_argument("--block-length", type=int, default=None,
                    help="semi-autoregressive: decode blocks of this many tokens left to right (0 = whole canvas; "
                    "default 0, or a block-diffusion run's block size)")

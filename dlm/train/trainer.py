@@ -145,6 +145,8 @@ def _prepare_locked(cfg: RunConfig, run: RunFolder, dist: DistInfo, device_name:
         cfg.model.backbone_config = read_backbone_config(cfg.model)
     cfg.model.vocab_size = tokenizer.vocab_size
     cfg.model.causal = tc.objective == "ar"
+    if tc.objective != "bd3":  # a preset's block size belongs to its block-diffusion objective
+        cfg.diffusion.block_size = 0
     dc = cfg.diffusion
     objective = make_objective(tc.objective, dc.schedule, tokenizer, edit_prob=dc.edit_prob, antithetic=dc.antithetic,
                                edit_weight=dc.edit_weight, prompt_prob=dc.prompt_prob, weighting=dc.weighting,
