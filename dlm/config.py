@@ -224,7 +224,7 @@ class RunConfig:
             if self.model.time_conditioning or self.model.backbone or d.edit_prob or d.prompt_prob \
                     or d.masking != "uniform":
                 raise DlmError("train.objective=bd3 works with dlm's own Transformer, without time conditioning, "
-                               "edit corruption, prompts or entropy masking")
+                               "edit corruption, prompts or entropy masking: drop those, or use --objective mdlm")
         parse_t_range(d.t_range)
         f = self.finetune
         if f.fill not in ("pad", "eos", "block-eos"):

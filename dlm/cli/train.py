@@ -71,6 +71,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.diffusion.block_size = BD3_DEFAULT_BLOCK  # the measured default (docs/block-diffusion.md)
     user_block = args.block_size is not None or any(o.startswith(("diffusion.block_size=", "block_size="))
                                                     for o in overrides)
+    asked_bd3 = user_block or "train.objective=bd3" in overrides or "objective=bd3" in overrides
+    d = cfg.diffusion
+    mdlm_only = cfg.model.backbone or cfg.model.time_conditioning or d.edit_prob or d.prompt_prob \
+        or d.masking != "uniform"
+    if cfg.train.objective == "bd3" and not asked_bd3 and mdlm_only:
+        # The preset's block diffusion does not take these; what they were built for is MDLM.
+        cfg.train.objective, d.block_size = "mdlm", 0
     if cfg.train.objective != "bd3" and user_block and cfg.diffusion.block_size:
         raise DlmError(f"a block size is for block diffusion, not train.objective={cfg.train.objective}: "
                        "use --objective bd3, or leave the block size out")
