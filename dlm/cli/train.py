@@ -11,7 +11,7 @@ from dlm.errors import DlmError
 BD3_DEFAULT_BLOCK = 4
 
 EPILOG_TRAIN = """examples:
-  dlm train                                        # default preset on Tiny Shakespeare
+  dlm train                                        # default preset on Tiny Shakespeare (block diffusion on a CPU)
   dlm train --preset shakespeare-char-cpu --max-time 600 --out runs/mdlm
   dlm train --objective ar --out runs/ar           # the autoregressive twin
   dlm train --objective bd3 --block-size 4 --out runs/bd3   # block diffusion (BD3-LM)
@@ -135,7 +135,8 @@ def register(sub) -> None:
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--max-time", type=float, help="stop (after saving) after this many seconds")
     p.add_argument("--objective", choices=("mdlm", "bd3", "ar"),
-                   help="mdlm (diffusion), bd3 (block diffusion, blocks of --block-size) or ar (the causal twin)")
+                   help="mdlm (diffusion, the whole text at once), bd3 (block diffusion, blocks of --block-size) or "
+                   "ar (the causal twin). Default: the preset's (bd3 for the CPU preset, mdlm for the others)")
     p.add_argument("--block-size", type=int, metavar="B",
                    help=f"block diffusion: tokens per block, a divisor of the context (implies --objective bd3; "
                    f"default {BD3_DEFAULT_BLOCK})")

@@ -5,8 +5,9 @@ optional confidence-threshold parallel decoding, semi-autoregressive blocks with
 cache, ReMDM remasking, editing of visible tokens, classifier-free guidance and a stop at the
 first completed [EOS]. The defaults (random order, temperature 0.8, over the whole canvas) are the
 measured best of docs/study.md, "The default sampler": confidence decoding, the old default,
-collapses into repetition. An AR run samples at AR_TEMPERATURE (1) unless given a temperature
-(dlm.inference applies it).
+collapses into repetition. An AR run samples at AR_TEMPERATURE (1) unless given a temperature, and
+a block-diffusion run in its blocks with confidence order and threshold 0.9 (dlm.inference applies
+both; docs/block-diffusion.md).
 """
 
 from __future__ import annotations

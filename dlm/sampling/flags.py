@@ -15,7 +15,8 @@ def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sampler", default=None, choices=ORDERS,
                    help="unmasking order: confidence (max probability), margin (top-1 − top-2), entropy, "
                    f"random, or ancestral (MDLM's reverse step). Default: {DEFAULTS.sampler} (measured, "
-                   "docs/study.md, 'The default sampler', and docs/chat.md)")
+                   "docs/study.md, 'The default sampler', and docs/chat.md); confidence with --threshold 0.9 for "
+                   "block-diffusion runs (docs/block-diffusion.md)")
     g.add_argument("--temperature", type=float, default=None,
                    help=f"softmax temperature; 0 = greedy (default {DEFAULTS.temperature:g} for diffusion runs, "
                    f"{AR_TEMPERATURE:g} for AR runs)")
