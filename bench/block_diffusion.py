@@ -90,6 +90,13 @@ def likelihood(run: str, pipe, reuse: dict[str, str], args: argparse.Namespace) 
     return {**figures, "source": "computed here (dlm eval's estimator, seed 0)"}
 
 
+def likelihood_order(name: str) -> tuple[int, str]:
+    """Block models by block size, then MDLM, then the AR twin."""
+    if name.startswith("block "):
+        return int(name.split()[1]), name
+    return (10**6 if name == "MDLM" else 10**7), name
+
+
 def speed_at_batch_1(pipe, options: dict, args: argparse.Namespace) -> dict:
     started, tokens = time.perf_counter(), 0
     for seed in range(args.speed_samples):
@@ -205,9 +212,26 @@ def main() -> int:
     parser.add_argument("--markdown", help="write the tables between the bench/block_diffusion.py markers")
     parser.add_argument("--plot", help="write the quality–speed frontier here (PNG)")
     parser.add_argument("--from-json", metavar="FILE", help="no measuring: print (and --markdown, --plot) a report")
+    parser.add_argument("--add-likelihood", action="store_true",
+                        help="with --from-json: add the --bd3 runs' likelihood rows (from --eval-json files or "
+                        "computed) to that report, save it, then publish; no samples are drawn")
     args = parser.parse_args()
     if args.from_json:
-        publish(json.loads(Path(args.from_json).read_text()), args)
+        report = json.loads(Path(args.from_json).read_text())
+        if args.add_likelihood:
+            reuse = dict(item.split("=", 1) for item in args.eval_json)
+            for item in args.bd3:
+                label, _, run = item.rpartition("=")
+                pipe = load(run)
+                name = f"block {pipe.diffusion_block}" + (f" ({label})" if label else "")
+                report["likelihood"][name] = {**likelihood(run, pipe, reuse, args), "run": run,
+                                              "training_steps": training_steps(run)}
+            ordered = sorted(report["likelihood"].items(), key=lambda kv: likelihood_order(kv[0]))
+            report["likelihood"] = dict(ordered)
+            report["command"] += " # likelihood rows added by: python bench/block_diffusion.py " + shlex.join(
+                sys.argv[1:])
+            atomic_write_json(Path(args.from_json), report)
+        publish(report, args)
         return 0
     if not args.ar:
         parser.error("--ar is required (the twin every row is compared with)")
