@@ -189,7 +189,7 @@ class Pipeline:
         result = self.sample(prompts, min(first, length), num_samples, on_step=on_step, seed=seed,
                              steps=max(1, round(steps * min(first, length) / length)), **options)
         rows = result.rows()
-        written = [sum(result.generated[i] & result.valid[i]).item() for i in range(len(rows))]
+        written = (result.generated & result.valid).sum(1).tolist()  # tokens each row wrote
         generated_from = [len(r) - w for r, w in zip(rows, written, strict=True)]
         passes, step_count, done_round = result.forward_passes, result.steps, min(first, length)
         stops = bool(options.get("stop_at_eos"))

@@ -88,6 +88,14 @@ def block_diffusion_logits(model: nn.Module, z: torch.Tensor, x: torch.Tensor, b
     return model(torch.cat((z, x), dim=1), positions=positions, attn_mask=mask)[:, :L]
 
 
+def _token_nll(model: nn.Module, x: torch.Tensor, masked: torch.Tensor, mask_id: int, block: int) -> torch.Tensor:
+    """(B, L) −log p_θ(x | z) at every position, z = x with `masked` positions [MASK]ed (SUBS)."""
+    z = torch.where(masked, torch.full_like(x, mask_id), x)
+    logits = block_diffusion_logits(model, z, x, block).float()
+    logits[..., mask_id] = float("-inf")
+    return F.cross_entropy(logits.transpose(1, 2), x, reduction="none")
+
+
 def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int, block: int,
              n_real_tokens: int | None = None, generator: torch.Generator | None = None,
              t: torch.Tensor | None = None, *, antithetic: bool = True, weighting: str = "elbo",
@@ -111,10 +119,7 @@ def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int
     masked = torch.rand(x.shape, generator=generator, device="cpu").to(x.device) < mask_prob
     if prompt_mask is not None:
         masked &= ~prompt_mask
-    z = torch.where(masked, torch.full_like(x, mask_id), x)
-    logits = block_diffusion_logits(model, z, x, block).float()
-    logits[..., mask_id] = float("-inf")  # SUBS
-    nll = F.cross_entropy(logits.transpose(1, 2), x, reduction="none")  # (B, L)
+    nll = _token_nll(model, x, masked, mask_id, block)
     weight = loss_weight(schedule, t_token.flatten(), weighting, weight_cap).view(B, L)
     scored = masked if token_weight is None else masked * token_weight
     per_seq = (nll * scored * weight).sum(1) / L
@@ -125,10 +130,7 @@ def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int
             mask0 = torch.rand(x.shape, generator=generator, device="cpu").to(x.device) < (1 - alpha_0)
             if prompt_mask is not None:
                 mask0 &= ~prompt_mask
-            z0 = torch.where(mask0, torch.full_like(x, mask_id), x)
-            logits0 = block_diffusion_logits(model, z0, x, block).float()
-            logits0[..., mask_id] = float("-inf")
-            nll0 = F.cross_entropy(logits0.transpose(1, 2), x, reduction="none")
+            nll0 = _token_nll(model, x, mask0, mask_id, block)
             per_seq = per_seq + (nll0 * mask0).sum(1) / L
         if alpha_1 > 1e-9:  # prior term at t = 1 (analytic), per generated token
             assert n_real_tokens is not None, f"schedule {schedule.name} leaves α(1) > 0: pass n_real_tokens"

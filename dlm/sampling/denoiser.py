@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from dlm.diffusion.schedules import get_schedule
+from dlm.errors import DlmError
 from dlm.sampling.base import (
     apply_repetition_penalty,
     gumbel_noise,
@@ -115,8 +116,8 @@ class Denoiser:
         valid = self.canvas.valid[:, column]
         offsets = set((self.canvas.positions[:, column][valid] % self.cfg.block_length).tolist())
         if len(offsets) > 1:
-            raise ValueError("aligned blocks: the rows' prompt lengths differ modulo block_length; "
-                             "sample them in separate batches")
+            raise DlmError("aligned blocks: the rows' prompt lengths differ modulo block_length; "
+                           "sample them in separate batches (Pipeline.sample does)")
         return offsets.pop() if offsets else 0
 
     def _call(self, x: torch.Tensor, t: torch.Tensor, columns: tuple[int, int], mask: torch.Tensor | None,
