@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,18 @@ def tiny_twins(tmp_path_factory: pytest.TempPathFactory, corpus_text: str) -> di
         assert main(["train", "--out", str(root / "mdlm"), *common]) == 0
         assert main(["train", "--out", str(root / "ar"), "--objective", "ar", *common]) == 0
     return {"root": root, "corpus": root / "corpus.txt", "mdlm": root / "mdlm", "ar": root / "ar"}
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch):
+    """Import a bench script by name (its folder on sys.path, for its sibling imports)."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO_ROOT / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

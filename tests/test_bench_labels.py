@@ -3,30 +3,12 @@ from text typed beside them: fake results in, the labels those results imply out
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-
-import pytest
 
 from dlm.presets import get_preset
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
-
-@pytest.fixture
-def bench(monkeypatch: pytest.MonkeyPatch):
-    """Import a bench script by name (its folder on sys.path, for its sibling imports)."""
-    monkeypatch.syspath_prepend(str(BENCH))
-
-    def load(name: str):
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, spec.name, module)
-        spec.loader.exec_module(module)
-        return module
-
-    return load
 
 
 def row(name: str, sampler: str, temperature: float | None, **extra) -> dict:

