@@ -57,8 +57,10 @@ def block_settings(block: int, length: int) -> dict[str, dict]:
     for per_step in (1, 2, 4, 8):
         if per_step <= block:
             name = f"{per_step} token{'s' * (per_step > 1)}/step"
-            settings[name] = {"steps": blocks * max(1, block // per_step)}  # random order, temperature 0.8
-            settings[f"{name}, temperature 1"] = {"steps": blocks * max(1, block // per_step), "temperature": 1.0}
+            # random order, temperature 0.8, named: a block run's own default is threshold decoding
+            steps = {"steps": blocks * max(1, block // per_step), "sampler": "random"}
+            settings[name] = steps
+            settings[f"{name}, temperature 1"] = {**steps, "temperature": 1.0}
     if block > 1:
         for threshold in (0.9, 0.7):
             settings[f"threshold {threshold}"] = {"steps": length, "sampler": "confidence", "threshold": threshold}

@@ -37,8 +37,9 @@ class BlockDiffusionLayout:
 
 def block_diffusion_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockDiffusionLayout,
                               dropout: float = 0.0) -> torch.Tensor:
-    """q, k, v: (B, H, 2L, Hd), rows [noisy | clean]; returns (B, H, 2L, Hd)."""
-    B, H, T, Hd = q.shape
+    """q: (B, H, 2L, Hd), rows [noisy | clean], or (B, H, L, Hd), the noisy rows alone (the last
+    layer, whose clean outputs nothing reads); k, v: (B, H, 2L, Hd). Returns one row per query."""
+    B, H, _, Hd = q.shape
     L, Bk = layout.length, layout.block
     n = L // Bk
     scale = Hd ** -0.5
@@ -46,10 +47,6 @@ def block_diffusion_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     kn, kc = k[:, :, :L], k[:, :, L:]
     vn, vc = v[:, :, :L], v[:, :, L:]
     clean_bias, past_bias = layout.biases(q.device, q.dtype)
-
-    # clean → clean, block-causal
-    weights = ((qc @ kc.transpose(-1, -2)) * scale + clean_bias).softmax(-1)
-    clean_out = (F.dropout(weights, dropout) if dropout else weights) @ vc
 
     # noisy → [clean blocks before its own | its own noisy block], one softmax over both
     to_past = (qn @ kc.transpose(-1, -2)) * scale + past_bias  # (B, H, L, L)
@@ -60,4 +57,10 @@ def block_diffusion_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         weights = F.dropout(weights, dropout)
     own = weights[..., L:].reshape(B, H, n, Bk, Bk) @ vb  # (B, H, n, Bk, Hd)
     noisy_out = weights[..., :L] @ vc + own.reshape(B, H, L, Hd)
+    if qc.shape[2] == 0:
+        return noisy_out
+
+    # clean → clean, block-causal
+    weights = ((qc @ kc.transpose(-1, -2)) * scale + clean_bias).softmax(-1)
+    clean_out = (F.dropout(weights, dropout) if dropout else weights) @ vc
     return torch.cat((noisy_out, clean_out), dim=2)

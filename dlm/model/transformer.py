@@ -81,10 +81,16 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, eps=1e-6)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, attn_mask: torch.Tensor | None = None,
+                queries: int | None = None) -> torch.Tensor:
+        """`queries`: only the first rows' outputs are wanted (block diffusion's last layer)."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
+        if queries is not None:
+            q, cos_q, sin_q = q[:, :, :queries], cos[..., :queries, :], sin[..., :queries, :]
+        else:
+            cos_q, sin_q = cos, sin
+        q, k = apply_rope(self.q_norm(q), cos_q, sin_q), apply_rope(self.k_norm(k), cos, sin)
         # A single new query attends to every cached position, so it needs no mask.
         is_causal = self.causal and T > 1
         if cache is not None:
@@ -94,7 +100,7 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if isinstance(attn_mask, BlockDiffusionLayout):  # block diffusion's [noisy | clean] training input
             y = block_diffusion_attention(q, k, v, attn_mask, dropout)
-            return self.proj(y.transpose(1, 2).reshape(B, T, D))
+            return self.proj(y.transpose(1, 2).reshape(B, y.shape[2], D))
         # CPU: explicit matmuls, but causal fp32 goes to SDPA's flash kernel (faster there, bench/attention.py),
         # except under ONNX export, whose traced lengths make is_causal a tensor that SDPA refuses.
         exporting = torch.jit.is_tracing() or torch.compiler.is_exporting()
@@ -164,12 +170,16 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cond: torch.Tensor | None, cache: KVCache | None,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attn_mask: torch.Tensor | None = None, queries: int | None = None) -> torch.Tensor:
+        """`queries`: return only the first rows (block diffusion's last layer reads every key and
+        value but computes the noisy rows alone: the clean rows' outputs would go unread)."""
+        rows = x if queries is None else x[:, :queries]
         if self.modulation is not None and cond is not None:
             scale1, shift1, scale2, shift2 = self.modulation(cond)[:, None].chunk(4, dim=-1)
-            x = x + self._branch(self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, cache, attn_mask))
+            x = rows + self._branch(self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, cache, attn_mask,
+                                              queries))
             return x + self._branch(self.mlp(self.norm2(x) * (1 + scale2) + shift2))
-        x = x + self._branch(self.attn(self.norm1(x), cos, sin, cache, attn_mask))
+        x = rows + self._branch(self.attn(self.norm1(x), cos, sin, cache, attn_mask, queries))
         return x + self._branch(self.mlp(self.norm2(x)))
 
 
@@ -228,8 +238,8 @@ class Transformer(nn.Module):
         position or 0) — left-padded batches use it so every row counts from its own first token.
         attn_mask: bool, broadcastable to (B, H, T, Tk), True where a query may attend (on top of
         the causal mask of the AR twin); or a BlockDiffusionLayout, block diffusion's [noisy | clean]
-        training input (dlm.model.block_attention). Returns logits (B, T, V), or the final normalised hidden
-        states (B, T, D) with `return_hidden`.
+        training input (dlm.model.block_attention), for which only the noisy half's rows come back.
+        Returns logits (B, T, V), or the final normalised hidden states (B, T, D) with `return_hidden`.
         """
         B, T = idx.shape
         start, end = cache.span(T) if cache is not None else (0, T)
@@ -251,8 +261,10 @@ class Transformer(nn.Module):
                 raise ValueError("this model is time-conditioned: pass t")
             cond = self.time_mlp(timestep_embedding(t, self.cfg.d_model).to(self.embed.weight.dtype))
         x = self.embed(idx)
-        for block in self.blocks:
-            x = block(x, cos, sin, cond, cache, attn_mask)
+        # Block diffusion: the last layer's clean rows feed nothing (no later layer reads their keys).
+        last_queries = attn_mask.length if isinstance(attn_mask, BlockDiffusionLayout) else None
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, cond, cache, attn_mask, last_queries if i == len(self.blocks) - 1 else None)
         if cache is not None:
             cache.advance(T)
         hidden = self.norm(x)
