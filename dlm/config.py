@@ -86,6 +86,13 @@ class TrainConfig:
     """With max_time, decay the LR over the time budget instead of over max_steps."""
     weight_decay: float = 0.1
     """AdamW's decoupled weight decay, applied to matrices only (not norms or biases)."""
+    attention_anneal_steps: int = 0
+    """A causal-LM backbone (dlm adapt): open its attention to later positions gradually over this many
+    steps, from causal (as pretrained) to bidirectional (DiffuLLaMA's attention-mask annealing); 0 =
+    bidirectional from the first step. No effect on other models."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them: less memory,
+    about a third more compute. For `transformers` backbones (the large networks of dlm adapt)."""
     ar_input_mask: float = 0.0
     """AR twin only: in training, replace this share of the input tokens by [MASK] (targets unchanged).
 
@@ -229,14 +236,17 @@ class RunConfig:
         f = self.finetune
         if f.fill not in ("pad", "eos", "block-eos"):
             raise DlmError(f"finetune.fill={f.fill!r} is not one of pad, eos, block-eos")
-        if f.chat and not f.base:
-            raise DlmError("finetune.chat=true needs finetune.base=RUN (a pre-trained run); "
-                           "use dlm finetune --base RUN --chat")
+        if f.chat and not f.base and not self.model.backbone:
+            raise DlmError("finetune.chat=true needs finetune.base=RUN (a pre-trained run) or a pretrained "
+                           "backbone; use dlm finetune --base RUN --chat, or dlm adapt MODEL --chat")
         if not 0 <= f.pad_weight <= 1 or f.fill_block < 1:
             raise DlmError(f"finetune.pad_weight={f.pad_weight} must be in [0, 1] and finetune.fill_block ≥ 1")
         if self.model.backbone and (t.objective == "ar" or t.fsdp or d.masking != "uniform"):
-            raise DlmError("model.backbone=hf:… is a masked-LM denoiser: train it with train.objective=mdlm, "
+            raise DlmError("model.backbone=hf:… is a denoiser: train it with train.objective=mdlm, "
                            "without FSDP or entropy masking")
+        if t.attention_anneal_steps < 0:
+            raise DlmError(f"train.attention_anneal_steps={t.attention_anneal_steps} must be ≥ 0 (0 = bidirectional "
+                           "from the first step)")
         if t.optimizer == "muon" and t.fsdp:
             raise DlmError("train.optimizer=muon does not shard under FSDP yet; use train.optimizer=adamw with "
                            "train.fsdp=true, or DDP (train.fsdp=false) with Muon")

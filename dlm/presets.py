@@ -86,6 +86,21 @@ def tiny() -> RunConfig:
     return cfg
 
 
+def adapt() -> RunConfig:
+    """`dlm adapt`: a pretrained causal LM (model.backbone) made a diffusion model; 30 CPU minutes."""
+    cfg = RunConfig(preset="adapt")
+    cfg.model.block_size = 128  # tokens of the model's own BPE: ~500 characters of English
+    t = cfg.train
+    # A pretrained network fine-tunes with AdamW at a small rate, without weight decay or EMA (an
+    # average over a few hundred steps would lag behind them); compiling it costs minutes on a CPU.
+    t.optimizer, t.lr, t.weight_decay, t.warmup_steps, t.min_lr_ratio = "adamw", 1e-4, 0.0, 20, 0.1
+    t.batch_size, t.ema_decay, t.compile = 8, 0.0, "no"
+    t.max_steps, t.max_time = 1_000_000, 1800.0
+    t.eval_interval, t.ckpt_interval, t.eval_batches, t.keep_last, t.log_interval = 50, 50, 4, 1, 5
+    t.attention_anneal_steps = 100  # causal → bidirectional over the first 100 steps (DiffuLLaMA)
+    return cfg
+
+
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "shakespeare-char": shakespeare_char,
     "shakespeare-char-cpu": shakespeare_char_cpu,
@@ -93,6 +108,7 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "fineweb-124m": fineweb_124m,
     "joey-170m": joey_170m,
     "tiny": tiny,
+    "adapt": adapt,
 }
 
 

@@ -291,7 +291,8 @@ def with_placeholder_filled(argv: list[str], message: str, partial: bool) -> lis
         return None if i is None else [*argv[:i], argv[i][: len(argv[i]) - len(m.group(2))] + value, *argv[i + 1:]]
     m = re.search(r"the following arguments are required: (.*)", message)
     if m and partial:
-        missing = [name.strip() for name in m.group(1).split(",")]
+        # argparse names an optional key=value list beside a missing positional: it is not missing
+        missing = [name.strip() for name in m.group(1).split(",") if "=" not in name]
         return argv + [w for name in missing for w in ([name, "VALUE"] if name.startswith("-") else ["VALUE"])]
     m = re.search(r"argument (\S+): expected one argument", message)
     if m and partial and argv and argv[-1] in m.group(1).split("/"):

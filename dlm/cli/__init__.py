@@ -10,7 +10,7 @@ import json
 import sys
 
 from dlm import __version__
-from dlm.cli import evaluate, experiments, export, generate, serve, train
+from dlm.cli import adapt, evaluate, experiments, export, generate, serve, train
 from dlm.errors import DlmError
 
 
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dlm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train.register(sub)
+    adapt.register(sub)
     generate.register(sub)
     evaluate.register(sub)
     experiments.register(sub)
@@ -57,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come between flags (argparse takes only one run of positionals).
-    takes_overrides = args.command in ("train", "finetune", "study", "sweep")
+    takes_overrides = args.command in ("train", "finetune", "adapt", "study", "sweep")
     if extra and takes_overrides and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:

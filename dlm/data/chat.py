@@ -8,6 +8,9 @@ as its role token, the text and an end-of-turn token:
     <|system|>ROMEO speaks; JULIET answers.<|end|><|user|>…<|end|><|assistant|>…<|end|>
 
 The four tokens are reserved ids added after a base tokenizer's (existing ids keep their meaning).
+A pretrained tokenizer with ChatML's markers (SmolLM2, Qwen2: `tokenizer.chat_markup == "chatml"`)
+keeps the turns its model was tuned on instead, `<|im_start|>ROLE\n…<|im_end|>\n`, and
+`<|im_end|>` ends a reply.
 Every assistant turn makes one training example: everything before its text is the prompt (never
 masked, never scored), its text and end-of-turn token the reply; histories too long for the
 context are cut from the left, whole turns first.
@@ -33,6 +36,7 @@ ROLES = ("system", "user", "assistant")
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
 END_OF_TURN = "<|end|>"
 CHAT_TOKENS = (*ROLE_TOKENS.values(), END_OF_TURN)
+CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
 SPEAKER = re.compile(r"^([A-Z][A-Za-z' .-]{0,40}):$")
 
 
@@ -49,25 +53,34 @@ class ChatExample:
 
 
 class ChatTemplate:
-    """Turns messages into ids with the tokenizer's chat tokens (which `with_chat_tokens` adds)."""
+    """Turns messages into ids with the tokenizer's chat tokens (which `with_chat_tokens` adds), or
+    with its model's own ChatML markers."""
 
     def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.chatml = tokenizer.chat_markup == "chatml"
+        if self.chatml:
+            start = tokenizer.token_to_id(CHATML_START)
+            self.role_prefix = {role: [start, *tokenizer.encode(f"{role}\n")] for role in ROLES}
+            self.end_id = tokenizer.token_to_id(CHATML_END)
+            self.turn_suffix = [self.end_id, *tokenizer.encode("\n")]
+            return
         missing = [t for t in CHAT_TOKENS if t not in tokenizer.added_tokens]
         if missing:
             raise DlmError("this model has no chat tokens (it was not fine-tuned for chat); fine-tune it first: "
                            "dlm finetune --base RUN --chat --data CONVERSATIONS")
-        self.tokenizer = tokenizer
-        self.role_ids = {role: tokenizer.token_to_id(token) for role, token in ROLE_TOKENS.items()}
+        self.role_prefix = {role: [tokenizer.token_to_id(token)] for role, token in ROLE_TOKENS.items()}
         self.end_id = tokenizer.token_to_id(END_OF_TURN)
+        self.turn_suffix = [self.end_id]
 
     def turn(self, role: str, content: str) -> list[int]:
-        return [self.role_ids[role], *self.tokenizer.encode(content), self.end_id]
+        return [*self.role_prefix[role], *self.tokenizer.encode(content), *self.turn_suffix]
 
     def prompt(self, messages: list[dict], max_len: int | None = None) -> list[int]:
-        """The ids that ask for the next assistant turn: every turn, then the assistant role token.
+        """The ids that ask for the next assistant turn: every turn, then the assistant role marker.
         With `max_len`, the oldest turns are dropped (then the oldest tokens) to fit."""
         turns = [self.turn(m["role"], m["content"]) for m in messages]
-        return fit_left(turns, [self.role_ids["assistant"]], max_len)
+        return fit_left(turns, list(self.role_prefix["assistant"]), max_len)
 
     def examples(self, messages: list[dict], max_len: int) -> list[ChatExample]:
         """One example per assistant turn whose reply fits in `max_len` with some history."""
@@ -83,6 +96,8 @@ class ChatTemplate:
         return out
 
     def render(self, messages: list[dict]) -> str:
+        if self.chatml:
+            return "".join(f"{CHATML_START}{m['role']}\n{m['content']}{CHATML_END}\n" for m in messages)
         return "".join(f"{ROLE_TOKENS[m['role']]}{m['content']}{END_OF_TURN}" for m in messages)
 
 
@@ -103,8 +118,8 @@ def fit_left(turns: list[list[int]], tail: list[int], max_len: int | None) -> li
 
 
 def with_chat_tokens(tokenizer: Tokenizer) -> Tokenizer:
-    """The tokenizer with the chat tokens appended (a no-op when it has them)."""
-    return tokenizer.with_tokens(list(CHAT_TOKENS))
+    """The tokenizer with the chat tokens appended (a no-op when it has them, or has ChatML's own)."""
+    return tokenizer if tokenizer.chat_markup == "chatml" else tokenizer.with_tokens(list(CHAT_TOKENS))
 
 
 def check_conversation(obj, where: str) -> list[dict]:

@@ -38,7 +38,8 @@ class ModelConfig:
     lora_alpha: float = 0.0
     """LoRA scale α (the update is α/rank·B·A); 0 means α = rank."""
     backbone: str = ""
-    """'' = dlm's Transformer; hf:PATH = a `transformers` masked LM (BERT, RoBERTa, …) as the denoiser."""
+    """'' = dlm's Transformer; hf:PATH = a `transformers` masked LM (BERT, RoBERTa, …) or causal LM (GPT-2,
+    LLaMA/SmolLM2, Qwen2: adapted, see `dlm adapt`) as the denoiser."""
     backbone_init: str = "pretrained"
     """With a backbone: start from its pretrained weights, or 'config' for fresh ones of the same shape."""
     backbone_config: dict = field(default_factory=dict)
@@ -52,13 +53,13 @@ class ModelConfig:
         if self.mlp not in ("relu2", "swiglu"):
             raise ValueError(f"mlp={self.mlp!r} is not one of 'relu2', 'swiglu'")
         if self.backbone and not self.backbone.startswith("hf:"):
-            raise ValueError(f"backbone={self.backbone!r}: write hf:PATH (a Hugging Face masked-LM folder), or '' "
+            raise ValueError(f"backbone={self.backbone!r}: write hf:PATH (a Hugging Face model folder), or '' "
                              "for dlm's Transformer")
         if self.backbone_init not in ("pretrained", "config"):
             raise ValueError(f"backbone_init={self.backbone_init!r} is not one of 'pretrained', 'config'")
-        if self.backbone and (self.causal or self.time_conditioning or self.lora_rank):
-            raise ValueError("a Hugging Face masked-LM backbone is a bidirectional denoiser: no causal AR objective, "
-                             "time conditioning or LoRA with it")
+        if self.backbone and (self.causal or self.time_conditioning):
+            raise ValueError("a Hugging Face backbone is a bidirectional denoiser: no causal AR objective or "
+                             "time conditioning with it")
         for name in ("dropout", "resid_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1) (0 = off)")

@@ -13,17 +13,23 @@ TARGETS = ("attn.qkv", "attn.proj", "mlp.up", "mlp.down")
 
 
 class LoRALinear(nn.Module):
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+    """A linear layer plus its low-rank update. The base is an nn.Linear, or GPT-2's Conv1D (the
+    same map with its weight stored transposed, (in, out))."""
+
+    def __init__(self, base: nn.Module, rank: int, alpha: float):
         super().__init__()
         self.base, self.scale = base, alpha / rank
-        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features))
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
+        self.transposed = not isinstance(base, nn.Linear)
+        n_out, n_in = base.weight.shape[::-1] if self.transposed else base.weight.shape
+        self.lora_a = nn.Parameter(torch.empty(rank, n_in))
+        self.lora_b = nn.Parameter(torch.zeros(n_out, rank))
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
         base.weight.requires_grad_(False)
 
     @property
     def weight(self) -> torch.Tensor:  # the effective weight (what merging would save)
-        return self.base.weight + self.scale * (self.lora_b @ self.lora_a)
+        delta = self.scale * (self.lora_b @ self.lora_a)
+        return self.base.weight + (delta.t() if self.transposed else delta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + (x @ self.lora_a.t() @ self.lora_b.t()) * self.scale
@@ -40,6 +46,22 @@ def add_lora(model: nn.Module, rank: int, alpha: float | None = None) -> nn.Modu
         for param_name, param in block.named_parameters():
             if "lora_" not in param_name:
                 param.requires_grad_(False)
+    return model
+
+
+def add_lora_to_backbone(model: nn.Module, rank: int, alpha: float) -> nn.Module:
+    """LoRA on a `transformers` causal LM: every linear map inside its layers (attention and MLP) gets
+    an adapter and is frozen, as are the norms; the token embeddings and the head stay trainable,
+    since the rows dlm adds ([MASK], chat markers) must learn."""
+    io = {id(model.get_input_embeddings()), id(model.get_output_embeddings())}
+    targets = [(name, module) for name, module in model.named_modules()
+               if id(module) not in io and (isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D")]
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, LoRALinear(module, rank, alpha))
+    trainable = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+    for param_name, param in model.named_parameters():
+        param.requires_grad_("lora_" in param_name or id(param) in trainable)
     return model
 
 

@@ -17,6 +17,8 @@ SPECIAL_TOKENS = ("[MASK]", "[PAD]", "[BOS]", "[EOS]")
 
 class Tokenizer(ABC):
     kind = "base"
+    chat_markup = ""
+    """'' = dlm's chat tokens (dlm.data.chat); 'chatml' = the model's own <|im_start|>/<|im_end|> turns."""
 
     @property
     @abstractmethod

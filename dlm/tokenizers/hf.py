@@ -1,9 +1,13 @@
 """A Hugging Face model's own tokenizer (its `tokenizer.json`), for `transformers` backbones.
 
 dlm's four reserved roles map onto the model's special tokens: [MASK] → its mask token, [PAD] →
-its pad token, [BOS] → its BOS or CLS token, [EOS] → its EOS or SEP token. Every special token of
-the model is reserved (never produced from text). Only the `tokenizers` library is needed, so a
-trained run samples without `transformers`; the JSON it saves holds the whole tokenizer.
+its pad token, [BOS] → its BOS or CLS token, [EOS] → its EOS or SEP token. A causal LM has no mask
+token, and its pad token is often its end of text or of a turn: it gets dlm's own `<|mask|>` and
+`<|pad|>`, appended after its ids (`from_causal_folder`). A tokenizer that has ChatML's
+`<|im_start|>`/`<|im_end|>` (SmolLM2, Qwen2) keeps its own chat markup for chat fine-tuning
+(`chat_markup`). Every special token of the model is reserved (never produced from text). Only the
+`tokenizers` library is needed, so a trained run samples without `transformers`; the JSON it saves
+holds the whole tokenizer.
 """
 
 from __future__ import annotations
@@ -19,13 +23,32 @@ from dlm.tokenizers.base import Tokenizer
 
 ROLES = {"[MASK]": ("mask_token",), "[PAD]": ("pad_token",), "[BOS]": ("bos_token", "cls_token"),
          "[EOS]": ("eos_token", "sep_token")}
+CAUSAL_ADDED = {"[MASK]": "<|mask|>", "[PAD]": "<|pad|>"}
+CHATML = ("<|im_start|>", "<|im_end|>")
+
+
+def _named_tokens(folder: Path) -> dict:
+    named: dict = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (folder / name).is_file():
+            named.update({k: v for k, v in json.loads((folder / name).read_text()).items() if k.endswith("_token")})
+    return {k: v.get("content") if isinstance(v, dict) else v for k, v in named.items() if v}
+
+
+def _read_rust(folder: Path) -> RustTokenizer:
+    if not (folder / "tokenizer.json").is_file():
+        raise DlmError(f"{folder} has no tokenizer.json (a fast tokenizer); save one with "
+                       "tokenizer.save_pretrained")
+    return RustTokenizer.from_file(str(folder / "tokenizer.json"))
 
 
 class HFModelTokenizer(Tokenizer):
     kind = "hf"
 
-    def __init__(self, rust: RustTokenizer, roles: dict[str, str], added: list[str] | None = None):
+    def __init__(self, rust: RustTokenizer, roles: dict[str, str], added: list[str] | None = None,
+                 chat_markup: str = ""):
         self.rust, self.roles = rust, dict(roles)  # dlm role ([MASK], ...) → the model's token text
+        self.chat_markup = chat_markup
         self.rust.no_padding()  # dlm builds its own canvases and windows
         self.rust.no_truncation()
         self.added = list(added or [])
@@ -40,22 +63,32 @@ class HFModelTokenizer(Tokenizer):
     def from_folder(cls, folder: str | Path) -> HFModelTokenizer:
         """From a model folder written by save_pretrained (tokenizer.json and its special tokens)."""
         folder = Path(folder)
-        if not (folder / "tokenizer.json").is_file():
-            raise DlmError(f"{folder} has no tokenizer.json (a fast tokenizer); save one with "
-                           "tokenizer.save_pretrained")
-        rust = RustTokenizer.from_file(str(folder / "tokenizer.json"))
-        named: dict = {}
-        for name in ("tokenizer_config.json", "special_tokens_map.json"):
-            if (folder / name).is_file():
-                named.update({k: v for k, v in json.loads((folder / name).read_text()).items() if k.endswith("_token")})
+        rust, named = _read_rust(folder), _named_tokens(folder)
         roles = {}
         for role, keys in ROLES.items():
             value = next((named[k] for k in keys if named.get(k)), None)
-            value = value.get("content") if isinstance(value, dict) else value
             if value is None:
                 raise DlmError(f"{folder}: the tokenizer names no {' or '.join(keys)}; a masked-LM backbone needs one")
             roles[role] = value
         return cls(rust, roles)
+
+    @classmethod
+    def from_causal_folder(cls, folder: str | Path) -> HFModelTokenizer:
+        """A causal LM's tokenizer with dlm's `<|mask|>` and `<|pad|>` appended; its EOS (or, failing
+        that, its BOS) ends a text, its BOS (or EOS) starts one."""
+        from tokenizers import AddedToken
+
+        folder = Path(folder)
+        rust, named = _read_rust(folder), _named_tokens(folder)
+        end = named.get("eos_token") or named.get("bos_token")
+        if end is None or rust.token_to_id(end) is None:
+            raise DlmError(f"{folder}: the tokenizer names no EOS or BOS token; a causal LM needs one to end a text")
+        start = named.get("bos_token") if rust.token_to_id(named.get("bos_token") or "") is not None else end
+        added = list(CAUSAL_ADDED.values())
+        rust.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in added
+                                 if rust.token_to_id(t) is None])
+        markup = "chatml" if all(rust.token_to_id(t) is not None for t in CHATML) else ""
+        return cls(rust, {**CAUSAL_ADDED, "[BOS]": start, "[EOS]": end}, added, chat_markup=markup)
 
     @property
     def vocab_size(self) -> int:
@@ -90,7 +123,8 @@ class HFModelTokenizer(Tokenizer):
         copy = RustTokenizer.from_str(self.rust.to_str())
         copy.add_special_tokens([AddedToken(n, special=True, normalized=False) for n in names
                                  if copy.token_to_id(n) is None])
-        return HFModelTokenizer(copy, self.roles, self.added + [n for n in names if n not in self.added])
+        return HFModelTokenizer(copy, self.roles, self.added + [n for n in names if n not in self.added],
+                                self.chat_markup)
 
     def encode(self, text: str) -> list[int]:
         return self.rust.encode(text, add_special_tokens=False).ids
@@ -105,8 +139,10 @@ class HFModelTokenizer(Tokenizer):
 
     def to_json(self) -> str:
         return json.dumps({"dlm_tokenizer": "hf", "roles": self.roles, "added_tokens": self.added,
-                           "tokenizer": json.loads(self.rust.to_str())}, ensure_ascii=False)
+                           "chat_markup": self.chat_markup, "tokenizer": json.loads(self.rust.to_str())},
+                          ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, data: dict) -> HFModelTokenizer:
-        return cls(RustTokenizer.from_str(json.dumps(data["tokenizer"])), data["roles"], data.get("added_tokens"))
+        return cls(RustTokenizer.from_str(json.dumps(data["tokenizer"])), data["roles"], data.get("added_tokens"),
+                   data.get("chat_markup", ""))

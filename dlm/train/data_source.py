@@ -55,9 +55,11 @@ def base_tokenizer(cfg: RunConfig) -> Tokenizer | None:
     if cfg.finetune.base:
         return RunFolder(cfg.finetune.base).read_tokenizer()
     if cfg.model.backbone:
-        from dlm.model.hf_backbone import backbone_path
+        from dlm.model.hf_backbone import backbone_path, is_causal_lm, read_backbone_config
         from dlm.tokenizers.hf import HFModelTokenizer
 
+        if is_causal_lm(cfg.model.backbone_config or read_backbone_config(cfg.model)):
+            return HFModelTokenizer.from_causal_folder(backbone_path(cfg.model))
         return HFModelTokenizer.from_folder(backbone_path(cfg.model))
     return None
 

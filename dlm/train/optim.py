@@ -23,7 +23,9 @@ def make_optimizer(params: torch.nn.Module | list[torch.Tensor], lr: float, weig
 def is_hidden_matrix(name: str, param: torch.Tensor) -> bool:
     """Muon's share: the 2-D weights inside the network. The token embedding and the output head
     are lookups and classifiers, not maps between hidden states; they stay with AdamW, as do norms."""
-    return param.dim() == 2 and name.split(".")[0] != "head" and "embed" not in name and "lora_" not in name
+    io = name.split(".")[0] == "head" or "embed" in name or "lm_head" in name or name.endswith(("wte.weight",
+                                                                                                "wpe.weight"))
+    return param.dim() == 2 and not io and "lora_" not in name
 
 
 # Coefficients of the quintic Newton–Schulz iteration (Jordan et al., "Muon", 2024): tuned so that five

@@ -176,6 +176,14 @@ def build_state(setup: TrainSetup, point: ResumePoint | None = None) -> TrainSta
     ckpt = point.checkpoint
     fsdp = tc.fsdp and setup.dist.enabled
     model = build_model(cfg.model, pretrained=ckpt is None and not cfg.finetune.base).to(device)
+    if ckpt is None and not cfg.finetune.base and hasattr(model, "init_token_rows"):
+        tok = setup.tokenizer  # a pretrained LM's rows for the tokens dlm added start neutral
+        model.init_token_rows([tok.token_to_id(t) for t in tok.added_tokens])
+    if tc.gradient_checkpointing:
+        if not hasattr(model, "gradient_checkpointing"):
+            raise DlmError("train.gradient_checkpointing is for `transformers` backbones (dlm adapt); dlm's own "
+                           "Transformer is small enough without it: drop it")
+        model.gradient_checkpointing()
     ema_start = None
     if ckpt is None and cfg.finetune.base:  # a fine-tune starts from its base's weights
         used = load_base_weights(model, cfg.finetune.base)
@@ -225,6 +233,8 @@ def optimizer_step(state: TrainState, setup: TrainSetup, lr: float, noise: torch
     tc, dist = setup.cfg.train, setup.dist
     for group in state.optimizer.param_groups:
         group["lr"] = lr
+    if tc.attention_anneal_steps and hasattr(state.model, "future_visible"):  # causal → bidirectional
+        state.model.future_visible = min(1.0, state.step / tc.attention_anneal_steps)
     local_tokens = setup.tokens_per_step // dist.world_size
     loss_sum = torch.zeros((), device=setup.device)
     for micro in range(tc.grad_accum):
@@ -361,6 +371,8 @@ def _train(setup: TrainSetup, point: ResumePoint, on_validate: Callable[[int, fl
                 record = {"step": state.step, "loss": last_loss, "lr": lr, "grad_norm": float(outcome.grad_norm),
                           "tokens_per_s": window_tokens / (now - window_start), "tokens_seen": state.tokens_seen,
                           "elapsed_s": state.elapsed(), "max_memory_mb": peak_memory_mb(setup.device)}
+                if tc.attention_anneal_steps and hasattr(state.model, "future_visible"):
+                    record["attention_open"] = state.model.future_visible  # share of later keys seen
                 logger.log(record)
                 postfix = {"loss": f"{last_loss:.3f}", "tok_s": f"{record['tokens_per_s']:,.0f}", "lr": f"{lr:.1e}"}
                 if tc.max_time > 0:
