@@ -6,11 +6,43 @@ import argparse
 import math
 from pathlib import Path
 
+from dlm.errors import DlmError
 from dlm.sampling.flags import add_sampler_flags
 
 L2R_WINDOWS = 32
 """Windows `--l2r` scores by default: minutes on a CPU, where the whole Tiny Shakespeare split
 (435 windows × 256 positions, one forward pass each) takes an hour or more."""
+
+
+def run_harness_tasks(args: argparse.Namespace) -> int:
+    """`dlm eval --tasks`: lm-evaluation-harness tasks on this run (dlm.eval.lm_harness)."""
+    from dlm.sampling.flags import sampler_options as options_from_flags
+
+    if args.gen or args.l2r or args.noise_curve:
+        raise DlmError("--tasks runs lm-eval's tasks only; drop --gen, --l2r and --noise-curve (run them separately)")
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise DlmError("--tasks needs lm-evaluation-harness; pip install 'dlm[lmeval]'") from None
+    from dlm.eval.lm_harness import DlmLM, evaluate_tasks, json_ready, results_table
+    from dlm.io import atomic_write_json
+
+    if args.include_path and not Path(args.include_path).is_dir():
+        raise DlmError(f"--include-path {args.include_path} is not a folder (of lm-eval task YAML files)")
+    options = {k: v for k, v in options_from_flags(args).items() if v is not None}
+    model = DlmLM(args.ckpt, mc_samples=args.mc_samples, seed=args.seed, batch_size=args.batch_size,
+                  device=args.device, dtype=args.dtype, weights=args.weights, progress=not args.quiet, **options)
+    tasks = [t for name in args.tasks for t in name.split(",") if t]
+    results = evaluate_tasks(model, tasks, args.include_path, args.limit, args.num_fewshot)
+    print(results_table(results))
+    settings = results["dlm"]
+    se = settings["loglikelihood_standard_errors"]
+    print(f"dlm: {settings['objective']} run {settings['run']}, {settings['loglikelihood']}"
+          + (f", {settings['mc_samples']} samples per request (median s.e. {se['median']:.4f} nats)" if se else "")
+          + f"; {settings['seconds']:.1f} s")
+    if args.json:
+        atomic_write_json(Path(args.json), json_ready(results))
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -23,6 +55,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dlm.io import atomic_write_json
     from dlm.runtime import pick_dtype
 
+    if args.tasks:
+        return run_harness_tasks(args)
     if args.gen:
         from dlm.eval.generation_eval import check_judge, check_sampler_options
         from dlm.sampling.flags import sampler_options as options_from_flags
@@ -215,6 +249,14 @@ def register(sub) -> None:
     p.add_argument("--weights", default="auto", choices=("auto", "ema", "raw"),
                    help="EMA-averaged or raw weights (auto: EMA when the checkpoint has them)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    harness = p.add_argument_group("lm-evaluation-harness tasks (pip install 'dlm[lmeval]')")
+    harness.add_argument("--tasks", nargs="+", metavar="NAME",
+                         help="run these lm-eval tasks instead of the likelihood pass (names or comma lists)")
+    harness.add_argument("--include-path", metavar="DIR", help="a folder of lm-eval task YAML files")
+    harness.add_argument("--limit", type=float, help="at most this many documents per task (or a fraction < 1)")
+    harness.add_argument("--num-fewshot", type=int, metavar="K", help="in-context examples per question")
+    harness.add_argument("--mc-samples", type=int, default=32, metavar="N",
+                         help="diffusion runs: noise draws per loglikelihood request (default 32)")
     add_sampler_flags(p)
     p.set_defaults(func=cmd_eval)
 
