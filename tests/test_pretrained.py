@@ -54,6 +54,9 @@ def save_tiny_causal_lm(folder: Path, family: str, text: str, extra_rows: int = 
         vocab_size=400, special_tokens=names, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False))
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=rust, **specials)
+    if family in ("qwen2", "smollm2"):
+        fast.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                              "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     fast.save_pretrained(folder)
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(family_config(family, rust.get_vocab_size() + extra_rows))
@@ -212,3 +215,24 @@ def test_an_unsupported_family_is_one_line(corpus: Path, corpus_text: str, tmp_p
     assert "\n" not in err and "not supported yet" in err and "gpt2 (GPT-2)" in err and "qwen2" in err
     assert main(["adapt", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r2")]) == 2
     assert "not a model folder" in capsys.readouterr().err
+
+
+def test_the_model_writes_its_own_conversations(corpus_text: str, tmp_path: Path, isolated_cache: Path) -> None:
+    from dlm.data.distill import distill_prompts
+
+    model = save_tiny_causal_lm(tmp_path / "smol", "smollm2", corpus_text, pretrain_steps=60)
+    run = tmp_path / "chat"
+    assert main(["adapt", str(model), "--chat", "--data", "distill:24", "--out", str(run), "--max-steps", "3",
+                 "--quiet", "model.block_size=128", "train.batch_size=4"]) == 0
+    (written,) = (isolated_cache / "conversations").glob("distill-smol-24-*.jsonl")
+    rows = [json.loads(line)["messages"] for line in written.read_text().splitlines()]
+    assert 0 < len(rows) <= 24 and all(r[0]["role"] == "user" and r[1]["role"] == "assistant" and r[1]["content"]
+                                       for r in rows)
+    assert {r[0]["content"] for r in rows} <= set(distill_prompts(24))
+    assert json.loads((run / "config.json").read_text())["data"]["source"] == str(written)
+    before = written.stat().st_mtime_ns  # a second run reuses the file
+    assert main(["adapt", str(model), "--chat", "--data", "distill:24", "--out", str(tmp_path / "again"),
+                 "--max-steps", "1", "--quiet", "model.block_size=128", "train.batch_size=4"]) == 0
+    assert written.stat().st_mtime_ns == before
+    assert main(["adapt", str(model), "--data", "distill", "--out", str(tmp_path / "x")]) == 2
+    assert main(["adapt", str(model), "--chat", "--data", "distill:many", "--out", str(tmp_path / "y")]) == 2

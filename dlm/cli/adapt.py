@@ -9,7 +9,8 @@ from dlm.errors import DlmError
 
 EPILOG = """examples:
   dlm adapt smollm2                                   # SmolLM2-135M on Tiny Shakespeare, 30 minutes
-  dlm adapt smollm2 --chat --data conversations.jsonl --out runs/smollm2-chat   # a diffusion chat model
+  dlm adapt smollm2 --chat --data distill --out runs/smollm2-chat   # a chat model, on SmolLM2's own replies
+  dlm adapt smollm2 --chat --data conversations.jsonl               # on your conversations
   dlm adapt path/to/save_pretrained_folder --data my_corpus/ --lora 16 --max-time 3600
   dlm chat --ckpt runs/smollm2-chat
 
@@ -49,8 +50,18 @@ def cmd_adapt(args: argparse.Namespace) -> int:
             raise DlmError("--chat needs --data: conversations (a JSONL file of {\"messages\": [...]}, hf:NAME) or "
                            "a play script")
         cfg = get_preset("adapt")
-        cfg.model.backbone = f"hf:{model_folder(args.model).resolve()}"
+        folder = model_folder(args.model)
+        cfg.model.backbone = f"hf:{folder.resolve()}"
         cfg.data.source = args.data or "tinyshakespeare"
+        if args.data and args.data.split(":")[0] == "distill":
+            if not args.chat:
+                raise DlmError("--data distill writes conversations: use it with --chat")
+            from dlm.data.distill import distilled_conversations
+
+            count = args.data.partition(":")[2]
+            if count and not count.isdigit():
+                raise DlmError(f"--data {args.data}: write distill or distill:N (N conversations, e.g. distill:300)")
+            cfg.data.source = str(distilled_conversations(folder, int(count or 300), progress=not args.quiet))
         cfg.finetune.chat = args.chat
     overrides = list(args.overrides)
     for flag, key in (("max_steps", "train.max_steps"), ("max_time", "train.max_time"), ("lora", "model.lora_rank"),
@@ -74,7 +85,9 @@ def register(sub) -> None:
                        "Resumable: run it again, or --resume.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help="a save_pretrained folder of a causal LM, or 'smollm2'")
-    p.add_argument("--data", help="text to adapt on (default tinyshakespeare), or conversations with --chat")
+    p.add_argument("--data", help="text to adapt on (default tinyshakespeare); with --chat, conversations (JSONL of "
+                   "messages, hf:NAME) or 'distill[:N]': N (default 300) replies the model itself writes to dlm's "
+                   "questions (dlm.data.distill)")
     p.add_argument("--chat", action="store_true", help="chat fine-tuning: response-only loss on conversations")
     p.add_argument("--out", help="the run folder (default runs/MODEL-adapt or runs/MODEL-chat)")
     p.add_argument("--max-time", type=float, help="stop (after saving) after this many seconds (default 1800)")
