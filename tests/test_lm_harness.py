@@ -153,3 +153,16 @@ def test_bad_tasks_and_text_are_one_line(tiny_twins, tasks_dir: Path, tmp_path: 
         model.loglikelihood([request("loglikelihood", "The cat", " \u4e2d\u6587")])
     with pytest.raises(DlmError, match="unknown model argument"):
         DlmLM(str(tiny_twins["mdlm"]), mc_sample=8)
+
+
+def test_lm_evals_own_command_line_knows_dlm(tiny_twins, tasks_dir: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "dlm.eval.lm_harness", "run", "--model", "dlm", "--model_args",
+                           f"pretrained={tiny_twins['ar']},dtype=fp32,progress=false", "--tasks", "tiny_mc",
+                           "--include_path", str(tasks_dir), "--limit", "2", "--output_path", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "tiny_mc" in done.stdout and "acc" in done.stdout

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 import zlib
 from collections.abc import Iterable
 
@@ -75,7 +76,9 @@ class DlmLM(LM):
 
     def __init__(self, pretrained: str, mc_samples: int = 32, seed: int = 0, batch_size: int | str = 32,
                  device: str = "auto", dtype: str = "auto", weights: str = "auto", max_gen_toks: int = 64,
-                 progress: bool = True, **sampler_options) -> None:
+                 progress: bool = True, max_batch_size: int | None = None, **sampler_options) -> None:
+        """`batch_size`: rows per forward pass (a diffusion request's noise draws go together);
+        `max_batch_size` is lm-eval's command-line setting, not used."""
         super().__init__()
         from dlm.inference import load
 
@@ -84,7 +87,12 @@ class DlmLM(LM):
             raise DlmError(f"unknown model argument(s) {', '.join(unknown)}; dlm takes pretrained, mc_samples, seed, "
                            f"batch_size, device, dtype, weights, max_gen_toks and the sampler's "
                            f"{', '.join(_sampler_fields())}")
-        self.pipe = load(str(pretrained), device=device, dtype=dtype, weights=weights)
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            # lm-eval's command line says cuda:0 unless told otherwise; it too falls back to the CPU
+            warnings.warn(f"device {device} asked for, but there is no CUDA device; running on the CPU", stacklevel=2)
+            device = "auto"
+        self.pipe = load(str(pretrained), device="cuda" if str(device).startswith("cuda") else device, dtype=dtype,
+                         weights=weights)
         self.mc_samples, self.seed = int(mc_samples), int(seed)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 32
         self.max_gen_toks, self.progress = int(max_gen_toks), bool(_number(progress))
