@@ -64,10 +64,12 @@ def write_replies(folder: Path, prompts: list[str], max_new_tokens: int, seed: i
                   progress: bool) -> list[list[dict]]:
     import torch
 
-    from dlm.eval.hf_judge import import_transformers
     from dlm.progress import Progress
 
-    transformers = import_transformers()
+    try:
+        import transformers
+    except ImportError:
+        raise DlmError("--data distill needs transformers, which is not installed; pip install 'dlm[hf]'") from None
     transformers.utils.logging.disable_progress_bar()  # dlm's own bar counts the replies
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     if not tokenizer.chat_template:
