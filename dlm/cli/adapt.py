@@ -35,17 +35,10 @@ def model_folder(name: str) -> Path:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from dlm.config import apply_overrides
+    from dlm.cli.train import train_in
     from dlm.presets import get_preset
-    from dlm.run_folder import RunFolder
-    from dlm.train.trainer import train
 
-    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.model).name}-{'chat' if args.chat else 'adapt'}"
-    run = RunFolder(out)
-    resume = args.resume or run.has_config()
-    if resume and run.has_config():
-        cfg = run.read_config()
-    else:
+    def fresh():
         if args.chat and not args.data:
             raise DlmError("--chat needs --data: conversations (a JSONL file of {\"messages\": [...]}, hf:NAME) or "
                            "a play script")
@@ -63,17 +56,15 @@ def cmd_adapt(args: argparse.Namespace) -> int:
                 raise DlmError(f"--data {args.data}: write distill or distill:N (N conversations, e.g. distill:300)")
             cfg.data.source = str(distilled_conversations(folder, int(count or 300), progress=not args.quiet))
         cfg.finetune.chat = args.chat
-    overrides = list(args.overrides)
-    for flag, key in (("max_steps", "train.max_steps"), ("max_time", "train.max_time"), ("lora", "model.lora_rank"),
-                      ("anneal_steps", "train.attention_anneal_steps")):
-        if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
-    if args.lora and not any(o.startswith(("train.lr=", "lr=")) for o in overrides):
-        overrides.append("train.lr=1e-3")  # adapters start at zero and take a larger step
-    cfg = apply_overrides(cfg, overrides)
-    result = train(cfg, out, resume=resume, quiet=args.quiet)
-    print(f"dlm: stopped at step {result.step} ({result.stopped_by}); run saved in {result.run_dir}")
-    return 0
+        return cfg
+
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.model).name}-{'chat' if args.chat else 'adapt'}"
+    # adapters start at zero and take a larger step, unless key=value sets the rate
+    larger = ["train.lr=1e-3"] if args.lora and not any(o.startswith(("train.lr=", "lr=")) for o in args.overrides) \
+        else []
+    return train_in(out, args, fresh, {"max_steps": "train.max_steps", "max_time": "train.max_time",
+                                       "lora": "model.lora_rank", "anneal_steps": "train.attention_anneal_steps"},
+                    larger)
 
 
 def register(sub) -> None:

@@ -98,31 +98,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_finetune(args: argparse.Namespace) -> int:
+def train_in(out: Path, args: argparse.Namespace, fresh, flags: dict[str, str], extra: list[str] = ()) -> int:
+    """`dlm finetune` and `dlm adapt`: continue the run in `out` with its own config, or start one from
+    `fresh()`; then the flags (attribute → config key), key=value and `extra` overrides, and train."""
     from dlm.config import apply_overrides
     from dlm.run_folder import RunFolder
-    from dlm.train.finetune import finetune_config
     from dlm.train.trainer import train
 
-    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.base).name}-{'chat' if args.chat else 'ft'}"
     run = RunFolder(out)
     resume = args.resume or run.has_config()
-    if resume and run.has_config():
-        cfg = run.read_config()
-    else:
-        if not args.data:
-            raise DlmError("--data is needed: the conversations (JSONL, a play script, hf:NAME) or the text "
-                           "to fine-tune on")
-        cfg = finetune_config(args.base, args.data, args.chat)
+    cfg = run.read_config() if resume and run.has_config() else fresh()
     overrides = list(args.overrides)
-    for flag, key in (("max_steps", "train.max_steps"), ("max_time", "train.max_time"), ("lora", "model.lora_rank"),
-                      ("fill", "finetune.fill")):
-        if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
-    cfg = apply_overrides(cfg, overrides)
+    overrides += [f"{key}={getattr(args, flag)}" for flag, key in flags.items() if getattr(args, flag) is not None]
+    cfg = apply_overrides(cfg, [*overrides, *extra])
     result = train(cfg, out, resume=resume, quiet=args.quiet)
     print(f"dlm: stopped at step {result.step} ({result.stopped_by}); run saved in {result.run_dir}")
     return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from dlm.train.finetune import finetune_config
+
+    def fresh():
+        if not args.data:
+            raise DlmError("--data is needed: the conversations (JSONL, a play script, hf:NAME) or the text "
+                           "to fine-tune on")
+        return finetune_config(args.base, args.data, args.chat)
+
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.base).name}-{'chat' if args.chat else 'ft'}"
+    return train_in(out, args, fresh, {"max_steps": "train.max_steps", "max_time": "train.max_time",
+                                       "lora": "model.lora_rank", "fill": "finetune.fill"})
 
 
 def register(sub) -> None:
