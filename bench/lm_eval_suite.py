@@ -125,6 +125,7 @@ def markdown(report: dict) -> str:
         cells = [f"{t[k]['acc']:.3f} ± {t[k]['acc_stderr']:.3f} | {t[k]['acc_norm']:.3f}" for k in MC_TASKS]
         secs = " / ".join(f"{t[k]['seconds']:.0f}" for k in TASKS)
         kind = row["objective"] + (f", {row['mc_samples']} MC samples" if row["mc_samples"] else ", exact")
+        kind += f", {row['dtype']}"
         lines.append(f"| {label} | {kind} | {cells[0]} | {cells[1]} | "
                      f"{t['heldout_rolling']['bits_per_byte']:.3f} | {secs} |")
     if report.get("sweep"):
@@ -153,6 +154,11 @@ def main() -> None:
     parser.add_argument("--max-mc-samples", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="fp32", choices=("auto", "bf16", "fp32"))
+    parser.add_argument("--run-dtype", action="append", default=[], metavar="LABEL=DTYPE",
+                        help="another dtype for one run (e.g. a 135M adapted model in its training dtype, bf16)")
+    parser.add_argument("--reuse", metavar="JSON", help="an earlier report of this script: rows whose run and "
+                        "settings (items, seed, MC samples, dtype) match are taken from it instead of rescored "
+                        "(scores are deterministic for a seed)")
     parser.add_argument("--tasks-dir", default="runs/lm_eval_tasks", help="where the task files are written")
     parser.add_argument("--json")
     parser.add_argument("--markdown")
@@ -169,13 +175,33 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d"), "machine": describe_cpu(), "seed": args.seed,
               "source": load(first, device="cpu").config.data.source,
               "counts": {k: len(v) for k, v in items.items()}, "runs": {}}
+    dtypes = dict(labelled(s) for s in args.run_dtype)
+    unknown = set(dtypes) - set(runs)
+    if unknown:
+        parser.error(f"--run-dtype names {sorted(unknown)}, which no --run has")
+    earlier = json.loads(Path(args.reuse).read_text()) if args.reuse and Path(args.reuse).exists() else {}
+    same_items = earlier.get("counts") == report["counts"] and earlier.get("seed") == args.seed
+
+    def reused(old: dict | None, run: str, dtype: str, mc_samples: int) -> dict | None:
+        """An earlier row for the same run and settings, or None."""
+        if not (same_items and old and old.get("run") == run and old.get("requested_dtype") == dtype):
+            return None
+        return old if old.get("mc_samples") in (None, mc_samples) else None
+
     for label, run in runs.items():
-        report["runs"][label] = score(run, TASKS, folder, args.mc_samples, args.seed, args.dtype)
+        dtype = dtypes.get(label, args.dtype)
+        row = reused(earlier.get("runs", {}).get(label), run, dtype, args.mc_samples)
+        if row is None:
+            row = {"run": run, "requested_dtype": dtype, **score(run, TASKS, folder, args.mc_samples, args.seed, dtype)}
+        report["runs"][label] = row
     if args.mc_sweep:
         label, run = labelled(args.mc_sweep)
+        old_sweep = earlier.get("sweep") if (earlier.get("sweep") or {}).get("run") == run else {}
         sweep, n = {}, 2
         while n <= args.max_mc_samples:
-            sweep[n] = score(run, MC_TASKS, folder, n, args.seed, args.dtype)
+            row = reused((old_sweep or {}).get("rows", {}).get(str(n)), run, args.dtype, n)
+            sweep[n] = row or {"run": run, "requested_dtype": args.dtype,
+                               **score(run, MC_TASKS, folder, n, args.seed, args.dtype)}
             n *= 2
         report["sweep"] = {"label": label, "run": run, "rows": sweep}
     text_out = markdown(report)

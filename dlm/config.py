@@ -228,10 +228,9 @@ class RunConfig:
                 raise DlmError(f"diffusion.block_size={d.block_size} must divide the context "
                                f"model.block_size={self.model.block_size}: set diffusion.block_size=B "
                                "(e.g. 4) with train.objective=bd3")
-            if self.model.time_conditioning or self.model.backbone or d.edit_prob or d.prompt_prob \
-                    or d.masking != "uniform":
-                raise DlmError("train.objective=bd3 works with dlm's own Transformer, without time conditioning, "
-                               "edit corruption, prompts or entropy masking: drop those, or use --objective mdlm")
+            if self.model.time_conditioning or d.edit_prob or d.prompt_prob or d.masking != "uniform":
+                raise DlmError("train.objective=bd3 works without time conditioning, edit corruption, prompts or "
+                               "entropy masking: drop those, or use --objective mdlm")
         parse_t_range(d.t_range)
         f = self.finetune
         if f.fill not in ("pad", "eos", "block-eos"):

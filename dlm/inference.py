@@ -105,7 +105,7 @@ class Pipeline:
             options.setdefault("block_length", self.diffusion_block)
             if options["block_length"]:
                 options.setdefault("block_context", "prefix")
-                options.setdefault("kv_cache", True)
+                options.setdefault("kv_cache", not self.config.model.backbone)  # HF backbones: no dlm cache
                 options.setdefault("aligned_blocks", True)
         config = SamplerConfig.from_kwargs(**options)
         if not self.is_autoregressive and config.edit_threshold and not getattr(self.config.diffusion, "edit_prob", 0):

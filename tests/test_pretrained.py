@@ -147,6 +147,59 @@ def test_the_shift_and_the_annealed_attention(corpus_text: str, tmp_path: Path) 
         assert not torch.allclose(wrapped(x)[:, 1], wrapped(y)[:, 1])
 
 
+def test_block_diffusion_keeps_the_shift_across_blocks(corpus_text: str, tmp_path: Path) -> None:
+    from dlm.model.config import ModelConfig
+    from dlm.model.hf_backbone import HFCausalDenoiser, read_backbone_config
+    from dlm.objectives.block_diffusion import block_diffusion_logits, layout_for
+    from dlm.sampling.canvas import Canvas, attention_mask
+
+    folder = save_tiny_causal_lm(tmp_path / "llama", "llama", corpus_text)
+    cfg = ModelConfig(backbone=f"hf:{folder}", block_size=32)
+    cfg.backbone_config = read_backbone_config(cfg)
+    cfg.vocab_size = cfg.backbone_config["vocab_size"]
+    original = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    wrapped = HFCausalDenoiser(cfg, pretrained=True).eval()
+    x = torch.randint(0, cfg.vocab_size - 1, (2, 16))
+    z = torch.where(torch.rand(x.shape) < 0.5, cfg.vocab_size - 1, x)  # any id stands in for [MASK] here
+    with torch.no_grad():
+        # Blocks of 1: every token is the first of its block and reads the clean state before it,
+        # which has seen exactly the tokens before it: the pretrained causal LM itself.
+        one = block_diffusion_logits(wrapped, z, x, 1)
+        assert torch.allclose(one[:, 1:], original(input_ids=x).logits[:, :-1], atol=1e-5)
+        # Blocks of 4: the training layout gives each block what the sampler gives it, the clean
+        # prefix (block-causal) followed by the noisy block.
+        four = block_diffusion_logits(wrapped, z, x, 4)
+        for b in range(4):
+            s, e = 4 * b, 4 * b + 4
+            canvas_ids = torch.cat((x[:, :s], z[:, s:e]), dim=1)
+            canvas = Canvas(tokens=canvas_ids, fixed=torch.ones_like(canvas_ids, dtype=torch.bool),
+                            valid=torch.ones_like(canvas_ids, dtype=torch.bool),
+                            positions=torch.arange(e)[None].expand(2, -1))
+            mask = attention_mask(canvas, 4, block_causal=True, aligned=True)
+            assert torch.allclose(four[:, s:e], wrapped(canvas_ids, attn_mask=mask)[:, s:e], atol=1e-5), b
+        # The trainer's input (the layout object, as the objective passes it) routes to the same logits.
+        routed = wrapped(torch.cat((z, x), dim=1), attn_mask=layout_for(16, 4))
+        assert torch.equal(routed, four)
+
+
+def test_a_block_diffusion_adaptation_learns_and_samples(corpus: Path, corpus_text: str, tmp_path: Path,
+                                                        capsys) -> None:
+    model = save_tiny_causal_lm(tmp_path / "smollm2", "smollm2", corpus_text)
+    run = tmp_path / "bd3"
+    assert adapt(model, corpus, run, "--block-size", "4", "--anneal-steps", "10") == 0
+    pipe = dlm.load(run)
+    assert pipe.objective == "bd3" and pipe.diffusion_block == 4
+    seen = losses(run)
+    assert sum(seen[-3:]) / 3 < min(sum(seen[:2]) / 2, math.log(pipe.tokenizer.n_real_tokens)) - 0.5, seen
+    result = pipe.sample(["the"], length=12, seed=0)
+    assert not (result.tokens == pipe.tokenizer.mask_id).any()
+    assert main(["eval", "--ckpt", str(run), "--max-passes", "2", "--quiet"]) == 0  # the block NELBO
+    capsys.readouterr()
+    assert adapt(model, corpus, tmp_path / "bad", "--block-size", "5") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "diffusion.block_size=5 must divide" in err
+
+
 def test_mask_rows_start_at_the_mean_and_pretraining_helps(corpus: Path, corpus_text: str, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

@@ -11,6 +11,7 @@ EPILOG = """examples:
   dlm adapt smollm2                                   # SmolLM2-135M on Tiny Shakespeare, 30 minutes
   dlm adapt smollm2 --chat --data distill --out runs/smollm2-chat   # a chat model, on SmolLM2's own replies
   dlm adapt smollm2 --chat --data conversations.jsonl               # on your conversations
+  dlm adapt smollm2 --block-size 4                    # block diffusion (BD3-LM), blocks of 4 tokens
   dlm adapt path/to/save_pretrained_folder --data my_corpus/ --lora 16 --max-time 3600
   dlm chat --ckpt runs/smollm2-chat
 
@@ -56,6 +57,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
                 raise DlmError(f"--data {args.data}: write distill or distill:N (N conversations, e.g. distill:300)")
             cfg.data.source = str(distilled_conversations(folder, int(count or 300), progress=not args.quiet))
         cfg.finetune.chat = args.chat
+        if args.block_size:  # block diffusion: block-causal from the start, the blocks opened in place
+            cfg.train.objective, cfg.diffusion.block_size = "bd3", args.block_size
         return cfg
 
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.model).name}-{'chat' if args.chat else 'adapt'}"
@@ -87,6 +90,9 @@ def register(sub) -> None:
                    "(default: full fine-tuning; with LoRA the learning rate defaults to 1e-3)")
     p.add_argument("--anneal-steps", type=int, metavar="N", help="steps over which attention goes from causal to "
                    "bidirectional (default 100; 0 = bidirectional at once)")
+    p.add_argument("--block-size", type=int, metavar="B", help="a block-diffusion model (train.objective=bd3, "
+                   "Fast-dLLM v2's recipe): blocks of B tokens left to right, each denoised in parallel; attention "
+                   "block-causal, annealed inside the blocks; B divides the context (128). New runs only")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")

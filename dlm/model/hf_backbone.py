@@ -14,9 +14,13 @@ A causal LM becomes a denoiser the way DiffuGPT/DiffuLLaMA (Gong et al., ICLR 20
 i − 1 predicts token i), so its pretrained head is reused rather than relearnt. `dlm adapt` is the
 command that does it.
 
-What such a backbone cannot do, and says so: the KV caches of the block samplers, time
-conditioning, block diffusion, the causal AR objective and FSDP (they need dlm's own Transformer);
-LoRA works on causal LMs only.
+A causal LM also trains as a block-diffusion model (train.objective=bd3, `dlm adapt --block-size B`;
+Fast-dLLM v2's recipe): attention block-causal as in dlm.objectives.block_diffusion, the shift kept
+across blocks (HFCausalDenoiser.block_diffusion_logits).
+
+What such a backbone cannot do, and says so: the KV caches of the block samplers (a block model
+samples with its prefix recomputed each step), time conditioning, the causal AR objective and FSDP
+(they need dlm's own Transformer); LoRA and block diffusion work on causal LMs only.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from dlm.errors import DlmError
+from dlm.model.block_attention import BlockDiffusionLayout
 from dlm.model.config import ModelConfig
 
 
@@ -198,6 +203,32 @@ class HFCausalDenoiser(nn.Module):
         else:
             self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
+    def block_diffusion_logits(self, z: torch.Tensor, x: torch.Tensor, block: int) -> torch.Tensor:
+        """(B, L, V) logits of the noisy copy z given the clean copy x (block diffusion's vectorised
+        form, one forward over [z | x] under dlm.objectives.block_diffusion's mask; forward routes
+        here when its attn_mask is a BlockDiffusionLayout).
+
+        The shift, kept across blocks: noisy token i reads the noisy state at i − 1 inside its block,
+        and the first token of a block reads the clean state at i − 1 — the last token of the clean
+        block before, which has seen exactly the clean blocks before it. That is the state the
+        sampler gives it (the prefix, block-causal, then the block). While attention anneals, the
+        pairs inside a noisy block open as in forward; the clean prefix is block-causal throughout.
+        """
+        from dlm.objectives.block_diffusion import block_diffusion_mask
+
+        B, L = x.shape
+        mask = block_diffusion_mask(L, block, x.device)
+        if self.training and self.future_visible < 1:
+            mask[:L, :L] &= self._visibility(L, x.device)
+        positions = torch.arange(L, device=x.device).repeat(2)[None].expand(B, -1)
+        out = self.hf.base_model(input_ids=torch.cat((z, x), dim=1), position_ids=positions,
+                                 attention_mask=mask[None, None].expand(B, 1, 2 * L, 2 * L))
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        i = torch.arange(L, device=x.device)
+        source = torch.where((i % block == 0) & (i > 0), L + i - 1, (i - 1).clamp(min=0))
+        logits = self.hf.get_output_embeddings()(hidden[:, source])  # the head on the L rows scored only
+        return logits.float() if self.fp32_logits else logits
+
     @torch.compiler.disable  # a fresh random mask each step; its rate changes during annealing
     def _visibility(self, length: int, device: torch.device) -> torch.Tensor:
         """(T, T) bool: causal, plus each later key opened with probability `future_visible`."""
@@ -210,6 +241,9 @@ class HFCausalDenoiser(nn.Module):
                 positions: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         if cache is not None:
             raise DlmError("KV caches need dlm's own Transformer; sample this backbone without --kv-cache")
+        if isinstance(attn_mask, BlockDiffusionLayout):  # block diffusion's [noisy | clean] training input
+            L = attn_mask.length
+            return self.block_diffusion_logits(idx[:, :L], idx[:, L:], attn_mask.block)
         B, T = idx.shape
         mask = self._visibility(T, idx.device)[None, None]  # (1, 1, T, T)
         if attn_mask is not None:  # the samplers' padding mask, (B or 1, 1, Tq, Tk)

@@ -143,6 +143,12 @@ def _prepare_locked(cfg: RunConfig, run: RunFolder, dist: DistInfo, device_name:
         from dlm.model.hf_backbone import read_backbone_config
 
         cfg.model.backbone_config = read_backbone_config(cfg.model)
+    if cfg.model.backbone and tc.objective == "bd3":
+        from dlm.model.hf_backbone import is_causal_lm
+
+        if not is_causal_lm(cfg.model.backbone_config):
+            raise DlmError("train.objective=bd3 takes dlm's own Transformer or a causal-LM backbone, not a masked "
+                           "LM; use --objective mdlm with it")
     cfg.model.vocab_size = tokenizer.vocab_size
     cfg.model.causal = tc.objective == "ar"
     if tc.objective != "bd3":  # a preset's block size belongs to its block-diffusion objective
