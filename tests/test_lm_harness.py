@@ -166,3 +166,19 @@ def test_lm_evals_own_command_line_knows_dlm(tiny_twins, tasks_dir: Path, tmp_pa
                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tiny_mc" in done.stdout and "acc" in done.stdout
+
+
+def test_a_word_piece_tokenizer_sees_the_continuation_as_in_training(corpus_text: str) -> None:
+    from types import SimpleNamespace
+
+    from dlm.tokenizers.bpe import BPETokenizer
+
+    harness = DlmLM.__new__(DlmLM)  # only the tokenizer matters here
+    harness.pipe = SimpleNamespace(tokenizer=BPETokenizer.train([corpus_text] * 4, vocab_size=400))
+    tok = harness.pipe.tokenizer
+    context, word = "the cat ", "sat"
+    ctx, cont = harness._encode_pair(context, word)
+    # The space joins the word (" sat", one piece in a byte-level BPE), as lm-eval's own models do.
+    assert ctx == tok.encode("the cat") and cont == tok.encode("the cat sat")[len(ctx):]
+    assert tok.decode(cont) == " sat" and cont != tok.encode(word)
+    assert harness._encode_pair("the cat", " sat") == (ctx, cont)

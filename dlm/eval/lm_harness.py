@@ -138,6 +138,19 @@ class DlmLM(LM):
             raise DlmError(f"the task's {where} holds text this model's tokenizer cannot encode ({error}); "
                            "choose tasks in the model's alphabet, or a model with a byte-level tokenizer") from None
 
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-eval's convention (its TemplateLM): the context's trailing whitespace joins the
+        continuation, and the continuation's ids are those of context + continuation past the
+        context's own count, so a byte-level BPE reads " word" as it did in training rather than
+        "word" after a lone space (with a character tokenizer only the split moves: the space is
+        scored with the continuation)."""
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        ctx = self._encode(context, "context")
+        whole = self._encode(context + continuation, "continuation")
+        return whole[:len(ctx)], whole[len(ctx):]
+
     def _seed_for(self, *parts: str) -> int:
         return (self.seed * 1_000_003 + zlib.crc32("\x00".join(parts).encode("utf-8"))) % 2**63
 
@@ -147,7 +160,7 @@ class DlmLM(LM):
         out = []
         for request in self._bar(requests, "loglikelihood"):
             context, continuation = request.args
-            ctx, cont = self._encode(context, "context"), self._encode(continuation, "continuation")
+            ctx, cont = self._encode_pair(context, continuation)
             if not cont:
                 out.append((0.0, True))
                 self.standard_errors.append(0.0)
