@@ -39,6 +39,7 @@ from labels import (
     weights_label,
 )
 from machine import describe_cpu  # noqa: E402 (bench/ is on the path when run)
+from within_reach import RULE, shortfalls  # noqa: E402
 
 from dlm.data.loader import RandomWindows, eval_windows
 from dlm.data.shards import prepare_corpus
@@ -54,12 +55,6 @@ SAMPLERS = {"random (the default)": {"sampler": "random"},
             "confidence+rep1.2": {"sampler": "confidence", "repetition_penalty": 1.2},
             "blocks32+prefix-cache": {"sampler": "confidence", "block_length": 32, "block_context": "prefix",
                                       "kv_cache": True}}
-# "Within reach of the AR twin" (section 3's equal quality): bench/default_sampler.py's rule less its self-BLEU test.
-REAL_WORD_POINTS = 3.0  # real-word rate at most this many percentage points below the twin's (higher passes)
-MAUVE_RATIO = 0.9  # whole-text MAUVE at least this fraction of the twin's
-ENTROPY_FRACTION = 0.05  # unigram entropy within this fraction of the twin's, either way
-RULE = (f"its real-word rate is at most {REAL_WORD_POINTS:g} points below the AR twin's, its whole-text MAUVE at "
-        f"least {MAUVE_RATIO:g}× the twin's and its unigram entropy within {ENTROPY_FRACTION * 100:g} % of the twin's")
 
 
 def train_if_missing(run: str, objective: str, steps: int, preset: str) -> None:
@@ -115,24 +110,6 @@ def held_out_reference(ar, split, words, args: argparse.Namespace) -> dict:
     return {**sample_quality(reference), **judge_perplexity(load_judge(args.ar, ar), reference),
             **word_figures(texts, words), **{k if k == "mauve" else f"mauve_{k}": v for k, v in scores.items()},
             "mauve_features": "encoder", **encoder.describe()}
-
-
-def shortfalls(row: dict, ar: dict) -> list[str] | None:
-    """The conditions of RULE that `row` misses against the AR twin's row ([]: within reach); None when
-    either row lacks the real-word rate or whole-text MAUVE (a report written before them)."""
-    if not all("real_word_rate" in r and r.get("mauve_features") == "encoder" for r in (row, ar)) or \
-            ar["real_word_rate"] is None:
-        return None
-    at_most = lambda value, limit: value <= limit + 1e-9  # noqa: E731 (up to float rounding: 100 × (0.90 − 0.87) > 3)
-    missed = []
-    if row["real_word_rate"] is None or not at_most(100 * (ar["real_word_rate"] - row["real_word_rate"]),
-                                                    REAL_WORD_POINTS):
-        missed.append("real words")
-    if not at_most(MAUVE_RATIO * ar["mauve"], row["mauve"]):
-        missed.append("MAUVE")
-    if not at_most(abs(row["unigram_entropy"] - ar["unigram_entropy"]), ENTROPY_FRACTION * ar["unigram_entropy"]):
-        missed.append("entropy")
-    return missed
 
 
 def equal_quality(quality: list[dict]) -> tuple[dict, dict]:

@@ -34,10 +34,11 @@ import time
 from pathlib import Path
 
 import torch
-from default_sampler import held_out, shortfalls
+from default_sampler import held_out
 from labels import mauve_cell, percent
 from machine import describe_cpu  # noqa: E402 (bench/ is on the path when run)
 from markers import write_between_markers
+from within_reach import shortfalls
 
 from dlm.data.loader import eval_windows
 from dlm.data.shards import prepare_corpus

@@ -37,6 +37,7 @@ import torch
 from labels import encoder_label, mauve_cell, mauve_label, percent, unit_of
 from machine import describe_cpu  # noqa: E402 (bench/ is on the path when run)
 from markers import write_between_markers
+from within_reach import ENTROPY_FRACTION, RULE, at_most, entropy_close, shortfalls
 
 from dlm.data.loader import RandomWindows
 from dlm.data.shards import prepare_corpus
@@ -75,52 +76,15 @@ CANDIDATES: dict[str, dict] = {
 BASE_OPTIONS = {"temperature": 1.0}
 METRICS = ("real_word_rate", "mauve", "gen_ppl", "independent_gen_ppl", "unigram_entropy", "self_bleu",
            "distinct_2")
-# The "within reach of the AR twin" rule (module docstring).
-REAL_WORD_POINTS = 3.0  # at most this many percentage points below the twin's real-word rate
-MAUVE_RATIO = 0.9  # whole-text MAUVE at least this fraction of the twin's
-ENTROPY_FRACTION = 0.05  # unigram entropy within this fraction of the twin's, either way
-SELF_BLEU_FRACTION = 0.10  # self-BLEU within this fraction of the twin's, either way
 # The recommendation's guard against samples that repeat one another (the collapse that retired
 # confidence order): when no candidate is within reach, self-BLEU within this fraction of the twin's.
 DIVERSITY_FRACTION = 0.05
-RULE = (f"its real-word rate is at most {REAL_WORD_POINTS:g} points below the AR twin's, its whole-text MAUVE at "
-        f"least {MAUVE_RATIO:g}× the twin's, its unigram entropy within {ENTROPY_FRACTION * 100:g} % and its "
-        f"self-BLEU within {SELF_BLEU_FRACTION * 100:g} % of the twin's")
-
-
-def at_most(value: float, limit: float) -> bool:
-    """value ≤ limit, up to float rounding (a rate 3 points below passes though 100 × (0.90 − 0.87) > 3)."""
-    return value <= limit + 1e-9
-
-
-def entropy_close(row: dict, ar: dict) -> bool:
-    return at_most(abs(row["unigram_entropy"] - ar["unigram_entropy"]), ENTROPY_FRACTION * ar["unigram_entropy"])
 
 
 def varied(row: dict, ar: dict) -> bool:
     """Entropy within ENTROPY_FRACTION and self-BLEU within DIVERSITY_FRACTION of the twin's."""
     return entropy_close(row, ar) and at_most(abs(row["self_bleu"] - ar["self_bleu"]),
                                               DIVERSITY_FRACTION * ar["self_bleu"])
-
-
-def shortfalls(row: dict, ar: dict) -> list[str] | None:
-    """The conditions of the within-reach rule that `row` misses against the AR twin's row `ar`
-    ([]: within reach); None when a figure the rule needs is missing from either (a report written
-    before rows had a real-word rate and whole-text MAUVE)."""
-    if not all("real_word_rate" in r and r.get("mauve_features") == "encoder" for r in (row, ar)) or \
-            ar["real_word_rate"] is None:
-        return None
-    missed = []
-    if row["real_word_rate"] is None or not at_most(100 * (ar["real_word_rate"] - row["real_word_rate"]),
-                                                    REAL_WORD_POINTS):
-        missed.append("real words")
-    if not at_most(MAUVE_RATIO * ar["mauve"], row["mauve"]):
-        missed.append("MAUVE")
-    if not entropy_close(row, ar):
-        missed.append("entropy")
-    if not at_most(abs(row["self_bleu"] - ar["self_bleu"]), SELF_BLEU_FRACTION * ar["self_bleu"]):
-        missed.append("self-BLEU")
-    return missed
 
 
 def passing(rows: dict) -> list[str]:
