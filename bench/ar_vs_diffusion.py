@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+import within_reach  # noqa: E402
 from labels import (
     encoder_label,
     mauve_cell,
@@ -39,7 +40,6 @@ from labels import (
     weights_label,
 )
 from machine import describe_cpu  # noqa: E402 (bench/ is on the path when run)
-from within_reach import RULE, shortfalls  # noqa: E402
 
 from dlm.data.loader import RandomWindows, eval_windows
 from dlm.data.shards import prepare_corpus
@@ -110,6 +110,13 @@ def held_out_reference(ar, split, words, args: argparse.Namespace) -> dict:
     return {**sample_quality(reference), **judge_perplexity(load_judge(args.ar, ar), reference),
             **word_figures(texts, words), **{k if k == "mauve" else f"mauve_{k}": v for k, v in scores.items()},
             "mauve_features": "encoder", **encoder.describe()}
+
+
+RULE = within_reach.rule(self_bleu=False)  # section 3's equal quality: its rows have no self-BLEU
+
+
+def shortfalls(row: dict, ar: dict) -> list[str] | None:
+    return within_reach.shortfalls(row, ar, self_bleu=False)
 
 
 def equal_quality(quality: list[dict]) -> tuple[dict, dict]:
