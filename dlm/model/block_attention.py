@@ -1,6 +1,6 @@
 """Attention over block diffusion's training input, [noisy z | clean x], without the dense 2L × 2L mask.
 
-The mask of dlm.objectives.block_diffusion has three non-empty parts: clean → clean (block-causal,
+The mask (`block_diffusion_mask`, the dense reference) has three non-empty parts: clean → clean (block-causal,
 L × L), noisy → clean (earlier blocks only, L × L) and noisy → noisy (each block with itself: L/B
 blocks of B × B). Computing only those parts takes about half the work and memory of a dense
 (2L)² attention with three quarters of it masked (bench/block_diffusion_attention.py), and the
@@ -14,6 +14,22 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+
+def check_block_size(length: int, block: int) -> None:
+    if block < 1 or length % block:
+        raise ValueError(f"diffusion.block_size={block} must divide the sequence length {length} "
+                         f"(e.g. {', '.join(str(d) for d in (1, 2, 4, 8, 16) if length % d == 0)})")
+
+
+def block_diffusion_mask(length: int, block: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(2L, 2L) bool, True where a query may attend: rows and columns are [noisy z | clean x]."""
+    check_block_size(length, block)
+    ids = torch.arange(length, device=device) // block  # block of each position
+    q, k = ids[:, None], ids[None, :]
+    noisy_rows = torch.cat((q == k, k < q), dim=1)  # noisy b: its own noisy block, clean blocks < b
+    clean_rows = torch.cat((torch.zeros_like(q == k), k <= q), dim=1)  # clean b: clean blocks ≤ b
+    return torch.cat((noisy_rows, clean_rows), dim=0)
 
 
 @dataclass

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from dlm.errors import DlmError
-from dlm.model.block_attention import BlockDiffusionLayout
+from dlm.model.block_attention import BlockDiffusionLayout, block_diffusion_mask
 from dlm.model.config import ModelConfig
 
 
@@ -214,8 +214,6 @@ class HFCausalDenoiser(nn.Module):
         sampler gives it (the prefix, block-causal, then the block). While attention anneals, the
         pairs inside a noisy block open as in forward; the clean prefix is block-causal throughout.
         """
-        from dlm.objectives.block_diffusion import block_diffusion_mask
-
         B, L = x.shape
         mask = block_diffusion_mask(L, block, x.device)
         if self.training and self.future_visible < 1:

@@ -36,26 +36,9 @@ import torch.nn.functional as F
 
 from dlm.diffusion.process import sample_t
 from dlm.diffusion.schedules import Schedule
-from dlm.model.block_attention import BlockDiffusionLayout
+from dlm.model.block_attention import BlockDiffusionLayout, block_diffusion_mask, check_block_size
 from dlm.objectives.mdlm import T_MIN, loss_weight
 from dlm.objectives.output import LossOutput
-
-
-def check_block_size(length: int, block: int) -> None:
-    if block < 1 or length % block:
-        raise ValueError(f"diffusion.block_size={block} must divide the sequence length {length} "
-                         f"(e.g. {', '.join(str(d) for d in (1, 2, 4, 8, 16) if length % d == 0)})")
-
-
-def block_diffusion_mask(length: int, block: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(2L, 2L) bool, True where a query may attend: rows and columns are [noisy z | clean x]."""
-    check_block_size(length, block)
-    ids = torch.arange(length, device=device) // block  # block of each position
-    q, k = ids[:, None], ids[None, :]
-    noisy_rows = torch.cat((q == k, k < q), dim=1)  # noisy b: its own noisy block, clean blocks < b
-    clean_rows = torch.cat((torch.zeros_like(q == k), k <= q), dim=1)  # clean b: clean blocks ≤ b
-    return torch.cat((noisy_rows, clean_rows), dim=0)
-
 
 _LAYOUTS: dict[tuple[int, int], BlockDiffusionLayout] = {}
 
