@@ -31,8 +31,10 @@ What each request type means here:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import subprocess
 import time
 import warnings
 import zlib
@@ -287,6 +289,25 @@ class DlmLM(LM):
         return items()
 
 
+@contextlib.contextmanager
+def quiet_git_hash():
+    """lm-eval records the git commit of the working directory by running git, which prints "fatal:
+    not a git repository" on the terminal anywhere else: ask git the same question quietly."""
+    import lm_eval.evaluator as evaluator
+
+    def commit() -> str | None:
+        try:
+            return subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL).decode().strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    original, evaluator.get_git_commit_hash = evaluator.get_git_commit_hash, commit
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original
+
+
 def evaluate_tasks(model: DlmLM, tasks: list[str], include_path: str | None = None, limit: float | None = None,
                    num_fewshot: int | None = None) -> dict:
     """lm-eval's `simple_evaluate` on `tasks` (names from lm-eval's registry or `include_path`'s
@@ -301,9 +322,11 @@ def evaluate_tasks(model: DlmLM, tasks: list[str], include_path: str | None = No
                        "--include-path DIR with their YAML files")
     started = time.perf_counter()
     seed = model.seed
-    results = simple_evaluate(model=model, tasks=tasks, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
-                              log_samples=False, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                              fewshot_random_seed=seed, bootstrap_iters=1000)
+    with quiet_git_hash():
+        results = simple_evaluate(model=model, tasks=tasks, task_manager=manager, limit=limit,
+                                  num_fewshot=num_fewshot, log_samples=False, random_seed=seed,
+                                  numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+                                  bootstrap_iters=1000)
     if results is None:  # a non-zero rank under torch.distributed
         return {}
     results["dlm"] = {**model.settings, "loglikelihood_standard_errors": model.standard_error_summary(),
@@ -330,4 +353,5 @@ def results_table(results: dict) -> str:
 if __name__ == "__main__":  # lm-eval's command line, with the `dlm` model registered
     from lm_eval.__main__ import cli_evaluate
 
-    cli_evaluate()
+    with quiet_git_hash():
+        cli_evaluate()
