@@ -121,7 +121,8 @@ def test_each_family_adapts_samples_and_round_trips(family: str, corpus: Path, c
         assert torch.equal(pipe.model(x), again.model(x))
 
 
-def test_the_shift_and_the_annealed_attention(corpus_text: str, tmp_path: Path) -> None:
+def llama_and_its_denoiser(corpus_text: str, tmp_path: Path):
+    """A tiny LLaMA as saved, and the same weights read by HFCausalDenoiser."""
     from dlm.model.config import ModelConfig
     from dlm.model.hf_backbone import HFCausalDenoiser, read_backbone_config
 
@@ -130,7 +131,11 @@ def test_the_shift_and_the_annealed_attention(corpus_text: str, tmp_path: Path) 
     cfg.backbone_config = read_backbone_config(cfg)
     cfg.vocab_size = cfg.backbone_config["vocab_size"]
     original = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
-    wrapped = HFCausalDenoiser(cfg, pretrained=True)
+    return original, HFCausalDenoiser(cfg, pretrained=True), cfg
+
+
+def test_the_shift_and_the_annealed_attention(corpus_text: str, tmp_path: Path) -> None:
+    original, wrapped, cfg = llama_and_its_denoiser(corpus_text, tmp_path)
     x = torch.randint(0, cfg.vocab_size, (2, 16))
     with torch.no_grad():
         causal_logits = original(input_ids=x).logits
@@ -148,17 +153,11 @@ def test_the_shift_and_the_annealed_attention(corpus_text: str, tmp_path: Path) 
 
 
 def test_block_diffusion_keeps_the_shift_across_blocks(corpus_text: str, tmp_path: Path) -> None:
-    from dlm.model.config import ModelConfig
-    from dlm.model.hf_backbone import HFCausalDenoiser, read_backbone_config
     from dlm.objectives.block_diffusion import block_diffusion_logits, layout_for
     from dlm.sampling.canvas import Canvas, attention_mask
 
-    folder = save_tiny_causal_lm(tmp_path / "llama", "llama", corpus_text)
-    cfg = ModelConfig(backbone=f"hf:{folder}", block_size=32)
-    cfg.backbone_config = read_backbone_config(cfg)
-    cfg.vocab_size = cfg.backbone_config["vocab_size"]
-    original = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
-    wrapped = HFCausalDenoiser(cfg, pretrained=True).eval()
+    original, wrapped, cfg = llama_and_its_denoiser(corpus_text, tmp_path)
+    wrapped.eval()
     x = torch.randint(0, cfg.vocab_size - 1, (2, 16))
     z = torch.where(torch.rand(x.shape) < 0.5, cfg.vocab_size - 1, x)  # any id stands in for [MASK] here
     with torch.no_grad():
