@@ -56,6 +56,10 @@ class DiffusionConfig:
     paper's clipped schedules, a lower-variance loss); auto = 0.45,0.95, measured best of those tried
     (docs/block-diffusion.md). Only 0,1 keeps the training loss a bound; dlm eval always integrates
     over [0, 1]."""
+    noisy_copies: int = 1
+    """With train.objective=bd3: noisy copies of each training window read beside its one clean copy, each
+    with its own noise (≥ 1). The clean copy is half of a one-copy step's work; k copies share it, so a
+    step scores k draws of the bound for the work of k + 1 copies (the loss is their mean, still the bound)."""
 
 
 @dataclass
@@ -232,6 +236,9 @@ class RunConfig:
                 raise DlmError("train.objective=bd3 works without time conditioning, edit corruption, prompts or "
                                "entropy masking: drop those, or use --objective mdlm")
         parse_t_range(d.t_range)
+        if d.noisy_copies < 1 or (d.noisy_copies > 1 and t.objective != "bd3"):
+            raise DlmError(f"diffusion.noisy_copies={d.noisy_copies}: it is ≥ 1, and above 1 only with "
+                           "train.objective=bd3 (block diffusion's shared clean copy)")
         f = self.finetune
         if f.fill not in ("pad", "eos", "block-eos"):
             raise DlmError(f"finetune.fill={f.fill!r} is not one of pad, eos, block-eos")

@@ -278,3 +278,42 @@ def test_clipped_noise_levels_stay_in_their_range() -> None:
     # stratified over all 128 blocks: one draw in each of 128 equal slices of the range
     slices = ((t.flatten() - 0.45) / 0.5 * 128).floor().long()
     assert sorted(slices.tolist()) == list(range(128))
+
+
+@pytest.mark.parametrize("block", [1, 4])
+def test_noisy_copies_sharing_one_clean_copy_each_get_their_own_logits(block: int) -> None:
+    """[z_1 z_2 z_3 | x] in one pass gives every copy the logits of its own [z_c | x] pass, and the
+    part-by-part attention equals the dense mask of three copies."""
+    net, x = model(), data()
+    gen = torch.Generator().manual_seed(3)
+    zs = [x.masked_fill(torch.rand(x.shape, generator=gen) < 0.5, MASK) for _ in range(3)]
+    with torch.no_grad():
+        shared = block_diffusion_logits(net, torch.cat(zs, dim=1), x, block)
+        dense = block_diffusion_logits(net, torch.cat(zs, dim=1), x, block, dense=True)
+        alone = torch.cat([block_diffusion_logits(net, z, x, block) for z in zs], dim=1)
+    assert shared.shape == (3, 48, V)
+    assert torch.allclose(shared, alone, atol=1e-5) and torch.allclose(shared, dense, atol=1e-5)
+
+
+def test_the_loss_of_noisy_copies_is_the_mean_of_each_copys_loss() -> None:
+    """copies=2 with noise levels t = [t_1 | t_2] scores the mean of the one-copy losses at t_1 and
+    at t_2: B = 1 with every block masked makes both the exact next-token NLL, with no mask noise."""
+    net, x = model(), data()
+    t = torch.ones(3, 32)
+    with torch.no_grad():
+        two = bd3_loss(net, x, Linear(), MASK, 1, t=t, copies=2)
+        one = bd3_loss(net, x, Linear(), MASK, 1, t=t[:, :16])
+    assert torch.allclose(two.per_sequence, one.per_sequence, atol=1e-5)
+    assert two.n_tokens == one.n_tokens and torch.allclose(two.nll_sum, one.nll_sum, atol=1e-3)
+
+
+def test_noisy_copies_are_for_block_diffusion_only() -> None:
+    cfg = tiny()
+    cfg.diffusion.noisy_copies = 2
+    with pytest.raises(DlmError, match="noisy_copies"):
+        cfg.validate()
+    cfg.train.objective, cfg.diffusion.block_size = "bd3", 4
+    cfg.validate()
+    cfg.diffusion.noisy_copies = 0
+    with pytest.raises(DlmError, match="noisy_copies"):
+        cfg.validate()

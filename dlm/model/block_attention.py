@@ -22,21 +22,27 @@ def check_block_size(length: int, block: int) -> None:
                          f"(e.g. {', '.join(str(d) for d in (1, 2, 4, 8, 16) if length % d == 0)})")
 
 
-def block_diffusion_mask(length: int, block: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(2L, 2L) bool, True where a query may attend: rows and columns are [noisy z | clean x]."""
+def block_diffusion_mask(length: int, block: int, device: torch.device | str = "cpu", copies: int = 1) -> torch.Tensor:
+    """((k+1)L, (k+1)L) bool, True where a query may attend: rows and columns are [noisy z_1 … z_k | clean x],
+    k = `copies` noisy copies of the window that share its one clean copy."""
     check_block_size(length, block)
     ids = torch.arange(length, device=device) // block  # block of each position
     q, k = ids[:, None], ids[None, :]
-    noisy_rows = torch.cat((q == k, k < q), dim=1)  # noisy b: its own noisy block, clean blocks < b
-    clean_rows = torch.cat((torch.zeros_like(q == k), k <= q), dim=1)  # clean b: clean blocks ≤ b
-    return torch.cat((noisy_rows, clean_rows), dim=0)
+    never = torch.zeros_like(q == k)
+    rows = []
+    for c in range(copies):  # noisy b of copy c: its own noisy block of copy c, clean blocks < b
+        rows.append(torch.cat([q == k if j == c else never for j in range(copies)] + [k < q], dim=1))
+    rows.append(torch.cat([never] * copies + [k <= q], dim=1))  # clean b: clean blocks ≤ b
+    return torch.cat(rows, dim=0)
 
 
 @dataclass
 class BlockDiffusionLayout:
-    """Passed as the model's `attn_mask` for a [noisy | clean] input of 2 × `length` tokens."""
+    """Passed as the model's `attn_mask` for a [noisy z_1 … z_k | clean x] input of (k + 1) × `length`
+    tokens, k = `copies` (each noisy copy its own draw of the noise, all reading the one clean copy)."""
     length: int
     block: int
+    copies: int = 1
     _biases: dict = field(default_factory=dict, repr=False)
 
     def biases(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,26 +59,26 @@ class BlockDiffusionLayout:
 
 def block_diffusion_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockDiffusionLayout,
                               dropout: float = 0.0) -> torch.Tensor:
-    """q: (B, H, 2L, Hd), rows [noisy | clean], or (B, H, L, Hd), the noisy rows alone (the last
-    layer, whose clean outputs nothing reads); k, v: (B, H, 2L, Hd). Returns one row per query."""
+    """q: (B, H, (k+1)L, Hd), rows [noisy z_1 … z_k | clean x], or (B, H, kL, Hd), the noisy rows alone
+    (the last layer, whose clean outputs nothing reads); k, v: (B, H, (k+1)L, Hd). Returns one row per query."""
     B, H, _, Hd = q.shape
-    L, Bk = layout.length, layout.block
+    L, Bk, C = layout.length, layout.block, layout.copies
     n = L // Bk
     scale = Hd ** -0.5
-    qn, qc = q[:, :, :L], q[:, :, L:]
-    kn, kc = k[:, :, :L], k[:, :, L:]
-    vn, vc = v[:, :, :L], v[:, :, L:]
+    qn, qc = q[:, :, :C * L].reshape(B, H, C, L, Hd), q[:, :, C * L:]
+    kn, kc = k[:, :, :C * L].reshape(B, H, C, L, Hd), k[:, :, C * L:]
+    vn, vc = v[:, :, :C * L].reshape(B, H, C, L, Hd), v[:, :, C * L:]
     clean_bias, past_bias = layout.biases(q.device, q.dtype)
 
     # noisy → [clean blocks before its own | its own noisy block], one softmax over both
-    to_past = (qn @ kc.transpose(-1, -2)) * scale + past_bias  # (B, H, L, L)
-    qb, kb, vb = (t.reshape(B, H, n, Bk, Hd) for t in (qn, kn, vn))
-    to_own = ((qb @ kb.transpose(-1, -2)) * scale).reshape(B, H, L, Bk)  # (B, H, L, Bk)
+    to_past = (qn @ kc[:, :, None].transpose(-1, -2)) * scale + past_bias  # (B, H, C, L, L)
+    qb, kb, vb = (t.reshape(B, H, C, n, Bk, Hd) for t in (qn, kn, vn))
+    to_own = ((qb @ kb.transpose(-1, -2)) * scale).reshape(B, H, C, L, Bk)  # (B, H, C, L, Bk)
     weights = torch.cat((to_past, to_own), dim=-1).softmax(-1)
     if dropout:
         weights = F.dropout(weights, dropout)
-    own = weights[..., L:].reshape(B, H, n, Bk, Bk) @ vb  # (B, H, n, Bk, Hd)
-    noisy_out = weights[..., :L] @ vc + own.reshape(B, H, L, Hd)
+    own = weights[..., L:].reshape(B, H, C, n, Bk, Bk) @ vb  # (B, H, C, n, Bk, Hd)
+    noisy_out = (weights[..., :L] @ vc[:, :, None] + own.reshape(B, H, C, L, Hd)).reshape(B, H, C * L, Hd)
     if qc.shape[2] == 0:
         return noisy_out
 

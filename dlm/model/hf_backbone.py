@@ -240,8 +240,10 @@ class HFCausalDenoiser(nn.Module):
         if cache is not None:
             raise DlmError("KV caches need dlm's own Transformer; sample this backbone without --kv-cache")
         if isinstance(attn_mask, BlockDiffusionLayout):  # block diffusion's [noisy | clean] training input
-            L = attn_mask.length
-            return self.block_diffusion_logits(idx[:, :L], idx[:, L:], attn_mask.block)
+            L, C = attn_mask.length, attn_mask.copies  # [z_1 … z_C | x]: each noisy copy in its own pass
+            x = idx[:, C * L:]
+            return torch.cat([self.block_diffusion_logits(idx[:, c * L:(c + 1) * L], x, attn_mask.block)
+                              for c in range(C)], dim=1)
         B, T = idx.shape
         mask = self._visibility(T, idx.device)[None, None]  # (1, 1, T, T)
         if attn_mask is not None:  # the samplers' padding mask, (B or 1, 1, Tq, Tk)

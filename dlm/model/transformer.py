@@ -262,7 +262,8 @@ class Transformer(nn.Module):
             cond = self.time_mlp(timestep_embedding(t, self.cfg.d_model).to(self.embed.weight.dtype))
         x = self.embed(idx)
         # Block diffusion: the last layer's clean rows feed nothing (no later layer reads their keys).
-        last_queries = attn_mask.length if isinstance(attn_mask, BlockDiffusionLayout) else None
+        last_queries = (attn_mask.copies * attn_mask.length if isinstance(attn_mask, BlockDiffusionLayout)
+                        else None)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, cond, cache, attn_mask, last_queries if i == len(self.blocks) - 1 else None)
         if cache is not None:

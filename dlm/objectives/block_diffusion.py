@@ -21,6 +21,10 @@ Only the noisy half's logits are scored. B = L is MDLM (one block, the clean cop
 B = 1 the lone token of a block is masked or not, and E_t[w(t)·1{masked}] = 1, so the bound's
 expectation is the exact next-token NLL of the network reading x_<l clean and [MASK] at l.
 
+`copies=k` reads k noisy copies of each window beside its one clean copy, [z_1 … z_k | x], each with its
+own noise: k draws of the bound for the price of k + 1 copies instead of 2k (the clean copy, half of
+a step's work, is shared). The loss is their mean, still an unbiased estimate of the same bound.
+
 `t_range=(lo, hi)` draws the noise levels from U[lo, hi] instead of U[0, 1] (the paper's clipped
 schedules, a lower-variance training loss). Only (0, 1) keeps the loss a bound: a narrower range
 drops part of the integral over t. `dlm eval` always uses (0, 1).
@@ -40,15 +44,15 @@ from dlm.model.block_attention import BlockDiffusionLayout, block_diffusion_mask
 from dlm.objectives.mdlm import T_MIN, loss_weight
 from dlm.objectives.output import LossOutput
 
-_LAYOUTS: dict[tuple[int, int], BlockDiffusionLayout] = {}
+_LAYOUTS: dict[tuple[int, int, int], BlockDiffusionLayout] = {}
 
 
-def layout_for(length: int, block: int) -> BlockDiffusionLayout:
+def layout_for(length: int, block: int, copies: int = 1) -> BlockDiffusionLayout:
     """The attention layout of `block_diffusion_mask`, computed part by part (dlm.model.block_attention)."""
     check_block_size(length, block)
-    if (length, block) not in _LAYOUTS:
-        _LAYOUTS[(length, block)] = BlockDiffusionLayout(length, block)
-    return _LAYOUTS[(length, block)]
+    if (length, block, copies) not in _LAYOUTS:
+        _LAYOUTS[(length, block, copies)] = BlockDiffusionLayout(length, block, copies)
+    return _LAYOUTS[(length, block, copies)]
 
 
 def sample_block_t(batch: int, n_blocks: int, device: torch.device | str = "cpu",
@@ -63,62 +67,73 @@ def sample_block_t(batch: int, n_blocks: int, device: torch.device | str = "cpu"
 
 def block_diffusion_logits(model: nn.Module, z: torch.Tensor, x: torch.Tensor, block: int,
                            dense: bool = False) -> torch.Tensor:
-    """(B, L, V) logits of the noisy copy z given the clean copy x, in one forward pass. `dense`:
-    through the (2L)² mask of `block_diffusion_mask` (the reference the tests compare with)."""
+    """(B, kL, V) logits of the noisy copies z = [z_1 … z_k] (B, kL) given the clean copy x (B, L), in one
+    forward pass. `dense`: through the dense mask of `block_diffusion_mask` (the reference the tests
+    compare with)."""
     B, L = x.shape
-    positions = torch.arange(L, device=x.device).repeat(2)[None]  # (1, 2L): both copies at 0..L−1
-    mask = block_diffusion_mask(L, block, x.device) if dense else layout_for(L, block)
-    return model(torch.cat((z, x), dim=1), positions=positions, attn_mask=mask)[:, :L]
+    copies = z.shape[1] // L
+    positions = torch.arange(L, device=x.device).repeat(copies + 1)[None]  # every copy at 0..L−1
+    mask = block_diffusion_mask(L, block, x.device, copies) if dense else layout_for(L, block, copies)
+    return model(torch.cat((z, x), dim=1), positions=positions, attn_mask=mask)[:, :copies * L]
 
 
 def _token_nll(model: nn.Module, x: torch.Tensor, masked: torch.Tensor, mask_id: int, block: int) -> torch.Tensor:
-    """(B, L) −log p_θ(x | z) at every position, z = x with `masked` positions [MASK]ed (SUBS)."""
-    z = torch.where(masked, torch.full_like(x, mask_id), x)
+    """(B, kL) −log p_θ(x | z) at every position of k noisy copies, z = x repeated k times with `masked`
+    (B, kL) positions [MASK]ed (SUBS)."""
+    target = x.repeat(1, masked.shape[1] // x.shape[1])
+    z = torch.where(masked, torch.full_like(target, mask_id), target)
     logits = block_diffusion_logits(model, z, x, block).float()
     logits[..., mask_id] = float("-inf")
-    return F.cross_entropy(logits.transpose(1, 2), x, reduction="none")
+    return F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
 
 
 def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int, block: int,
              n_real_tokens: int | None = None, generator: torch.Generator | None = None,
              t: torch.Tensor | None = None, *, antithetic: bool = True, weighting: str = "elbo",
              weight_cap: float | None = None, t_range: tuple[float, float] = (0.0, 1.0),
-             prompt_mask: torch.Tensor | None = None, token_weight: torch.Tensor | None = None) -> LossOutput:
+             prompt_mask: torch.Tensor | None = None, token_weight: torch.Tensor | None = None,
+             copies: int = 1) -> LossOutput:
     """One-sample estimate of the block-diffusion NELBO of each sequence in x (B, L), per token.
 
     `t` (B, L/B) fixes the blocks' noise levels (default: drawn). `prompt_mask` (B, L) bool marks
     positions never masked or scored (chat fine-tuning's conversation so far) and `token_weight`
     (B, L) each scored position's weight, as in `mdlm_loss`. With weighting other than 'elbo' or a
-    narrower t_range the result is a training loss, not the NELBO.
+    narrower t_range the result is a training loss, not the NELBO. `copies` > 1 (training): that many
+    noisy copies of each window share its clean copy, and the loss is their mean (t then (B, k·L/B)).
     """
     B, L = x.shape
     check_block_size(L, block)
     n_blocks = L // block
     if t is None:
-        t = sample_block_t(B, n_blocks, x.device, generator, antithetic, t_range)
+        t = sample_block_t(B, copies * n_blocks, x.device, generator, antithetic, t_range)
     t = t.clamp(min=T_MIN)
-    t_token = t.repeat_interleave(block, dim=1)  # (B, L)
-    mask_prob = (1 - schedule.alpha(t_token.double())).float()  # (B, L), as mask_tokens computes it
-    masked = torch.rand(x.shape, generator=generator, device="cpu").to(x.device) < mask_prob
+    t_token = t.repeat_interleave(block, dim=1)  # (B, kL)
+    shape = t_token.shape
+    if prompt_mask is not None:
+        prompt_mask = prompt_mask.repeat(1, copies)
+    if token_weight is not None:
+        token_weight = token_weight.repeat(1, copies)
+    mask_prob = (1 - schedule.alpha(t_token.double())).float()  # (B, kL), as mask_tokens computes it
+    masked = torch.rand(shape, generator=generator, device="cpu").to(x.device) < mask_prob
     if prompt_mask is not None:
         masked &= ~prompt_mask
     nll = _token_nll(model, x, masked, mask_id, block)
-    weight = loss_weight(schedule, t_token.flatten(), weighting, weight_cap).view(B, L)
+    weight = loss_weight(schedule, t_token.flatten(), weighting, weight_cap).view(shape)
     scored = masked if token_weight is None else masked * token_weight
-    per_seq = (nll * scored * weight).sum(1) / L
+    per_seq = (nll * scored * weight).sum(1) / (copies * L)
 
     if weighting == "elbo":
         alpha_0, alpha_1 = schedule.alpha(torch.tensor([0.0, 1.0], dtype=torch.float64)).tolist()
         if alpha_0 < 1 - 1e-9:  # reconstruction term at t = 0, every block at once
-            mask0 = torch.rand(x.shape, generator=generator, device="cpu").to(x.device) < (1 - alpha_0)
+            mask0 = torch.rand(shape, generator=generator, device="cpu").to(x.device) < (1 - alpha_0)
             if prompt_mask is not None:
                 mask0 &= ~prompt_mask
             nll0 = _token_nll(model, x, mask0, mask_id, block)
-            per_seq = per_seq + (nll0 * mask0).sum(1) / L
+            per_seq = per_seq + (nll0 * mask0).sum(1) / (copies * L)
         if alpha_1 > 1e-9:  # prior term at t = 1 (analytic), per generated token
             assert n_real_tokens is not None, f"schedule {schedule.name} leaves α(1) > 0: pass n_real_tokens"
             prior = alpha_1 * math.log(n_real_tokens)
             if prompt_mask is not None:
-                prior = prior * (~prompt_mask).sum(1) / L
+                prior = prior * (~prompt_mask).sum(1) / (copies * L)
             per_seq = per_seq + prior
     return LossOutput(per_seq.sum() * L, B * L, per_seq.detach(), t.mean(1))

@@ -157,7 +157,8 @@ def _prepare_locked(cfg: RunConfig, run: RunFolder, dist: DistInfo, device_name:
     objective = make_objective(tc.objective, dc.schedule, tokenizer, edit_prob=dc.edit_prob, antithetic=dc.antithetic,
                                edit_weight=dc.edit_weight, prompt_prob=dc.prompt_prob, weighting=dc.weighting,
                                weight_cap=dc.weight_cap, ar_input_mask=tc.ar_input_mask,
-                               block_size=dc.block_size, t_range=parse_t_range(dc.t_range))
+                               block_size=dc.block_size, t_range=parse_t_range(dc.t_range),
+                               noisy_copies=dc.noisy_copies)
     if dc.masking == "entropy" and tc.objective != "ar":
         from dlm.train.entropy_masking import cached_entropies
 
