@@ -60,6 +60,10 @@ class DiffusionConfig:
     """With train.objective=bd3: noisy copies of each training window read beside its one clean copy, each
     with its own noise (≥ 1). The clean copy is half of a one-copy step's work; k copies share it, so a
     step scores k draws of the bound for the work of k + 1 copies (the loss is their mean, still the bound)."""
+    clean_ar_weight: float = 0.0
+    """With train.objective=bd3 and model.clean_causal=true: add this weight × the clean copy's next-token
+    NLL to the training loss (the clean copy is an AR model of the window; a dense signal the noisy blocks
+    read through its keys and values). > 0 makes the training loss no longer the bound; dlm eval's is."""
 
 
 @dataclass
@@ -236,6 +240,11 @@ class RunConfig:
                 raise DlmError("train.objective=bd3 works without time conditioning, edit corruption, prompts or "
                                "entropy masking: drop those, or use --objective mdlm")
         parse_t_range(d.t_range)
+        if d.clean_ar_weight < 0 or (d.clean_ar_weight > 0 and not (t.objective == "bd3" and self.model.clean_causal)):
+            raise DlmError(f"diffusion.clean_ar_weight={d.clean_ar_weight}: it is ≥ 0, and above 0 only with "
+                           "train.objective=bd3 and model.clean_causal=true (a token-causal clean copy)")
+        if self.model.clean_causal and t.objective != "bd3":
+            raise DlmError("model.clean_causal=true is for block diffusion: use it with train.objective=bd3")
         if d.noisy_copies < 1 or (d.noisy_copies > 1 and t.objective != "bd3"):
             raise DlmError(f"diffusion.noisy_copies={d.noisy_copies}: it is ≥ 1, and above 1 only with "
                            "train.objective=bd3 (block diffusion's shared clean copy)")

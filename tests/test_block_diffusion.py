@@ -317,3 +317,39 @@ def test_noisy_copies_are_for_block_diffusion_only() -> None:
     cfg.diffusion.noisy_copies = 0
     with pytest.raises(DlmError, match="noisy_copies"):
         cfg.validate()
+
+
+def causal_clean_model(L: int = 16) -> Transformer:
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=V, n_layer=2, n_head=2, d_model=32, block_size=L, clean_causal=True)
+    return Transformer(cfg).eval()
+
+
+def test_a_token_causal_clean_copy_matches_its_dense_mask_and_never_sees_ahead() -> None:
+    """model.clean_causal: the part-by-part attention equals the dense mask, and the clean copy's
+    next-token logits at i do not move when tokens after i change (no leak into the auxiliary loss)."""
+    net, x = causal_clean_model(), data()
+    z = x.masked_fill(torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) < 0.5, MASK)
+    with torch.no_grad():
+        fast = block_diffusion_logits(net, z, x, 4)
+        dense = block_diffusion_logits(net, z, x, 4, dense=True)
+        both = block_diffusion_logits(net, z, x, 4, clean_rows=True)
+        later = x.clone()
+        later[:, 6:] = (later[:, 6:] + 1) % 8
+        moved = block_diffusion_logits(net, z, later, 4, clean_rows=True)
+    assert torch.allclose(fast, dense, atol=1e-5) and torch.allclose(both[:, :16], fast, atol=1e-5)
+    assert torch.allclose(moved[:, 16:22], both[:, 16:22], atol=1e-5)  # clean rows 0..5 read only x_≤5
+    assert not torch.allclose(moved[:, 22:], both[:, 22:], atol=1e-3)
+
+
+def test_the_clean_next_token_loss_adds_to_the_bound_only_in_training() -> None:
+    net, x = causal_clean_model(), data()
+    t = torch.full((3, 4), 0.5)
+    with torch.no_grad():
+        plain = bd3_loss(net, x, Linear(), MASK, 4, t=t, generator=torch.Generator().manual_seed(0))
+        aux = bd3_loss(net, x, Linear(), MASK, 4, t=t, generator=torch.Generator().manual_seed(0), clean_ar_weight=0.5)
+        logits = block_diffusion_logits(net, x, x, 4, clean_rows=True)[:, 16:]
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none")
+    assert torch.allclose(aux.per_sequence - plain.per_sequence, 0.5 * nll.sum(1) / 16, atol=1e-5)
+    with pytest.raises(ValueError, match="clean_causal"):
+        bd3_loss(model(), x, Linear(), MASK, 4, t=t, clean_ar_weight=0.5)

@@ -10,6 +10,7 @@ keys together.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -22,9 +23,11 @@ def check_block_size(length: int, block: int) -> None:
                          f"(e.g. {', '.join(str(d) for d in (1, 2, 4, 8, 16) if length % d == 0)})")
 
 
-def block_diffusion_mask(length: int, block: int, device: torch.device | str = "cpu", copies: int = 1) -> torch.Tensor:
+def block_diffusion_mask(length: int, block: int, device: torch.device | str = "cpu", copies: int = 1,
+                         clean_causal: bool = False) -> torch.Tensor:
     """((k+1)L, (k+1)L) bool, True where a query may attend: rows and columns are [noisy z_1 … z_k | clean x],
-    k = `copies` noisy copies of the window that share its one clean copy."""
+    k = `copies` noisy copies of the window that share its one clean copy. `clean_causal`: a clean token
+    sees the clean tokens up to itself (token-causal) instead of its whole block."""
     check_block_size(length, block)
     ids = torch.arange(length, device=device) // block  # block of each position
     q, k = ids[:, None], ids[None, :]
@@ -32,7 +35,9 @@ def block_diffusion_mask(length: int, block: int, device: torch.device | str = "
     rows = []
     for c in range(copies):  # noisy b of copy c: its own noisy block of copy c, clean blocks < b
         rows.append(torch.cat([q == k if j == c else never for j in range(copies)] + [k < q], dim=1))
-    rows.append(torch.cat([never] * copies + [k <= q], dim=1))  # clean b: clean blocks ≤ b
+    pos = torch.arange(length, device=device)
+    clean = pos[None, :] <= pos[:, None] if clean_causal else k <= q  # clean b: clean blocks ≤ b
+    rows.append(torch.cat([never] * copies + [clean], dim=1))
     return torch.cat(rows, dim=0)
 
 
@@ -43,6 +48,10 @@ class BlockDiffusionLayout:
     length: int
     block: int
     copies: int = 1
+    clean_causal: bool = False
+    """Clean tokens attend token-causally (a model's `clean_causal`; Transformer.forward sets it)."""
+    clean_rows: bool = False
+    """Return the clean copy's rows too (its next-token logits: diffusion.clean_ar_weight)."""
     _biases: dict = field(default_factory=dict, repr=False)
 
     def biases(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,8 +62,18 @@ class BlockDiffusionLayout:
             q, k = ids[:, None], ids[None, :]
             blocked = torch.tensor(float("-inf"), device=device, dtype=dtype)
             zero = torch.tensor(0.0, device=device, dtype=dtype)
-            self._biases[key] = (torch.where(k <= q, zero, blocked), torch.where(k < q, zero, blocked))
+            pos = torch.arange(self.length, device=device)
+            clean = pos[None, :] <= pos[:, None] if self.clean_causal else k <= q
+            self._biases[key] = (torch.where(clean, zero, blocked), torch.where(k < q, zero, blocked))
         return self._biases[key]
+
+
+@functools.lru_cache(maxsize=64)
+def block_layout(length: int, block: int, copies: int = 1, clean_causal: bool = False,
+                 clean_rows: bool = False) -> BlockDiffusionLayout:
+    """One layout (and its cached biases) per shape."""
+    check_block_size(length, block)
+    return BlockDiffusionLayout(length, block, copies, clean_causal, clean_rows)
 
 
 def block_diffusion_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockDiffusionLayout,

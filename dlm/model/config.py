@@ -25,6 +25,10 @@ class ModelConfig:
     """Feed the noise level t to every block via adaptive RMSNorm (MDLM finds it optional)."""
     causal: bool = False
     """Causal attention: the autoregressive twin. False: bidirectional (diffusion)."""
+    clean_causal: bool = False
+    """Block diffusion: finished blocks (the clean copy in training, the KV cache in sampling) are read
+    token-causally, each token seeing only those before it, instead of block-causally; the clean copy is
+    then also a next-token model, which diffusion.clean_ar_weight trains."""
     rope_base: float = 10000.0
     """Base of the rotary position embedding's frequencies."""
     dropout: float = 0.0

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dlm.model.block_attention import BlockDiffusionLayout, block_diffusion_attention
+from dlm.model.block_attention import BlockDiffusionLayout, block_diffusion_attention, block_layout
 from dlm.model.config import ModelConfig
 from dlm.model.kv_cache import KVCache
 from dlm.model.lora import add_lora
@@ -262,8 +262,12 @@ class Transformer(nn.Module):
             cond = self.time_mlp(timestep_embedding(t, self.cfg.d_model).to(self.embed.weight.dtype))
         x = self.embed(idx)
         # Block diffusion: the last layer's clean rows feed nothing (no later layer reads their keys).
-        last_queries = (attn_mask.copies * attn_mask.length if isinstance(attn_mask, BlockDiffusionLayout)
-                        else None)
+        last_queries = None
+        if isinstance(attn_mask, BlockDiffusionLayout):
+            if attn_mask.clean_causal != self.cfg.clean_causal:  # how finished blocks are read is the model's
+                m = attn_mask
+                attn_mask = block_layout(m.length, m.block, m.copies, self.cfg.clean_causal, m.clean_rows)
+            last_queries = None if attn_mask.clean_rows else attn_mask.copies * attn_mask.length
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, cond, cache, attn_mask, last_queries if i == len(self.blocks) - 1 else None)
         if cache is not None:

@@ -40,19 +40,14 @@ import torch.nn.functional as F
 
 from dlm.diffusion.process import sample_t
 from dlm.diffusion.schedules import Schedule
-from dlm.model.block_attention import BlockDiffusionLayout, block_diffusion_mask, check_block_size
+from dlm.model.block_attention import BlockDiffusionLayout, block_diffusion_mask, block_layout, check_block_size
 from dlm.objectives.mdlm import T_MIN, loss_weight
 from dlm.objectives.output import LossOutput
 
-_LAYOUTS: dict[tuple[int, int, int], BlockDiffusionLayout] = {}
 
-
-def layout_for(length: int, block: int, copies: int = 1) -> BlockDiffusionLayout:
+def layout_for(length: int, block: int, copies: int = 1, clean_rows: bool = False) -> BlockDiffusionLayout:
     """The attention layout of `block_diffusion_mask`, computed part by part (dlm.model.block_attention)."""
-    check_block_size(length, block)
-    if (length, block, copies) not in _LAYOUTS:
-        _LAYOUTS[(length, block, copies)] = BlockDiffusionLayout(length, block, copies)
-    return _LAYOUTS[(length, block, copies)]
+    return block_layout(length, block, copies, clean_rows=clean_rows)
 
 
 def sample_block_t(batch: int, n_blocks: int, device: torch.device | str = "cpu",
@@ -66,25 +61,37 @@ def sample_block_t(batch: int, n_blocks: int, device: torch.device | str = "cpu"
 
 
 def block_diffusion_logits(model: nn.Module, z: torch.Tensor, x: torch.Tensor, block: int,
-                           dense: bool = False) -> torch.Tensor:
+                           dense: bool = False, clean_rows: bool = False) -> torch.Tensor:
     """(B, kL, V) logits of the noisy copies z = [z_1 … z_k] (B, kL) given the clean copy x (B, L), in one
-    forward pass. `dense`: through the dense mask of `block_diffusion_mask` (the reference the tests
-    compare with)."""
+    forward pass; (B, (k+1)L, V) with `clean_rows`, the clean copy's own rows last. `dense`: through the
+    dense mask of `block_diffusion_mask` (the reference the tests compare with)."""
     B, L = x.shape
     copies = z.shape[1] // L
     positions = torch.arange(L, device=x.device).repeat(copies + 1)[None]  # every copy at 0..L−1
-    mask = block_diffusion_mask(L, block, x.device, copies) if dense else layout_for(L, block, copies)
-    return model(torch.cat((z, x), dim=1), positions=positions, attn_mask=mask)[:, :copies * L]
+    if dense:
+        clean_causal = bool(getattr(getattr(model, "cfg", None), "clean_causal", False))
+        mask = block_diffusion_mask(L, block, x.device, copies, clean_causal)
+    else:
+        mask = layout_for(L, block, copies, clean_rows)
+    logits = model(torch.cat((z, x), dim=1), positions=positions, attn_mask=mask)
+    return logits if clean_rows else logits[:, :copies * L]
 
 
-def _token_nll(model: nn.Module, x: torch.Tensor, masked: torch.Tensor, mask_id: int, block: int) -> torch.Tensor:
+def _token_nll(model: nn.Module, x: torch.Tensor, masked: torch.Tensor, mask_id: int, block: int,
+               clean_rows: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B, kL) −log p_θ(x | z) at every position of k noisy copies, z = x repeated k times with `masked`
-    (B, kL) positions [MASK]ed (SUBS)."""
-    target = x.repeat(1, masked.shape[1] // x.shape[1])
+    (B, kL) positions [MASK]ed (SUBS); with `clean_rows` also (B, L − 1) −log p_θ(x_{i+1} | x_≤i), the
+    clean copy read as a next-token model (a clean_causal model's), else None."""
+    kL = masked.shape[1]
+    target = x.repeat(1, kL // x.shape[1])
     z = torch.where(masked, torch.full_like(target, mask_id), target)
-    logits = block_diffusion_logits(model, z, x, block).float()
-    logits[..., mask_id] = float("-inf")
-    return F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+    logits = block_diffusion_logits(model, z, x, block, clean_rows=clean_rows).float()
+    noisy = logits[:, :kL]
+    noisy[..., mask_id] = float("-inf")
+    nll = F.cross_entropy(noisy.transpose(1, 2), target, reduction="none")
+    if not clean_rows:
+        return nll, None
+    return nll, F.cross_entropy(logits[:, kL:-1].transpose(1, 2), x[:, 1:], reduction="none")
 
 
 def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int, block: int,
@@ -92,7 +99,7 @@ def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int
              t: torch.Tensor | None = None, *, antithetic: bool = True, weighting: str = "elbo",
              weight_cap: float | None = None, t_range: tuple[float, float] = (0.0, 1.0),
              prompt_mask: torch.Tensor | None = None, token_weight: torch.Tensor | None = None,
-             copies: int = 1) -> LossOutput:
+             copies: int = 1, clean_ar_weight: float = 0.0) -> LossOutput:
     """One-sample estimate of the block-diffusion NELBO of each sequence in x (B, L), per token.
 
     `t` (B, L/B) fixes the blocks' noise levels (default: drawn). `prompt_mask` (B, L) bool marks
@@ -100,7 +107,12 @@ def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int
     (B, L) each scored position's weight, as in `mdlm_loss`. With weighting other than 'elbo' or a
     narrower t_range the result is a training loss, not the NELBO. `copies` > 1 (training): that many
     noisy copies of each window share its clean copy, and the loss is their mean (t then (B, k·L/B)).
+    `clean_ar_weight` > 0 (training, a clean_causal model): adds that weight × the clean copy's
+    next-token NLL per token, an auxiliary loss (the result is then not the NELBO).
     """
+    if clean_ar_weight and not getattr(getattr(model, "cfg", None), "clean_causal", False):
+        raise ValueError("clean_ar_weight needs a model whose clean copy is token-causal (model.clean_causal=true); "
+                         "block-causal clean tokens see the next token")
     B, L = x.shape
     check_block_size(L, block)
     n_blocks = L // block
@@ -117,10 +129,14 @@ def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int
     masked = torch.rand(shape, generator=generator, device="cpu").to(x.device) < mask_prob
     if prompt_mask is not None:
         masked &= ~prompt_mask
-    nll = _token_nll(model, x, masked, mask_id, block)
+    nll, next_nll = _token_nll(model, x, masked, mask_id, block, clean_rows=clean_ar_weight > 0)
     weight = loss_weight(schedule, t_token.flatten(), weighting, weight_cap).view(shape)
     scored = masked if token_weight is None else masked * token_weight
     per_seq = (nll * scored * weight).sum(1) / (copies * L)
+    if next_nll is not None:
+        if token_weight is not None:
+            next_nll = next_nll * token_weight[:, 1:L]
+        per_seq = per_seq + clean_ar_weight * next_nll.sum(1) / L
 
     if weighting == "elbo":
         alpha_0, alpha_1 = schedule.alpha(torch.tensor([0.0, 1.0], dtype=torch.float64)).tolist()
@@ -128,7 +144,7 @@ def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int
             mask0 = torch.rand(shape, generator=generator, device="cpu").to(x.device) < (1 - alpha_0)
             if prompt_mask is not None:
                 mask0 &= ~prompt_mask
-            nll0 = _token_nll(model, x, mask0, mask_id, block)
+            nll0, _ = _token_nll(model, x, mask0, mask_id, block)
             per_seq = per_seq + (nll0 * mask0).sum(1) / (copies * L)
         if alpha_1 > 1e-9:  # prior term at t = 1 (analytic), per generated token
             assert n_real_tokens is not None, f"schedule {schedule.name} leaves α(1) > 0: pass n_real_tokens"
