@@ -50,8 +50,12 @@ class LogitsOnly(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if not self.block:
             return self.model(input_ids).float()
-        blocks = torch.arange(input_ids.shape[1], device=input_ids.device) // self.block
-        return self.model(input_ids, attn_mask=blocks[None, :] <= blocks[:, None]).float()
+        cols = torch.arange(input_ids.shape[1], device=input_ids.device)
+        blocks = cols // self.block
+        allowed = blocks[None, :] <= blocks[:, None]
+        if getattr(self.model.cfg, "clean_causal", False):  # finished blocks token-causal, the last one whole
+            allowed = allowed & ((cols[None, :] <= cols[:, None]) | (blocks[:, None] == blocks[-1]))
+        return self.model(input_ids, attn_mask=allowed).float()
 
 
 @contextlib.contextmanager

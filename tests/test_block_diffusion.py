@@ -30,9 +30,10 @@ V, MASK = 12, 11
 SPECIAL = SpecialIds(mask=MASK, pad=10, bos=9, eos=8)
 
 
-def model(L: int = 16, seed: int = 0) -> Transformer:
+def model(L: int = 16, seed: int = 0, clean_causal: bool = False) -> Transformer:
     torch.manual_seed(seed)
-    return Transformer(ModelConfig(vocab_size=V, n_layer=2, n_head=2, d_model=32, block_size=L)).eval()
+    cfg = ModelConfig(vocab_size=V, n_layer=2, n_head=2, d_model=32, block_size=L, clean_causal=clean_causal)
+    return Transformer(cfg).eval()
 
 
 def data(B: int = 3, L: int = 16, seed: int = 1) -> torch.Tensor:
@@ -93,10 +94,12 @@ def test_blocks_of_one_token_give_the_exact_next_token_nll() -> None:
 
 
 @pytest.mark.parametrize("prompt_len", [0, 5, 8])
-def test_the_samplers_cached_block_sees_what_training_saw(prompt_len: int) -> None:
+@pytest.mark.parametrize("clean_causal", [False, True])
+def test_the_samplers_cached_block_sees_what_training_saw(prompt_len: int, clean_causal: bool) -> None:
     """The logits of the first step of a block, decoded with the exact KV cache of the blocks before
-    it, equal the training forward's logits for that block fully masked."""
-    net, x, block = model(), data(B=1), 4
+    it, equal the training forward's logits for that block fully masked (finished blocks read
+    block-causally, or token-causally for a clean_causal model)."""
+    net, x, block = model(clean_causal=clean_causal), data(B=1), 4
     first = prompt_len // block  # the block holding the first generated token
     s, e = first * block, (first + 1) * block
     canvas = build_canvas([[*x[0, :prompt_len].tolist(), *([None] * (16 - prompt_len))]], SPECIAL)
@@ -113,6 +116,16 @@ def test_the_samplers_cached_block_sees_what_training_saw(prompt_len: int) -> No
     keep = z[:, s:e] == MASK  # the sampler suppresses specials; compare the positions it decodes
     trained[..., [MASK, SPECIAL.pad, SPECIAL.bos]] = float("-inf")
     assert torch.allclose(cached[keep], trained[keep].float(), atol=1e-4)
+    uncached = Denoiser(net, canvas, SamplerConfig(**{**config.__dict__, "kv_cache": False}), SPECIAL)
+    with torch.no_grad():
+        assert torch.allclose(uncached.logits(windows[0], torch.ones(1))[keep], cached[keep], atol=1e-4)
+    if prompt_len % block == 0:  # the ONNX export's mask over [finished blocks | current block]
+        from dlm.onnx_export import LogitsOnly
+
+        with torch.no_grad():
+            exported = LogitsOnly(net, block)(z[:, :e])[:, s:e]
+        exported[..., [MASK, SPECIAL.pad, SPECIAL.bos]] = float("-inf")
+        assert torch.allclose(exported[keep], trained[keep].float(), atol=1e-4)
 
 
 def test_cached_and_uncached_block_decoding_agree() -> None:
@@ -319,16 +332,10 @@ def test_noisy_copies_are_for_block_diffusion_only() -> None:
         cfg.validate()
 
 
-def causal_clean_model(L: int = 16) -> Transformer:
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=V, n_layer=2, n_head=2, d_model=32, block_size=L, clean_causal=True)
-    return Transformer(cfg).eval()
-
-
 def test_a_token_causal_clean_copy_matches_its_dense_mask_and_never_sees_ahead() -> None:
     """model.clean_causal: the part-by-part attention equals the dense mask, and the clean copy's
     next-token logits at i do not move when tokens after i change (no leak into the auxiliary loss)."""
-    net, x = causal_clean_model(), data()
+    net, x = model(clean_causal=True), data()
     z = x.masked_fill(torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) < 0.5, MASK)
     with torch.no_grad():
         fast = block_diffusion_logits(net, z, x, 4)
@@ -343,7 +350,7 @@ def test_a_token_causal_clean_copy_matches_its_dense_mask_and_never_sees_ahead()
 
 
 def test_the_clean_next_token_loss_adds_to_the_bound_only_in_training() -> None:
-    net, x = causal_clean_model(), data()
+    net, x = model(clean_causal=True), data()
     t = torch.full((3, 4), 0.5)
     with torch.no_grad():
         plain = bd3_loss(net, x, Linear(), MASK, 4, t=t, generator=torch.Generator().manual_seed(0))

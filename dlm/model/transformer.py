@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dlm.model.block_attention import BlockDiffusionLayout, block_diffusion_attention, block_layout
+from dlm.model.block_attention import BlockDiffusionLayout, block_diffusion_attention
 from dlm.model.config import ModelConfig
 from dlm.model.kv_cache import KVCache
 from dlm.model.lora import add_lora
@@ -264,9 +264,9 @@ class Transformer(nn.Module):
         # Block diffusion: the last layer's clean rows feed nothing (no later layer reads their keys).
         last_queries = None
         if isinstance(attn_mask, BlockDiffusionLayout):
-            if attn_mask.clean_causal != self.cfg.clean_causal:  # how finished blocks are read is the model's
-                m = attn_mask
-                attn_mask = block_layout(m.length, m.block, m.copies, self.cfg.clean_causal, m.clean_rows)
+            if attn_mask.clean_causal != self.cfg.clean_causal:
+                raise ValueError(f"this model reads finished blocks {'token' if self.cfg.clean_causal else 'block'}"
+                                 "-causally (model.clean_causal): build the layout with clean_causal to match")
             last_queries = None if attn_mask.clean_rows else attn_mask.copies * attn_mask.length
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, cond, cache, attn_mask, last_queries if i == len(self.blocks) - 1 else None)

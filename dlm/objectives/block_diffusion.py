@@ -45,9 +45,15 @@ from dlm.objectives.mdlm import T_MIN, loss_weight
 from dlm.objectives.output import LossOutput
 
 
-def layout_for(length: int, block: int, copies: int = 1, clean_rows: bool = False) -> BlockDiffusionLayout:
+def layout_for(length: int, block: int, copies: int = 1, clean_rows: bool = False,
+               clean_causal: bool = False) -> BlockDiffusionLayout:
     """The attention layout of `block_diffusion_mask`, computed part by part (dlm.model.block_attention)."""
-    return block_layout(length, block, copies, clean_rows=clean_rows)
+    return block_layout(length, block, copies, clean_causal, clean_rows)
+
+
+def reads_clean_causally(model: nn.Module) -> bool:
+    """Whether the model reads finished blocks token-causally (ModelConfig.clean_causal)."""
+    return bool(getattr(getattr(model, "cfg", None), "clean_causal", False))
 
 
 def sample_block_t(batch: int, n_blocks: int, device: torch.device | str = "cpu",
@@ -68,11 +74,11 @@ def block_diffusion_logits(model: nn.Module, z: torch.Tensor, x: torch.Tensor, b
     B, L = x.shape
     copies = z.shape[1] // L
     positions = torch.arange(L, device=x.device).repeat(copies + 1)[None]  # every copy at 0..L−1
+    clean_causal = reads_clean_causally(model)
     if dense:
-        clean_causal = bool(getattr(getattr(model, "cfg", None), "clean_causal", False))
         mask = block_diffusion_mask(L, block, x.device, copies, clean_causal)
     else:
-        mask = layout_for(L, block, copies, clean_rows)
+        mask = layout_for(L, block, copies, clean_rows, clean_causal)
     logits = model(torch.cat((z, x), dim=1), positions=positions, attn_mask=mask)
     return logits if clean_rows else logits[:, :copies * L]
 
@@ -110,7 +116,7 @@ def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int
     `clean_ar_weight` > 0 (training, a clean_causal model): adds that weight × the clean copy's
     next-token NLL per token, an auxiliary loss (the result is then not the NELBO).
     """
-    if clean_ar_weight and not getattr(getattr(model, "cfg", None), "clean_causal", False):
+    if clean_ar_weight and not reads_clean_causally(model):
         raise ValueError("clean_ar_weight needs a model whose clean copy is token-causal (model.clean_causal=true); "
                          "block-causal clean tokens see the next token")
     B, L = x.shape

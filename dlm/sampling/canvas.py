@@ -74,7 +74,7 @@ def prompt_canvas(prompts: list[list[int]], length: int, special: SpecialIds,
 
 def attention_mask(canvas: Canvas, block_length: int = 0, block_causal: bool = False,
                    query: tuple[int, int] | None = None, keys: int | None = None,
-                   aligned: bool = False) -> torch.Tensor | None:
+                   aligned: bool = False, causal_before: int | None = None) -> torch.Tensor | None:
     """Bool (B, 1, Tq, Tk) mask (True = may attend), or None when every key is visible.
 
     Hides padding keys (a padding query sees itself, so its row of the softmax stays finite). With
@@ -82,6 +82,8 @@ def attention_mask(canvas: Canvas, block_length: int = 0, block_causal: bool = F
     first block counting as block −1 (BD3-LM); with `aligned`, blocks are cut at multiples of
     `block_length` in each row's own positions, prompt included (how a bd3 model was trained).
     `query` = (start, end) columns of the queries and `keys` the number of key columns (defaults: all).
+    `causal_before` (block-causal only): queries in columns before it, the finished blocks, see only the
+    keys up to their own column (a block model with model.clean_causal reads its finished blocks so).
     """
     T = canvas.tokens.shape[1]
     q0, q1 = query or (0, T)
@@ -103,4 +105,7 @@ def attention_mask(canvas: Canvas, block_length: int = 0, block_causal: bool = F
             allowed = allowed & (blocks[:, None, None, :keys] <= blocks[:, None, q0:q1, None])
         else:
             allowed = allowed & (block_of(k_cols)[None, :] <= block_of(q_cols)[:, None])[None, None]
+        if causal_before is not None:
+            finished = (q_cols < causal_before)[:, None]
+            allowed = allowed & ~(finished & (k_cols[None, :] > q_cols[:, None]))[None, None]
     return allowed

@@ -94,6 +94,8 @@ class Denoiser:
         self.step_count = 0
         self.schedule = get_schedule(config.schedule)
         self.time_conditioned = bool(getattr(getattr(model, "cfg", None), "time_conditioning", False))
+        # finished blocks read token-causally (model.clean_causal), as the model's clean copy was in training
+        self.clean_causal = bool(getattr(getattr(model, "cfg", None), "clean_causal", False))
         self.cache = None
         self._cache_filled = 0  # prefix cache: columns [0, filled) hold final keys
         self._dual_window: tuple[int, int] | None = None  # dual cache: the window it was refreshed for
@@ -144,11 +146,14 @@ class Denoiser:
             logits = cond + self.cfg.guidance_scale * (cond - uncond)
         return logits
 
-    def _mask(self, block_causal: bool, query: tuple[int, int], keys: int) -> torch.Tensor | None:
-        key = (block_causal, query, keys)
+    def _mask(self, block_causal: bool, query: tuple[int, int], keys: int,
+              block_start: int | None = None) -> torch.Tensor | None:
+        """`block_start`: the current block's first column (the blocks before it are finished)."""
+        causal_before = block_start if block_causal and self.clean_causal else None
+        key = (block_causal, query, keys, causal_before)
         if key not in self._masks:
             self._masks[key] = attention_mask(self.canvas, self.cfg.block_length, block_causal, query, keys,
-                                              aligned=self.cfg.aligned_blocks)
+                                              aligned=self.cfg.aligned_blocks, causal_before=causal_before)
         return self._masks[key]
 
     def _new_cache(self) -> None:
@@ -166,7 +171,7 @@ class Denoiser:
         block_causal = bool(cfg.block_length) and cfg.block_context == "prefix" and not plain
         if plain or not cfg.kv_cache:
             end = e if block_causal else T
-            mask = self._mask(block_causal, (0, end), end)
+            mask = self._mask(block_causal, (0, end), end, s)
             logits = self._call(self.x[:, :end], t, (0, end), mask, None)[:, s:e]
         elif block_causal:  # exact prefix cache: each finished block is encoded once, then the block alone
             if self.cache is None:
@@ -174,7 +179,7 @@ class Denoiser:
             # The finished blocks not yet cached ride along with the block's first step: one forward
             # over [a, e), block-causal, so each finished block still sees only itself and the past.
             a = self._cache_filled
-            mask = self._mask(True, (a, e), e)
+            mask = self._mask(True, (a, e), e, s)
             logits = self._call(self.x[:, a:e], t, (a, e), mask, (a, e))[:, s - a:]
             self._cache_filled = s
         else:  # dual cache: refresh every column at a block's first step, then recompute the block only
