@@ -63,7 +63,8 @@ class DiffusionConfig:
     clean_ar_weight: float = 0.0
     """With train.objective=bd3 and model.clean_causal=true: add this weight × the clean copy's next-token
     NLL to the training loss (the clean copy is an AR model of the window; a dense signal the noisy blocks
-    read through its keys and values). > 0 makes the training loss no longer the bound; dlm eval's is."""
+    read through its keys and values). > 0 makes the training loss no longer the bound; dlm eval's is.
+    Other objectives ignore it (their config.json says 0)."""
 
 
 @dataclass
@@ -240,11 +241,9 @@ class RunConfig:
                 raise DlmError("train.objective=bd3 works without time conditioning, edit corruption, prompts or "
                                "entropy masking: drop those, or use --objective mdlm")
         parse_t_range(d.t_range)
-        if d.clean_ar_weight < 0 or (d.clean_ar_weight > 0 and not (t.objective == "bd3" and self.model.clean_causal)):
-            raise DlmError(f"diffusion.clean_ar_weight={d.clean_ar_weight}: it is ≥ 0, and above 0 only with "
-                           "train.objective=bd3 and model.clean_causal=true (a token-causal clean copy)")
-        if self.model.clean_causal and t.objective != "bd3":
-            raise DlmError("model.clean_causal=true is for block diffusion: use it with train.objective=bd3")
+        if d.clean_ar_weight < 0 or (d.clean_ar_weight > 0 and t.objective == "bd3" and not self.model.clean_causal):
+            raise DlmError(f"diffusion.clean_ar_weight={d.clean_ar_weight}: it is ≥ 0, and above 0 needs "
+                           "model.clean_causal=true (a block-causal clean copy shows each token its successor)")
         if d.noisy_copies < 1 or (d.noisy_copies > 1 and t.objective != "bd3"):
             raise DlmError(f"diffusion.noisy_copies={d.noisy_copies}: it is ≥ 1, and above 1 only with "
                            "train.objective=bd3 (block diffusion's shared clean copy)")

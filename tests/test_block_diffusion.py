@@ -170,6 +170,7 @@ def test_a_short_block_diffusion_run_learns_evaluates_and_samples(tmp_path: Path
     cfg = tiny()
     cfg.data.source = str(corpus_file)
     cfg.train.objective, cfg.diffusion.block_size = "bd3", 4
+    cfg.model.clean_causal, cfg.diffusion.clean_ar_weight = True, 1.0  # the CPU preset's recipe
     cfg.train.max_steps, cfg.train.eval_interval = 400, 1000
     run = tmp_path / "run"
     train(cfg, run, quiet=True)
@@ -177,7 +178,7 @@ def test_a_short_block_diffusion_run_learns_evaluates_and_samples(tmp_path: Path
     # it learns: its NELBO is well below the best context-free model's
     entropy = unigram_entropy(prepare_corpus(DataConfig(source=str(corpus_file))).split("train"))
     pipe = dlm.load(run)
-    assert pipe.objective == "bd3" and pipe.diffusion_block == 4
+    assert pipe.objective == "bd3" and pipe.diffusion_block == 4 and pipe.model.cfg.clean_causal
     nelbo = val_nelbo(run)
     assert nelbo["nats_per_token"] < entropy - 0.3, (nelbo, entropy)
 
@@ -360,3 +361,27 @@ def test_the_clean_next_token_loss_adds_to_the_bound_only_in_training() -> None:
     assert torch.allclose(aux.per_sequence - plain.per_sequence, 0.5 * nll.sum(1) / 16, atol=1e-5)
     with pytest.raises(ValueError, match="clean_causal"):
         bd3_loss(model(), x, Linear(), MASK, 4, t=t, clean_ar_weight=0.5)
+
+
+def test_clean_causal_settings_name_the_fix() -> None:
+    cfg = tiny()
+    cfg.train.objective, cfg.diffusion.block_size, cfg.diffusion.clean_ar_weight = "bd3", 4, 0.5
+    with pytest.raises(DlmError, match="model.clean_causal=true"):
+        cfg.validate()  # a block-causal clean copy would show each token its successor
+    cfg.model.clean_causal = True
+    cfg.validate()
+    cfg.diffusion.clean_ar_weight = -1.0
+    with pytest.raises(DlmError, match="clean_ar_weight"):
+        cfg.validate()
+
+
+def test_other_objectives_are_saved_without_the_clean_copy_settings(tmp_path: Path, corpus_file: Path) -> None:
+    """A preset may set them for block diffusion; an MDLM run of it neither trains nor samples with them."""
+    cfg = tiny()
+    cfg.data.source = str(corpus_file)
+    cfg.model.clean_causal, cfg.diffusion.clean_ar_weight = True, 1.0
+    cfg.train.max_steps, cfg.train.eval_interval = 2, 1000
+    train(cfg, tmp_path / "run", quiet=True)
+    pipe = dlm.load(tmp_path / "run")
+    assert pipe.config.model.clean_causal is False and pipe.config.diffusion.clean_ar_weight == 0.0
+    assert pipe.model.cfg.clean_causal is False

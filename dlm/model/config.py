@@ -28,7 +28,8 @@ class ModelConfig:
     clean_causal: bool = False
     """Block diffusion: finished blocks (the clean copy in training, the KV cache in sampling) are read
     token-causally, each token seeing only those before it, instead of block-causally; the clean copy is
-    then also a next-token model, which diffusion.clean_ar_weight trains."""
+    then also a next-token model, which diffusion.clean_ar_weight trains. dlm's own Transformer only: runs
+    of other objectives, or on a Hugging Face backbone, are saved with false."""
     rope_base: float = 10000.0
     """Base of the rotary position embedding's frequencies."""
     dropout: float = 0.0
