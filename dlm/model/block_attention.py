@@ -84,20 +84,22 @@ def block_diffusion_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     L, Bk, C = layout.length, layout.block, layout.copies
     n = L // Bk
     scale = Hd ** -0.5
-    qn, qc = q[:, :, :C * L].reshape(B, H, C, L, Hd), q[:, :, C * L:]
-    kn, kc = k[:, :, :C * L].reshape(B, H, C, L, Hd), k[:, :, C * L:]
-    vn, vc = v[:, :, :C * L].reshape(B, H, C, L, Hd), v[:, :, C * L:]
+    qn, qc = q[:, :, :C * L], q[:, :, C * L:]  # the C noisy copies stacked along the rows: 4-D matmuls only
+    kn, kc = k[:, :, :C * L], k[:, :, C * L:]
+    vn, vc = v[:, :, :C * L], v[:, :, C * L:]
     clean_bias, past_bias = layout.biases(q.device, q.dtype)
+    if C > 1:
+        past_bias = past_bias.repeat(C, 1)  # (CL, L): every copy's rows see the same clean blocks
 
     # noisy → [clean blocks before its own | its own noisy block], one softmax over both
-    to_past = (qn @ kc[:, :, None].transpose(-1, -2)) * scale + past_bias  # (B, H, C, L, L)
-    qb, kb, vb = (t.reshape(B, H, C, n, Bk, Hd) for t in (qn, kn, vn))
-    to_own = ((qb @ kb.transpose(-1, -2)) * scale).reshape(B, H, C, L, Bk)  # (B, H, C, L, Bk)
+    to_past = (qn @ kc.transpose(-1, -2)) * scale + past_bias  # (B, H, CL, L)
+    qb, kb, vb = (t.reshape(B, H, C * n, Bk, Hd) for t in (qn, kn, vn))
+    to_own = ((qb @ kb.transpose(-1, -2)) * scale).reshape(B, H, C * L, Bk)  # (B, H, CL, Bk)
     weights = torch.cat((to_past, to_own), dim=-1).softmax(-1)
     if dropout:
         weights = F.dropout(weights, dropout)
-    own = weights[..., L:].reshape(B, H, C, n, Bk, Bk) @ vb  # (B, H, C, n, Bk, Hd)
-    noisy_out = (weights[..., :L] @ vc[:, :, None] + own.reshape(B, H, C, L, Hd)).reshape(B, H, C * L, Hd)
+    own = weights[..., L:].reshape(B, H, C * n, Bk, Bk) @ vb  # (B, H, Cn, Bk, Hd)
+    noisy_out = weights[..., :L] @ vc + own.reshape(B, H, C * L, Hd)
     if qc.shape[2] == 0:
         return noisy_out
 
