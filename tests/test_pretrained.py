@@ -153,7 +153,8 @@ def test_the_shift_and_the_annealed_attention(corpus_text: str, tmp_path: Path) 
 
 
 def test_block_diffusion_keeps_the_shift_across_blocks(corpus_text: str, tmp_path: Path) -> None:
-    from dlm.objectives.block_diffusion import block_diffusion_logits, layout_for
+    from dlm.model.block_attention import block_layout
+    from dlm.objectives.block_diffusion import block_diffusion_logits
     from dlm.sampling.canvas import Canvas, attention_mask
 
     original, wrapped, cfg = llama_and_its_denoiser(corpus_text, tmp_path)
@@ -177,7 +178,7 @@ def test_block_diffusion_keeps_the_shift_across_blocks(corpus_text: str, tmp_pat
             mask = attention_mask(canvas, 4, block_causal=True, aligned=True)
             assert torch.allclose(four[:, s:e], wrapped(canvas_ids, attn_mask=mask)[:, s:e], atol=1e-5), b
         # The trainer's input (the layout object, as the objective passes it) routes to the same logits.
-        routed = wrapped(torch.cat((z, x), dim=1), attn_mask=layout_for(16, 4))
+        routed = wrapped(torch.cat((z, x), dim=1), attn_mask=block_layout(16, 4))
         assert torch.equal(routed, four)
 
 

@@ -23,6 +23,15 @@ def check_block_size(length: int, block: int) -> None:
                          f"(e.g. {', '.join(str(d) for d in (1, 2, 4, 8, 16) if length % d == 0)})")
 
 
+def clean_visible(length: int, block: int, clean_causal: bool, device: torch.device | str) -> torch.Tensor:
+    """(L, L) bool: which clean keys a clean query sees — its block and the blocks before it, or with
+    `clean_causal` only the tokens up to itself."""
+    pos = torch.arange(length, device=device)
+    if clean_causal:
+        return pos[None, :] <= pos[:, None]
+    return (pos // block)[None, :] <= (pos // block)[:, None]
+
+
 def block_diffusion_mask(length: int, block: int, device: torch.device | str = "cpu", copies: int = 1,
                          clean_causal: bool = False) -> torch.Tensor:
     """((k+1)L, (k+1)L) bool, True where a query may attend: rows and columns are [noisy z_1 … z_k | clean x],
@@ -35,9 +44,7 @@ def block_diffusion_mask(length: int, block: int, device: torch.device | str = "
     rows = []
     for c in range(copies):  # noisy b of copy c: its own noisy block of copy c, clean blocks < b
         rows.append(torch.cat([q == k if j == c else never for j in range(copies)] + [k < q], dim=1))
-    pos = torch.arange(length, device=device)
-    clean = pos[None, :] <= pos[:, None] if clean_causal else k <= q  # clean b: clean blocks ≤ b
-    rows.append(torch.cat([never] * copies + [clean], dim=1))
+    rows.append(torch.cat([never] * copies + [clean_visible(length, block, clean_causal, device)], dim=1))
     return torch.cat(rows, dim=0)
 
 
@@ -49,7 +56,7 @@ class BlockDiffusionLayout:
     block: int
     copies: int = 1
     clean_causal: bool = False
-    """Clean tokens attend token-causally (a model's `clean_causal`; Transformer.forward sets it)."""
+    """Clean tokens attend token-causally; it must match the model's `clean_causal` (Transformer.forward checks)."""
     clean_rows: bool = False
     """Return the clean copy's rows too (its next-token logits: diffusion.clean_ar_weight)."""
     _biases: dict = field(default_factory=dict, repr=False)
@@ -62,8 +69,7 @@ class BlockDiffusionLayout:
             q, k = ids[:, None], ids[None, :]
             blocked = torch.tensor(float("-inf"), device=device, dtype=dtype)
             zero = torch.tensor(0.0, device=device, dtype=dtype)
-            pos = torch.arange(self.length, device=device)
-            clean = pos[None, :] <= pos[:, None] if self.clean_causal else k <= q
+            clean = clean_visible(self.length, self.block, self.clean_causal, device)
             self._biases[key] = (torch.where(clean, zero, blocked), torch.where(k < q, zero, blocked))
         return self._biases[key]
 

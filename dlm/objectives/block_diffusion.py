@@ -40,15 +40,9 @@ import torch.nn.functional as F
 
 from dlm.diffusion.process import sample_t
 from dlm.diffusion.schedules import Schedule
-from dlm.model.block_attention import BlockDiffusionLayout, block_diffusion_mask, block_layout, check_block_size
+from dlm.model.block_attention import block_diffusion_mask, block_layout, check_block_size
 from dlm.objectives.mdlm import T_MIN, loss_weight
 from dlm.objectives.output import LossOutput
-
-
-def layout_for(length: int, block: int, copies: int = 1, clean_rows: bool = False,
-               clean_causal: bool = False) -> BlockDiffusionLayout:
-    """The attention layout of `block_diffusion_mask`, computed part by part (dlm.model.block_attention)."""
-    return block_layout(length, block, copies, clean_causal, clean_rows)
 
 
 def reads_clean_causally(model: nn.Module) -> bool:
@@ -78,7 +72,7 @@ def block_diffusion_logits(model: nn.Module, z: torch.Tensor, x: torch.Tensor, b
     if dense:
         mask = block_diffusion_mask(L, block, x.device, copies, clean_causal)
     else:
-        mask = layout_for(L, block, copies, clean_rows, clean_causal)
+        mask = block_layout(L, block, copies, clean_causal, clean_rows)  # part by part, same softmax
     logits = model(torch.cat((z, x), dim=1), positions=positions, attn_mask=mask)
     return logits if clean_rows else logits[:, :copies * L]
 
