@@ -11,8 +11,11 @@ scaled_dot_product_attention. The variants timed here:
     python bench/attention.py                         # the default run's layer, as the budget probe sizes it
                                                       # (d_model 192, 4 heads): 16 × 4 heads × 256 × 48
     python bench/attention.py --batch 16 --heads 4 --length 256 --head-dim 48 --repeats 30
+    python bench/attention.py --inference              # sampling: a few queries against cached keys,
+                                                      # bool mask, forward only, eager, batch 1 and 32
 
-Prints a table (median milliseconds per forward + backward) and writes JSON.
+Prints a table (median milliseconds per forward + backward; microseconds per forward with
+--inference) and writes JSON.
 """
 
 from __future__ import annotations
@@ -57,6 +60,32 @@ def time_variant(fn, shape: tuple[int, ...], dtype: torch.dtype, causal: bool, c
     return median_seconds(step, compiled, repeats)
 
 
+def inference_rows(args: argparse.Namespace) -> list[dict]:
+    """Forward only, no autograd, eager: what a sampler's step costs, one query (the AR twin), a block
+    (4) or a self-speculative pass (20) against 128 cached keys plus themselves, under a bool mask."""
+    from dlm.model.transformer import explicit_attention
+
+    rows = []
+    print(f"{'dtype':6} {'batch':>5} {'queries':>7} {'explicit us':>12} {'sdpa us':>9}")
+    for dtype_name in args.dtypes:
+        dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+        for batch in (1, 32):
+            for queries in (1, 4, 20):
+                torch.manual_seed(0)
+                q = torch.randn(batch, args.heads, queries, args.head_dim, dtype=dtype)
+                k, v = (torch.randn(batch, args.heads, queries + 128, args.head_dim, dtype=dtype) for _ in range(2))
+                mask = torch.rand(batch, 1, queries, queries + 128) < 0.8
+                mask[..., 0] = True
+                paths = {"explicit": lambda q=q, k=k, v=v, m=mask: explicit_attention(q, k, v, False, 0.0, m),
+                         "sdpa": lambda q=q, k=k, v=v, m=mask: F.scaled_dot_product_attention(q, k, v, attn_mask=m)}
+                with torch.no_grad():
+                    us = {name: 1e6 * median_seconds(fn, False, args.repeats) for name, fn in paths.items()}
+                rows.append({"dtype": dtype_name, "batch": batch, "queries": queries, "keys": queries + 128,
+                             "us": us})
+                print(f"{dtype_name:6} {batch:5} {queries:7} {us['explicit']:12.1f} {us['sdpa']:9.1f}", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
@@ -66,8 +95,16 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
     parser.add_argument("--compile", nargs="+", default=["yes"], choices=("yes", "no"))
     parser.add_argument("--repeats", type=int, default=20, help="timed repeats (the median is reported)")
-    parser.add_argument("--json", default="bench/results/attention.json")
+    parser.add_argument("--json", default=None, help="default bench/results/attention[_inference].json")
+    parser.add_argument("--inference", action="store_true",
+                        help="time sampling's attention instead: forward only, few queries, cached keys, bool mask")
     args = parser.parse_args()
+    if args.inference:
+        rows = inference_rows(args)
+        write_report(args.json or "bench/results/attention_inference.json", rows, heads=args.heads,
+                     head_dim=args.head_dim, unit_note="median microseconds per forward (eager, no autograd)")
+        return
+    args.json = args.json or "bench/results/attention.json"
 
     shape = (args.batch, args.heads, args.length, args.head_dim)
     rows = []

@@ -63,6 +63,9 @@ def block_settings(block: int, length: int) -> dict[str, dict]:
             settings[name] = steps
             settings[f"{name}, temperature 1"] = {**steps, "temperature": 1.0}
     if block > 1:
+        # the clean copy's next-token distribution at temperature 1, drafted a block at a time (models
+        # trained with the clean copy as a next-token model only)
+        settings["speculative"] = {"steps": length, "speculative": True, "temperature": 1.0}
         for threshold in (0.9, 0.7):
             settings[f"threshold {threshold}"] = {"steps": length, "sampler": "confidence", "threshold": threshold}
             settings[f"threshold {threshold}, temperature 1"] = {"steps": length, "sampler": "confidence",
@@ -211,6 +214,9 @@ def main() -> int:
                         help="reuse this `dlm eval --json` file for RUN's likelihood")
     parser.add_argument("--independent-judge", default="smollm2", help="as in bench/default_sampler.py; 'none' skips")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="every model's inference precision (auto: bf16 where the CPU has bf16 units); the "
+                        "AR twin is fastest in fp32 at batch 1 on some CPUs, so run both")
     parser.add_argument("--json", default="bench/results/block_diffusion.json")
     parser.add_argument("--markdown", help="write the tables between the bench/block_diffusion.py markers")
     parser.add_argument("--plot", help="write the quality–speed frontier here (PNG)")
@@ -225,7 +231,7 @@ def main() -> int:
             reuse = dict(item.split("=", 1) for item in args.eval_json)
             for item in args.bd3:
                 label, _, run = item.rpartition("=")
-                pipe = load(run)
+                pipe = load(run, dtype=args.dtype)
                 name = f"block {pipe.diffusion_block}" + (f" ({label})" if label else "")
                 report["likelihood"][name] = {**likelihood(run, pipe, reuse, args), "run": run,
                                               "training_steps": training_steps(run)}
@@ -239,7 +245,7 @@ def main() -> int:
     if not args.ar:
         parser.error("--ar is required (the twin every row is compared with)")
     reuse = dict(item.split("=", 1) for item in args.eval_json)
-    ar = load(args.ar)
+    ar = load(args.ar, dtype=args.dtype)
     corpus = prepare_corpus(ar.config.data, tokenizer=ar.tokenizer)
     split, words = corpus.split("val"), run_word_list(ar, corpus.split("train"))
     independent = None if args.independent_judge == "none" else args.independent_judge
@@ -247,12 +253,12 @@ def main() -> int:
     models: dict[str, tuple[str, object]] = {}
     for item in args.bd3:
         label, _, run = item.rpartition("=")
-        pipe = load(run)
+        pipe = load(run, dtype=args.dtype)
         if not pipe.diffusion_block:
             parser.error(f"{run} is not a block-diffusion run (train.objective=bd3)")
         models[f"block {pipe.diffusion_block}" + (f" ({label})" if label else "")] = (run, pipe)
     if args.mdlm:
-        models["MDLM"] = (args.mdlm, load(args.mdlm))
+        models["MDLM"] = (args.mdlm, load(args.mdlm, dtype=args.dtype))
     models["AR twin"] = (args.ar, ar)
 
     report: dict = {"settings": vars(args), "date": time.strftime("%Y-%m-%d"),

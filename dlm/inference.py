@@ -25,6 +25,7 @@ from dlm.sampling.autoregressive import ARDecoder
 from dlm.sampling.canvas import build_canvas
 from dlm.sampling.config import AR_TEMPERATURE, SamplerConfig
 from dlm.sampling.denoiser import Denoiser, DenoiseStep, GenerationResult
+from dlm.sampling.self_speculative import SelfSpeculativeDecoder
 from dlm.special_ids import SpecialIds
 from dlm.tokenizers import Tokenizer
 
@@ -133,7 +134,7 @@ class Pipeline:
         return [row for row in rows for _ in range(num_samples)]
 
     def decoder(self, prompt: str | list[str], length: int, num_samples: int = 1, template: str | None = None,
-                seeds: list[int] | None = None, **options) -> Denoiser | ARDecoder:
+                seeds: list[int] | None = None, **options) -> Denoiser | ARDecoder | SelfSpeculativeDecoder:
         """The sampler for these prompts, not yet run (`steps()` runs it): for servers and watchers.
         `seeds`, one per row, replaces seed + row (requests of different callers in one batch)."""
         rows, config = self._prepare(prompt, length, num_samples, template, options)
@@ -142,7 +143,23 @@ class Pipeline:
             prompts = [list(r[:len(r) - length]) for r in rows]
             return ARDecoder(self.model, prompts, length, config, self.special_ids, self.device, seeds)
         canvas = build_canvas(rows, self.special_ids, self.device)
+        if config.speculative:
+            self._check_speculative(template)
+            block = config.block_length or self.diffusion_block
+            return SelfSpeculativeDecoder(self.model, canvas, config, self.special_ids, block, seeds)
         return Denoiser(self.model, canvas, config, self.special_ids, seeds)
+
+    def _check_speculative(self, template: str | None) -> None:
+        cfg = self.config
+        if not self.diffusion_block or not cfg.model.clean_causal or not cfg.diffusion.clean_ar_weight:
+            raise DlmError("speculative decoding needs a block model whose clean copy learnt next-token "
+                           "prediction (train.objective=bd3 model.clean_causal=true diffusion.clean_ar_weight>0, "
+                           "the CPU preset's recipe); this run is not one")
+        if cfg.model.backbone or getattr(self.model.cfg, "time_conditioning", False):
+            raise DlmError("speculative decoding runs dlm's own untimed block models; this one has "
+                           f"{'a backbone' if cfg.model.backbone else 'time conditioning'}")
+        if template is not None:
+            raise DlmError("speculative decoding continues prompts; fill templates without --speculative")
 
     @torch.no_grad()
     def sample(self, prompt: str | list[str] = "", length: int = 256, num_samples: int = 1,
@@ -153,6 +170,9 @@ class Pipeline:
         Row i uses seed + i. `on_step` sees the canvas after every step. Returns ids with everything
         the sampler knows (forward passes, ...)."""
         if self.diffusion_block and template is None and self._beyond_context(prompt, length):
+            if options.get("speculative"):
+                raise DlmError(f"speculative decoding writes within the model's context of "
+                               f"{self.model.cfg.block_size} tokens; lower --length or drop --speculative")
             return self._sample_sliding(prompt, length, num_samples, on_step, options)
         groups = self._block_groups(prompt, template, num_samples, options)
         if groups is not None:  # block diffusion, prompts whose lengths differ modulo the block size
@@ -236,7 +256,7 @@ class Pipeline:
         prompts that differ, (prompt indices, row seeds) of each group; None when one batch does."""
         block = options.get("block_length", self.diffusion_block)
         if not self.diffusion_block or not block or template is not None or isinstance(prompt, str) \
-                or "seeds" in options or not options.get("aligned_blocks", True):
+                or "seeds" in options or not options.get("aligned_blocks", True) or options.get("speculative"):
             return None
         offsets = [len(self.tokenizer.encode(p) if p else []) % block for p in prompt]
         if len(set(offsets)) < 2:

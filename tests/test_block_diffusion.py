@@ -195,6 +195,19 @@ def test_a_short_block_diffusion_run_learns_evaluates_and_samples(tmp_path: Path
     assert alone[0] == texts[1]
     assert all("[MASK]" not in text for text in texts)
 
+    # self-speculative decoding (tests/test_self_speculative.py): from the API and the command line
+    result = pipe.sample(["The", "The quick", ""], length=20, seed=1, speculative=True)
+    spoken = pipe.decode(result)
+    assert spoken[1].startswith("The quick") and all("[MASK]" not in text for text in spoken)
+    assert int(result.generated.sum()) == 60 and result.forward_passes <= 1 + 60
+    out = subprocess.run([sys.executable, "-m", "dlm", "sample", "--ckpt", str(run), "--speculative", "--length", "24",
+                          "--prompt", "The"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("The"), out.stderr
+    with pytest.raises(DlmError, match="within the model's context"):
+        pipe.sample("The", length=pipe.model.cfg.block_size, speculative=True)
+    with pytest.raises(DlmError, match="fill templates without --speculative"):
+        pipe.infill("The [MASK*4] fox", speculative=True)
+
 
 @pytest.mark.parametrize("block", [1, 4, 16])
 def test_the_partwise_attention_equals_the_dense_mask(block: int) -> None:

@@ -152,6 +152,12 @@ def test_prompt_longer_than_context(trained_run: Path, capsys: pytest.CaptureFix
     assert_one_line_error(capsys, "context of 32")
 
 
+def test_speculative_decoding_needs_a_next_token_clean_copy(trained_run: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    assert main(["sample", "--ckpt", str(trained_run), "--speculative", "--length", "8"]) == 2
+    assert_one_line_error(capsys, "speculative decoding needs a block model", "clean_ar_weight")
+
+
 def test_prompt_with_unknown_character(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["sample", "--ckpt", str(trained_run), "--prompt", "€uro", "--length", "8"]) == 2
     assert_one_line_error(capsys, "'€'")

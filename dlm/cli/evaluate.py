@@ -103,7 +103,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"{passes})")
     print(f"  = {result['bits_per_token']:.4f} bits/{unit}; perplexity"
           f"{'' if pipe.is_autoregressive else ' bound'} {math.exp(result['nats_per_token']):.3f}")
-    if args.l2r and pipe.diffusion_block:
+    if args.l2r and pipe.diffusion_block and pipe.config.model.clean_causal and pipe.config.diffusion.clean_ar_weight:
+        from dlm.eval.likelihood import clean_copy_nll
+
+        clean = clean_copy_nll(pipe.model, windows, tok.special, device=pipe.device, dtype=dtype,
+                               batch_size=args.batch_size)
+        result["clean_copy"] = clean
+        se = clean["window_standard_error"]
+        print(f"  its clean copy read as a next-token model (what --speculative samples): exact NLL "
+              f"{clean['nats_per_token']:.4f} nats/{unit} (s.e. over windows {'n/a' if se is None else f'{se:.4f}'}; "
+              f"tokens 2…{windows.shape[1]} of each window; not the block model's bound)")
+    elif args.l2r and pipe.diffusion_block:
         print("  (--l2r skipped: a block-diffusion model decodes block by block; its NELBO above is the figure)")
     elif args.l2r and not pipe.is_autoregressive:
         from dlm.eval.likelihood import evaluate_left_to_right

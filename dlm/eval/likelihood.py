@@ -200,3 +200,28 @@ def evaluate_left_to_right(model: torch.nn.Module, windows: torch.Tensor, specia
             "window_standard_error": float(np.std(per_token, ddof=1) / math.sqrt(N)) if N > 1 else None,
             "windows": N, "window_length": L, "tokens": N * L, "forward_passes": passes,
             "sequences_scored": N * L, "seconds": time.perf_counter() - started}
+
+
+def clean_copy_nll(model: torch.nn.Module, windows: torch.Tensor, special: SpecialIds, *, device: torch.device,
+                   dtype: torch.dtype, batch_size: int = 64) -> dict:
+    """Exact NLL of a block model's clean copy read as a next-token model (model.clean_causal): each
+    window's tokens 2 … L given the ones before, with [MASK], [PAD] and [BOS] excluded as the sampler
+    excludes them. This is the distribution self-speculative decoding samples from; it is not the block
+    model's NELBO (the first token of a window has nothing to be predicted from and is not scored)."""
+    model.eval()
+    N, L = windows.shape
+    started, per_window = time.perf_counter(), []
+    causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+    with torch.no_grad():
+        for i in range(0, N, batch_size):
+            x = windows[i:i + batch_size].to(device)
+            with autocast(device, dtype):
+                logits = model(x, attn_mask=causal)[:, :-1].float()
+            logits[..., [special.mask, special.pad, special.bos]] = float("-inf")
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
+            per_window.append(nll.double().mean(1).cpu().numpy())
+    scores = np.concatenate(per_window)
+    mean = float(scores.mean())
+    return {"kind": "clean_copy_nll", "nats_per_token": mean, "bits_per_token": mean / math.log(2),
+            "window_standard_error": float(scores.std(ddof=1) / math.sqrt(N)) if N > 1 else None,
+            "windows": N, "tokens_scored": N * (L - 1), "seconds": time.perf_counter() - started}

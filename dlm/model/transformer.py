@@ -105,6 +105,11 @@ class Attention(nn.Module):
         # except under ONNX export, whose traced lengths make is_causal a tensor that SDPA refuses.
         exporting = torch.jit.is_tracing() or torch.compiler.is_exporting()
         flash = is_causal and attn_mask is None and q.dtype == torch.float32 and not exporting
+        # Sampling one row at a time (no autograd, eager) goes to SDPA too: about half the time of the
+        # explicit path for 1 to 20 queries, while at batch 32 the explicit path wins in bf16
+        # (bench/attention.py --inference).
+        flash = flash or (q.shape[0] == 1 and not torch.is_grad_enabled() and not exporting
+                          and not torch.compiler.is_compiling())
         if q.device.type == "cpu" and not flash:
             y = explicit_attention(q, k, v, is_causal, dropout, attn_mask)
         elif attn_mask is not None:  # SDPA takes either a mask or is_causal: fold causality into the mask
@@ -243,9 +248,10 @@ class Transformer(nn.Module):
         """
         B, T = idx.shape
         start, end = cache.span(T) if cache is not None else (0, T)
-        # Explicit positions may repeat (block diffusion reads a noisy and a clean copy of one window);
-        # their range is checked outside compiled code only (reading it back would break the graph).
-        if positions is not None and cache is None:
+        # Explicit positions may repeat (block diffusion reads a noisy and a clean copy of one window; a
+        # self-speculative pass reads several drafted blocks), so they, not the row count, are checked;
+        # outside compiled code only (reading them back would break the graph).
+        if positions is not None:
             reach = 0 if torch.compiler.is_compiling() else int(positions.max()) + 1
         else:
             reach = max(start + T, end)

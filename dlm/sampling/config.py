@@ -92,6 +92,12 @@ class SamplerConfig:
     stop_at_eos: bool = False
     """Variable length: a row ends at its first [EOS] once every position before it is filled;
     positions after it become [PAD] and are never decoded."""
+    speculative: bool = False
+    """Self-speculative block decoding (TiDAR) for block models whose clean copy was trained as a
+    next-token model (model.clean_causal, diffusion.clean_ar_weight > 0): each forward pass checks the
+    drafted tokens with the clean copy and drafts the next block with the noisy one. The text follows the
+    clean copy's next-token distribution exactly (temperature, top-k, top-p); the drafts decide only how
+    many tokens a pass commits (1 to the block size). Order, steps and threshold do not apply."""
     seed: int = 0
     """Row i draws from its own generator seeded with seed + i, so a row's sample does not depend
     on what else is in the batch."""
@@ -123,6 +129,13 @@ class SamplerConfig:
             raise DlmError("kv_cache needs semi-autoregressive blocks: set block_length (e.g. 32)")
         if self.edit_rounds and not self.edit_threshold:
             raise DlmError("edit_rounds needs edit_threshold > 0 (the probability below which a token is redone)")
+        if self.speculative:
+            clashes = [name for name, on in (("remask", self.remask), ("edit_threshold", self.edit_threshold),
+                                              ("guidance_scale", self.guidance_scale),
+                                              ("repetition_penalty", self.repetition_penalty != 1.0)) if on]
+            if clashes:
+                raise DlmError(f"speculative decoding samples the clean copy's next-token distribution exactly; "
+                               f"it does not combine with {', '.join(clashes)} (leave them at their defaults)")
         if self.sampler == "ancestral" and self.threshold:
             raise DlmError("threshold decoding ranks positions by confidence; use it with sampler=confidence")
         return self

@@ -54,6 +54,10 @@ def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
                    help="classifier-free guidance w: cond + w·(cond − uncond), uncond = prompt masked. 0 = off")
     g.add_argument("--eos-penalty", type=float, default=0.0,
                    help="subtract this from the end token's logit everywhere (fewer, surer ends); 0 = off")
+    g.add_argument("--speculative", action="store_true", default=None,
+                   help="self-speculative decoding for block models with a next-token clean copy (the CPU "
+                   "preset's): each pass checks drafted tokens with the clean copy and drafts the next block; "
+                   "the text follows the clean copy's distribution exactly (docs/block-diffusion.md)")
     g.add_argument("--stop-at-eos", action="store_true",
                    help="variable length: end a sample at its first [EOS] (the rest becomes [PAD])")
 
@@ -62,6 +66,7 @@ def sampler_options(args: argparse.Namespace) -> dict:
     """The SamplerConfig fields set by `add_sampler_flags` (steps and seed are the caller's)."""
     names = ("sampler", "temperature", "top_k", "top_p", "repetition_penalty", "schedule", "threshold",
              "block_length", "block_context", "kv_cache", "reuse_logits", "remask", "remask_schedule",
-             "remask_by", "edit_threshold", "edit_rounds", "guidance_scale", "eos_penalty", "stop_at_eos")
+             "remask_by", "edit_threshold", "edit_rounds", "guidance_scale", "eos_penalty", "stop_at_eos",
+             "speculative")
     options = {name: getattr(args, name) for name in names}
     return {k: v for k, v in options.items() if v is not None}  # unset: the model's default

@@ -1,0 +1,320 @@
+"""Self-speculative block decoding: a block model drafts with its noisy block and checks with its clean copy.
+
+A block-diffusion model trained with `model.clean_causal` and `diffusion.clean_ar_weight > 0` reads text
+in two ways: its clean copy is a next-token (causal) model, and its noisy block fills B masked positions
+in parallel from the clean text before them. One forward pass does both jobs (TiDAR, Liu et al. 2025):
+
+* clean rows verify. The last committed token and the k drafted tokens after it, read causally, give the
+  next-token distribution p at each of k + 1 positions. Draft i is accepted with probability
+  min(1, p(dᵢ)/q(dᵢ)) (speculative sampling, Leviathan et al. 2023). At the first rejection a token is
+  drawn from the residual max(0, p − q); after k acceptances it is drawn from p itself.
+* noisy rows draft. For every possible number a of accepted drafts there is a block of B masks right
+  after them (positions n+a … n+a+B−1), reading the clean text up to the accepted ones. The block of the
+  outcome that happened supplies the next B − 1 drafts: the positions after the token just drawn, which
+  the block saw as a mask.
+
+So the committed text follows the clean copy's next-token distribution exactly (after temperature, top-k
+and top-p), whatever the drafts are. The drafts only decide how many tokens a forward pass commits: 1 to
+B. Drafted blocks start wherever the text has got to, not at multiples of B. The model cannot tell the
+difference: its positions are relative (RoPE), its clean copy is token-causal, and it was trained on
+windows cut at random offsets.
+
+Rows of a batch advance at their own pace. Each row's keys go to its own columns of a cache. Only the
+clean rows are stored, and a forward pass reads the stored prefix plus its own rows. A row that has
+finished rides along until the last row ends (its rows are masked). Prompts are left-padded as on a
+diffusion canvas, so the result is laid out like every other sampler's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from dlm.errors import DlmError
+from dlm.sampling.base import filter_logits, row_generators
+from dlm.sampling.canvas import Canvas
+from dlm.sampling.config import SamplerConfig
+from dlm.sampling.denoiser import DenoiseStep, GenerationResult
+from dlm.special_ids import SpecialIds
+
+
+class RowCache:
+    """Keys and values per row at each row's own columns; a forward pass stores its first `keep` rows.
+
+    The Transformer calls `span`, `update` and `advance` as it does for `KVCache`. `update` returns the
+    stored prefix [0, read) followed by every row of the current pass (clean and noisy), so the noisy
+    rows attend to themselves without ever being stored. One spare column takes the writes of rows
+    that are not to be kept.
+    """
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, columns: int, head_dim: int,
+                 device: torch.device, dtype: torch.dtype):
+        shape = (n_layer, batch, n_head, columns + 1, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.trash = columns
+        self.length = 0  # read by the causal twin's guard only; this cache serves bidirectional models
+        self.read = 0
+        self.write: torch.Tensor | None = None
+        """(B, keep) column of each kept row of the current pass (`trash` for rows not to keep)."""
+
+    def span(self, n_tokens: int) -> tuple[int, int]:
+        return 0, 0  # positions are always given explicitly; the range check reads them
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = k.to(self.k.dtype), v.to(self.v.dtype)
+        keys = torch.cat((self.k[layer, :, :, :self.read], k), dim=2)
+        values = torch.cat((self.v[layer, :, :, :self.read], v), dim=2)
+        if self.write is not None:
+            keep = self.write.shape[1]
+            B, H, _, D = k.shape
+            index = self.write[:, None, :, None].expand(B, H, keep, D)
+            self.k[layer].scatter_(2, index, k[:, :, :keep])
+            self.v[layer].scatter_(2, index, v[:, :, :keep])
+        return keys, values
+
+    def advance(self, n_tokens: int) -> None:
+        pass
+
+
+class SelfSpeculativeDecoder:
+    """Continue each row of a canvas (prompt columns fixed, the rest [MASK]) left to right."""
+
+    def __init__(self, model: torch.nn.Module, canvas: Canvas, config: SamplerConfig, special: SpecialIds,
+                 block: int, seeds: list[int] | None = None):
+        self.model, self.cfg, self.special, self.block = model, config, special, block
+        self.canvas = canvas
+        self.x = canvas.tokens.clone()
+        B, W = self.x.shape
+        self.device = self.x.device
+        gen = ~canvas.fixed & canvas.valid
+        if not bool(gen.any()):
+            raise DlmError("nothing to generate: the canvas has no [MASK]")
+        start = int(gen.any(0).nonzero()[0])
+        if bool((~gen[:, start:]).any()) or bool(gen[:, :start].any()):
+            raise DlmError("speculative decoding continues a prompt: the masks must all follow it "
+                           "(fill templates with a diffusion sampler)")
+        self.start, self.width = start, W
+        self.generators = row_generators(config.seed, B, self.device, seeds)
+        self.n = torch.full((B,), start, dtype=torch.long, device=self.device)  # next column to commit
+        self.done = torch.zeros(B, dtype=torch.bool, device=self.device)
+        self.drafts = torch.zeros(B, block - 1, dtype=torch.long, device=self.device)
+        self.n_drafts = torch.zeros(B, dtype=torch.long, device=self.device)
+        self.q: torch.Tensor | None = None  # (B, block − 1, V) the distributions the drafts were drawn from
+        self.forward_passes = 0
+        self.step_count = 0
+        self.committed_tokens = 0
+        cfg = model.cfg
+        self.cache = RowCache(cfg.n_layer, B, cfg.n_head, W, cfg.d_model // cfg.n_head,
+                              self.device, next(model.parameters()).dtype)
+        self._suppress = [special.mask, special.pad, special.bos]
+        self._structures: dict[tuple, torch.Tensor] = {}
+
+    # --- distributions and draws ---------------------------------------------------------------
+
+    def _probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """The distribution tokens are drawn from: specials suppressed, then temperature, top-k, top-p.
+        Temperature 0 gives a one-hot distribution at the argmax (greedy)."""
+        logits = logits.double()
+        logits[..., self._suppress] = float("-inf")
+        if self.cfg.eos_penalty:
+            logits[..., self.special.eos] -= self.cfg.eos_penalty
+        logits = filter_logits(logits, self.cfg.top_k, self.cfg.top_p)
+        if self.cfg.temperature <= 0:
+            return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+        return (logits / self.cfg.temperature).softmax(-1)
+
+    def _uniform(self, width: int) -> torch.Tensor:
+        """(B, width) float64 uniforms, each row from its own generator (batch-independent)."""
+        return torch.stack([torch.rand(width, dtype=torch.float64, generator=g, device=g.device).to(self.device)
+                            for g in self.generators])
+
+    @staticmethod
+    def _draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Inverse-CDF draws: probs (..., V), u (...) uniforms → ids (...)."""
+        cdf = probs.cumsum(-1)
+        ids = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1).contiguous()).squeeze(-1)
+        return ids.clamp(max=probs.shape[-1] - 1)
+
+    # --- one forward pass ----------------------------------------------------------------------
+
+    def _forward(self, clean_cols: torch.Tensor, clean_ok: torch.Tensor, group_cols: torch.Tensor,
+                 group_ok: torch.Tensor, group_sees: torch.Tensor, cached: torch.Tensor,
+                 keep: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean rows at columns `clean_cols` (B, C), causal among themselves; noisy groups of masks at
+        `group_cols` (B, G, S), each reading the first `group_sees` (B, G) clean rows and itself; all
+        reading the stored columns below `cached` (B,). `*_ok`: which rows are real. Returns the logits
+        of the clean rows (B, C, V) and of the groups (B, G, S, V)."""
+        B, C = clean_cols.shape
+        _, G, S = group_cols.shape
+        R = C + G * S
+        device = self.device
+        special = self.special
+        clean_tokens = self.x.gather(1, clean_cols.clamp(max=self.width - 1))
+        tokens = torch.cat((clean_tokens, torch.full((B, G * S), special.mask, dtype=torch.long, device=device)), 1)
+        pad = (~self.canvas.valid).sum(1, keepdim=True)  # left padding of each row
+        cols = torch.cat((clean_cols, group_cols.reshape(B, G * S)), 1)
+        positions = (cols - pad).clamp(0, self.model.cfg.block_size - 1)
+        ok = torch.cat((clean_ok, group_ok.reshape(B, G * S)), 1)  # (B, R)
+        new = self._structure(C, G, S, group_sees)
+        new = (new & ok[:, None, :] & ok[:, :, None]) | torch.eye(R, dtype=torch.bool, device=device)[None]
+        read = int(cached.max())
+        prefix_cols = torch.arange(read, device=device)
+        prefix = (prefix_cols[None, :] < cached[:, None]) & self.canvas.valid[:, :read]  # (B, read)
+        prefix = prefix[:, None, :] & ok[:, :, None]
+        mask = torch.cat((prefix, new), 2)[:, None]  # (B, 1, R, read + R)
+        self.cache.read = read
+        self.cache.write = torch.where(clean_ok & keep, clean_cols, self.cache.trash) if C else None
+        logits = self.model(tokens, cache=self.cache, positions=positions, attn_mask=mask)
+        self.cache.write = None
+        self.forward_passes += 1
+        return logits[:, :C], logits[:, C:].reshape(B, G, S, -1)
+
+    def _structure(self, C: int, G: int, S: int, group_sees: torch.Tensor) -> torch.Tensor:
+        """(B or 1, R, R) which new row may read which: clean i reads clean j ≤ i; group g reads the
+        clean rows below its `group_sees` and its own rows. The same in every pass of `_step`: kept."""
+        key = (C, G, S, bool((group_sees == group_sees[:1]).all()))
+        if key[-1] and key in self._structures:
+            return self._structures[key]
+        R, device = C + G * S, self.device
+        idx = torch.arange(R, device=device)
+        is_clean = idx < C
+        group_of = torch.where(is_clean, -1, (idx - C) // S)
+        clean_reads = is_clean[:, None] & is_clean[None, :] & (idx[None, :] <= idx[:, None])
+        same_group = ~is_clean[:, None] & (group_of[:, None] == group_of[None, :])
+        sees = group_sees[:1] if key[-1] else group_sees
+        sees = torch.cat((torch.zeros(sees.shape[0], C, dtype=torch.long, device=device),
+                          sees[:, :, None].expand(-1, G, S).reshape(-1, G * S)), 1)  # (B or 1, R)
+        group_reads = ~is_clean[None, :, None] & is_clean[None, None, :] & (idx[None, None, :] < sees[:, :, None])
+        structure = (clean_reads | same_group)[None] | group_reads
+        if key[-1]:
+            self._structures[key] = structure
+        return structure
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def _block_columns(self, first: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Columns of `groups` noisy blocks starting at first + a (a = 0 … groups−1) and which are real."""
+        offs = torch.arange(groups, device=self.device)[:, None] + torch.arange(self.block, device=self.device)
+        cols = first[:, None, None] + offs[None]  # (B, G, S)
+        return cols, cols < self.width
+
+    def _set_drafts(self, draft_logits: torch.Tensor, u: torch.Tensor) -> None:
+        """Draw the next drafts from a block's rows 1 … B−1 (row 0 is the column just committed);
+        u: (B, B − 1) uniforms."""
+        q = self._probs(draft_logits[:, 1:])  # (B, block − 1, V)
+        self.drafts = self._draw(q, u)
+        self.q = q
+        self.n_drafts = (self.width - self.n).clamp(0, self.block - 1).masked_fill(self.done, 0)
+
+    def _start(self) -> torch.Tensor:
+        """Read the prompt (stored), draw each row's first token and its first drafts."""
+        B, S = self.x.shape[0], self.start
+        cols = torch.arange(S, device=self.device).expand(B, S)
+        ok = self.canvas.valid[:, :S]
+        first = torch.full((B,), S, dtype=torch.long, device=self.device)
+        group_cols, group_ok = self._block_columns(first, 1)
+        sees = torch.full((B, 1), S, dtype=torch.long, device=self.device)
+        cached = torch.zeros(B, dtype=torch.long, device=self.device)
+        clean_logits, group_logits = self._forward(cols, ok, group_cols, group_ok, sees, cached)
+        # With a prompt, the first token comes from the clean copy (next-token); without, from the block.
+        has_prompt = ok[:, -1] if S else torch.zeros(B, dtype=torch.bool, device=self.device)
+        first_logits = group_logits[:, 0, 0]
+        if S:
+            first_logits = torch.where(has_prompt[:, None], clean_logits[:, -1], first_logits)
+        u = self._uniform(self.block)
+        token = self._draw(self._probs(first_logits), u[:, 0])
+        self.x[:, S] = token
+        self.n += 1
+        self._end_rows_at_eos(first, torch.ones(B, 1, dtype=torch.bool, device=self.device))
+        self._set_drafts(group_logits[:, 0], u[:, 1:])
+        return first
+
+    def _step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Verify the drafts, commit the accepted ones and one drawn token, draw new drafts.
+        Returns the first column written in each row and how many tokens each row committed."""
+        B, K = self.x.shape[0], self.block - 1
+        n, k = self.n, self.n_drafts  # k ≤ K drafts at columns n … n+k−1
+        live = ~self.done
+        # The drafts go on the canvas so the clean rows can read them; rejected ones are overwritten.
+        draft_cols = n[:, None] + torch.arange(K, device=self.device)
+        has = torch.arange(K, device=self.device)[None] < k[:, None]  # real drafts lie inside the canvas
+        rows_of = torch.arange(B, device=self.device)[:, None].expand(B, K)
+        self.x[rows_of[has], draft_cols[has]] = self.drafts[has]
+        clean_cols = n[:, None] - 1 + torch.arange(K + 1, device=self.device)  # last token, then the drafts
+        clean_ok = (torch.arange(K + 1, device=self.device)[None] <= k[:, None]) & live[:, None]
+        group_cols, group_ok = self._block_columns(n, K + 1)
+        group_ok = group_ok & clean_ok[:, :, None]  # outcome a exists only when a ≤ k
+        sees = torch.arange(1, K + 2, device=self.device).expand(B, K + 1)
+        clean_logits, group_logits = self._forward(clean_cols, clean_ok, group_cols, group_ok, sees, n - 1)
+        p = self._probs(clean_logits)  # (B, K + 1, V): next-token distribution at columns n … n+K
+        # Speculative sampling: accept draft i with probability min(1, p(d)/q(d)), in order.
+        u = self._uniform(2 * K + 1)  # K acceptance tests, one draw, K new drafts
+        if K:
+            p_d = p[:, :K].gather(-1, self.drafts[..., None]).squeeze(-1)
+            q_d = self.q.gather(-1, self.drafts[..., None]).squeeze(-1)
+            accept = (u[:, :K] * q_d < p_d) & has
+            a = accept.long().cumprod(1).sum(1)  # drafts accepted, in order
+        else:
+            a = torch.zeros(B, dtype=torch.long, device=self.device)
+        rows = torch.arange(B, device=self.device)
+        target = p[rows, a]
+        if K:  # after a rejection, the residual max(0, p − q) of that position
+            rejected = a < k
+            q_a = self.q[rows, a.clamp(max=K - 1)]
+            residual = (target - q_a).clamp(min=0)
+            mass = residual.sum(-1, keepdim=True)
+            use = rejected[:, None] & (mass > 1e-12)
+            target = torch.where(use, residual / mass.clamp(min=1e-300), target)
+        token = self._draw(target, u[:, K])
+        room = live & (n + a < self.width)  # every draft up to the last column accepted: nothing to add
+        cols = (n + a).clamp(max=self.width - 1)
+        self.x[rows, cols] = torch.where(room, token, self.x[rows, cols])
+        # Rejected drafts back to [MASK] (they were written to the canvas only to be read).
+        after = (torch.arange(K, device=self.device)[None] > a[:, None]) & has
+        self.x[rows_of[after], draft_cols[after]] = self.special.mask
+        count = torch.where(live, a + room.long(), 0)
+        first = n.clone()
+        self.n = n + count
+        written = torch.arange(K + 1, device=self.device)[None] < count[:, None]
+        self._end_rows_at_eos(first, written)
+        self._set_drafts(group_logits[rows, a.clamp(max=K)], u[:, K + 1:])
+        return first, count
+
+    def _end_rows_at_eos(self, first: torch.Tensor, written: torch.Tensor) -> None:
+        """Mark rows that reached their last column, or wrote [EOS] with stop_at_eos (then [PAD] after it)."""
+        if self.cfg.stop_at_eos:
+            cols = (first[:, None] + torch.arange(written.shape[1], device=self.device)).clamp(max=self.width - 1)
+            eos = written & (self.x.gather(1, cols) == self.special.eos)
+            for b in eos.any(1).nonzero().flatten().tolist():
+                end = int(cols[b][eos[b]][0])
+                self.x[b, end + 1:] = self.special.pad
+                self.n[b] = self.width
+        self.done |= self.n >= self.width
+
+    def steps(self) -> Iterator[DenoiseStep]:
+        B, W = self.x.shape
+        before = self.x.clone()
+        first = self._start()
+        while True:
+            self.step_count += 1
+            changed = (self.x != before) & (before == self.special.mask)
+            lo = int(first.min())
+            yield DenoiseStep(self.step_count, self.x.clone(), changed, torch.zeros_like(changed),
+                              torch.zeros_like(changed), (lo, int(self.n.max())), self.forward_passes)
+            if bool(self.done.all()):
+                break
+            before = self.x.clone()
+            first, _ = self._step()
+        gen = ~self.canvas.fixed & self.canvas.valid
+        assert not bool(((self.x == self.special.mask) & gen).any()), "sampler left a [MASK]"
+
+    def run(self) -> GenerationResult:
+        for _ in self.steps():
+            pass
+        return self.result()
+
+    def result(self) -> GenerationResult:
+        return GenerationResult(self.x.clone(), self.canvas.valid.clone(), ~self.canvas.fixed & self.canvas.valid,
+                                self.forward_passes, self.step_count, self.special.pad)

@@ -1,0 +1,142 @@
+"""Self-speculative block decoding: whatever the drafts, the text follows the clean copy's next-token
+distribution (greedy: its argmax path; temperature 1: its marginals), a row does not depend on its
+batch, and the sampler refuses settings it cannot honour."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_block_diffusion import MASK, SPECIAL, model
+
+from dlm.errors import DlmError
+from dlm.model.transformer import Transformer
+from dlm.sampling.canvas import build_canvas
+from dlm.sampling.config import SamplerConfig
+from dlm.sampling.self_speculative import SelfSpeculativeDecoder
+
+BLOCK = 4
+BANNED = [MASK, SPECIAL.pad, SPECIAL.bos]
+
+
+def peaked(seed: int = 0, scale: float = 4.0) -> Transformer:
+    """A random clean-causal block model whose distributions are far from uniform, so that drafts
+    are sometimes right and sometimes wrong."""
+    net = model(L=24, seed=seed, clean_causal=True)
+    with torch.no_grad():
+        net.head.weight.mul_(scale)
+    return net
+
+
+def decode(net: torch.nn.Module, prompts: list[list[int]], length: int, **options) -> SelfSpeculativeDecoder:
+    canvas = build_canvas([[*p, *([None] * length)] for p in prompts], SPECIAL)
+    decoder = SelfSpeculativeDecoder(net, canvas, SamplerConfig(speculative=True, **options).validate(),
+                                     SPECIAL, BLOCK)
+    with torch.no_grad():
+        decoder.run()
+    return decoder
+
+
+def next_token_logits(net: Transformer, tokens: list[int]) -> torch.Tensor:
+    """The clean copy's reading: the text token-causally, the last row's logits (what comes next)."""
+    causal = torch.ones(len(tokens), len(tokens), dtype=torch.bool).tril()
+    logits = net(torch.tensor([tokens]), attn_mask=causal)[0, -1].double()
+    logits[BANNED] = float("-inf")
+    return logits
+
+
+def first_token_logits(net: Transformer, width: int) -> torch.Tensor:
+    """With no prompt, the first token comes from a block of masks (its first position)."""
+    logits = net(torch.full((1, width), MASK))[0, 0].double()
+    logits[BANNED] = float("-inf")
+    return logits
+
+
+def test_greedy_decoding_is_the_clean_copys_greedy_path() -> None:
+    net = peaked()
+    prompts, length = [[1, 2, 3, 4, 5], [6, 7], []], 12
+    decoder = decode(net, prompts, length, temperature=0.0)
+    rows = decoder.result().rows()
+    with torch.no_grad():
+        for prompt, row in zip(prompts, rows, strict=True):
+            text = list(prompt)
+            while len(text) < len(prompt) + length:
+                logits = next_token_logits(net, text) if text else first_token_logits(net, BLOCK)
+                text.append(int(logits.argmax()))
+            assert row == text
+    # drafts were taken: fewer forward passes than one per token (one more reads the prompts)
+    assert decoder.forward_passes - 1 < length
+
+
+def test_sampled_text_follows_the_clean_copys_distribution() -> None:
+    """Temperature 1: the marginal of each generated position matches the exact one computed from the
+    clean copy's next-token distributions, while the drafts alone would be far from it."""
+    net = peaked(seed=3, scale=3.0)
+    prompt, n = [1, 2, 3], 4000
+    with torch.no_grad():
+        decoder = decode(net, [prompt] * n, 3, temperature=1.0)
+        samples = decoder.x[:, len(prompt):]
+        allowed = [i for i in range(net.cfg.vocab_size) if i not in BANNED]
+        p1 = next_token_logits(net, prompt).softmax(-1)
+        exact = [p1, torch.zeros_like(p1), torch.zeros_like(p1)]
+        for a in allowed:
+            p2 = next_token_logits(net, [*prompt, a]).softmax(-1)
+            exact[1] += p1[a] * p2
+            for b in allowed:
+                exact[2] += p1[a] * p2[b] * next_token_logits(net, [*prompt, a, b]).softmax(-1)
+        # the second position's draft: the block after the prompt, all masks, second row
+        tokens = torch.tensor([[*prompt, *[MASK] * BLOCK]])
+        sees = torch.ones(7, 7, dtype=torch.bool).tril()
+        sees[3:, 3:] = True
+        draft = net(tokens, attn_mask=sees)[0, 4].double()
+        draft[BANNED] = float("-inf")
+    for pos in range(3):
+        empirical = torch.bincount(samples[:, pos], minlength=net.cfg.vocab_size).double() / n
+        tv = 0.5 * (empirical - exact[pos]).abs().sum()
+        assert tv < 0.035, (pos, tv, empirical, exact[pos])
+    assert 0.5 * (draft.softmax(-1) - exact[1]).abs().sum() > 0.15  # a sampler keeping drafts would fail
+    tokens_per_pass = 3 * n / (decoder.forward_passes - 1) / n
+    assert 1.0 < tokens_per_pass < 3.0, tokens_per_pass  # some drafts accepted, some rejected
+
+
+def test_a_row_is_the_same_alone_or_in_a_batch() -> None:
+    net = peaked(seed=1)
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [3], [], [5, 5]]
+    batch = decode(net, prompts, 10, temperature=1.0, seed=7).result().rows()
+    for i, prompt in enumerate(prompts):
+        canvas = build_canvas([[*prompt, *([None] * 10)]], SPECIAL)
+        alone = SelfSpeculativeDecoder(net, canvas, SamplerConfig(speculative=True, temperature=1.0), SPECIAL,
+                                       BLOCK, seeds=[7 + i])
+        with torch.no_grad():
+            assert alone.run().rows()[0] == batch[i]
+
+
+class EndsSoon(torch.nn.Module):
+    """The model with [EOS] made likely, so rows end early."""
+
+    def __init__(self, net: Transformer):
+        super().__init__()
+        self.net, self.cfg = net, net.cfg
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        logits = self.net(*args, **kwargs)
+        logits[..., SPECIAL.eos] += 3.0
+        return logits
+
+
+def test_rows_stop_at_their_first_end_token() -> None:
+    decoder = decode(EndsSoon(peaked(seed=2)), [[1, 2], [3]], 16, temperature=1.0, stop_at_eos=True)
+    result = decoder.result()
+    for row, gen in zip(result.tokens.tolist(), result.generated.tolist(), strict=True):
+        written = [t for t, g in zip(row, gen, strict=True) if g]
+        assert SPECIAL.eos in written
+        end = written.index(SPECIAL.eos)
+        assert all(t == SPECIAL.pad for t in written[end + 1:]) and MASK not in written[:end]
+
+
+def test_settings_it_cannot_honour_are_refused() -> None:
+    for option in ({"remask": 0.1}, {"repetition_penalty": 1.2}, {"guidance_scale": 1.0}):
+        with pytest.raises(DlmError, match="speculative decoding .* does not combine with"):
+            SamplerConfig(speculative=True, **option).validate()
+    canvas = build_canvas([[1, None, 2, None]], SPECIAL)  # a template, not a continuation
+    with pytest.raises(DlmError, match="continues a prompt"):
+        SelfSpeculativeDecoder(peaked(), canvas, SamplerConfig(speculative=True), SPECIAL, BLOCK)
