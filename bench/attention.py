@@ -66,7 +66,7 @@ def inference_rows(args: argparse.Namespace) -> list[dict]:
     from dlm.model.transformer import explicit_attention
 
     rows = []
-    print(f"{'dtype':6} {'batch':>5} {'queries':>7} {'explicit us':>12} {'sdpa us':>9}")
+    print(f"{'dtype':6} {'batch':>5} {'queries':>7} {'explicit us':>12} {'sdpa us':>9} {'qkv proj. us':>14}")
     for dtype_name in args.dtypes:
         dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
         for batch in (1, 32):
@@ -80,9 +80,15 @@ def inference_rows(args: argparse.Namespace) -> list[dict]:
                          "sdpa": lambda q=q, k=k, v=v, m=mask: F.scaled_dot_product_attention(q, k, v, attn_mask=m)}
                 with torch.no_grad():
                     us = {name: 1e6 * median_seconds(fn, False, args.repeats) for name, fn in paths.items()}
+                # and the layer's first projection (d → 3d) over the same rows: what more rows cost
+                d = args.heads * args.head_dim
+                x, w = torch.randn(batch, queries, d), torch.randn(3 * d, d)
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                    us["qkv_projection"] = 1e6 * median_seconds(lambda x=x, w=w: F.linear(x, w), False, args.repeats)
                 rows.append({"dtype": dtype_name, "batch": batch, "queries": queries, "keys": queries + 128,
                              "us": us})
-                print(f"{dtype_name:6} {batch:5} {queries:7} {us['explicit']:12.1f} {us['sdpa']:9.1f}", flush=True)
+                print(f"{dtype_name:6} {batch:5} {queries:7} {us['explicit']:12.1f} {us['sdpa']:9.1f} "
+                      f"{us['qkv_projection']:14.1f}", flush=True)
     return rows
 
 

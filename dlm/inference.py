@@ -29,8 +29,9 @@ from dlm.sampling.self_speculative import SelfSpeculativeDecoder
 from dlm.special_ids import SpecialIds
 from dlm.tokenizers import Tokenizer
 
-# The default decoding of block-diffusion runs: the most real words of the block samplers measured in
-# docs/block-diffusion.md (blocks of 4: 91 % real words against 78 % for random order, one token a step).
+# The default decoding of block-diffusion runs that cannot decode self-speculatively (or whose canvas
+# is not a continuation): the most real words of the block samplers measured in docs/block-diffusion.md
+# (blocks of 4: 91 % real words against 78 % for random order, one token a step).
 BD3_SAMPLER = {"sampler": "confidence", "threshold": 0.9}
 TEMPLATE_MASK = re.compile(r"\[MASK(?:\*(\d+))?\]")
 
@@ -96,12 +97,38 @@ class Pipeline:
         self._check_fits(len(row), f"template ({len(row)} tokens)", "shorten it")
         return row
 
-    def _config(self, options: dict) -> SamplerConfig:
+    @property
+    def drafts_itself(self) -> bool:
+        """A block model whose clean copy learnt next-token prediction (the CPU preset's recipe): it can
+        decode self-speculatively (dlm.sampling.self_speculative), and does so by default."""
+        cfg = self.config
+        return bool(self.diffusion_block and cfg.model.clean_causal and cfg.diffusion.clean_ar_weight
+                    and not cfg.model.backbone and not getattr(self.model.cfg, "time_conditioning", False))
+
+    def speculates(self, options: dict, continuation: bool = True) -> bool:
+        """Whether sampling with these options decodes self-speculatively: when asked to, or by default for
+        a model that drafts itself, continuing prompts, with no order, threshold or option it cannot honour."""
+        if options.get("speculative") is not None:
+            return bool(options["speculative"])
+        if options.get("sampler") is not None or options.get("threshold") is not None:
+            return False
+        others = any(options.get(k) for k in ("remask", "edit_threshold", "guidance_scale")) \
+            or (options.get("repetition_penalty") or 1.0) != 1.0
+        return continuation and self.drafts_itself and not others
+
+    def _config(self, options: dict, continuation: bool = False) -> SamplerConfig:
+        """`continuation`: the canvas is prompts followed by masks that fit the context (self-speculative
+        decoding can then be the default)."""
         options = {k: v for k, v in options.items() if v is not None}  # None: the default for this model
         if self.is_autoregressive:
             options.setdefault("temperature", AR_TEMPERATURE)
         elif self.diffusion_block:  # block diffusion decodes as it was trained: blocks, exact prefix cache
-            if "sampler" not in options and "threshold" not in options:  # measured, docs/block-diffusion.md
+            # measured, docs/block-diffusion.md: self-speculative decoding where the model can (within
+            # reach of the twin's samples, faster than threshold decoding at batch 1), else threshold 0.9
+            if self.speculates(options, continuation):
+                options["speculative"] = True  # the clean copy's next-token distribution, as the twin samples
+                options.setdefault("temperature", AR_TEMPERATURE)
+            elif "sampler" not in options and "threshold" not in options:
                 options.update(BD3_SAMPLER)
             options.setdefault("block_length", self.diffusion_block)
             if options["block_length"]:
@@ -118,7 +145,7 @@ class Pipeline:
                  options: dict) -> tuple[list[list[int | None]], SamplerConfig]:
         rows = self._canvas_rows(prompt, length, num_samples, template)
         options.setdefault("steps", sum(token is None for token in rows[0]))  # default: one step per token
-        return rows, self._config(options)
+        return rows, self._config(options, continuation=template is None)
 
     def _canvas_rows(self, prompt: str | list[str], length: int, num_samples: int,
                      template: str | None) -> list[list[int | None]]:
@@ -173,6 +200,7 @@ class Pipeline:
             if options.get("speculative"):
                 raise DlmError(f"speculative decoding writes within the model's context of "
                                f"{self.model.cfg.block_size} tokens; lower --length or drop --speculative")
+            options["speculative"] = False  # every window decodes alike (threshold decoding)
             return self._sample_sliding(prompt, length, num_samples, on_step, options)
         groups = self._block_groups(prompt, template, num_samples, options)
         if groups is not None:  # block diffusion, prompts whose lengths differ modulo the block size

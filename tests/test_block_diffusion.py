@@ -207,6 +207,17 @@ def test_a_short_block_diffusion_run_learns_evaluates_and_samples(tmp_path: Path
         pipe.sample("The", length=pipe.model.cfg.block_size, speculative=True)
     with pytest.raises(DlmError, match="fill templates without --speculative"):
         pipe.infill("The [MASK*4] fox", speculative=True)
+    # it is this run's default (a template falls back to threshold decoding); the server needs no common
+    # block offset for its rows and refuses options it cannot honour
+    assert pipe.speculates({}) and not pipe.speculates({"threshold": 0.7}) and not pipe.speculates({"remask": 0.1})
+    assert "[MASK]" not in pipe.infill("The [MASK*4] fox", seed=0)
+    from dlm.serve.app import ApiError, Limits, parse_request
+
+    pipes, limits = {"m": pipe}, Limits(max_tokens=48, max_steps=64, max_prompts=8, max_request_tokens=512)
+    assert parse_request({"model": "m", "prompt": ["The", "A"], "max_tokens": 8}, pipes, limits, chat=False).align == 0
+    with pytest.raises(ApiError, match="does not combine with remask"):
+        parse_request({"model": "m", "prompt": "The", "max_tokens": 8, "speculative": True, "remask": 0.2}, pipes,
+                      limits, chat=False)
 
 
 @pytest.mark.parametrize("block", [1, 4, 16])
@@ -295,6 +306,9 @@ def test_a_block_model_chats_and_serves(tmp_path: Path, corpus_text: str) -> Non
     assert job.align == 3
     with pytest.raises(ApiError, match="differ modulo 4"):
         parse_request({"model": "bd3", "prompt": ["The", "A"], "max_tokens": 8}, pipes, limits, chat=False)
+    with pytest.raises(ApiError, match="speculative decoding needs a block model"):  # no next-token clean copy
+        parse_request({"model": "bd3", "prompt": "The", "max_tokens": 8, "speculative": True}, pipes, limits,
+                      chat=False)
 
 
 def test_clipped_noise_levels_stay_in_their_range() -> None:

@@ -5,9 +5,10 @@ optional confidence-threshold parallel decoding, semi-autoregressive blocks with
 cache, ReMDM remasking, editing of visible tokens, classifier-free guidance and a stop at the
 first completed [EOS]. The defaults (random order, temperature 0.8, over the whole canvas) are the
 measured best of docs/study.md, "The default sampler": confidence decoding, the old default,
-collapses into repetition. An AR run samples at AR_TEMPERATURE (1) unless given a temperature, and
-a block-diffusion run in its blocks with confidence order and threshold 0.9 (dlm.inference applies
-both; docs/block-diffusion.md).
+collapses into repetition. An AR run samples at AR_TEMPERATURE (1) unless given a temperature; a
+block-diffusion run whose clean copy learnt next-token prediction decodes self-speculatively at
+temperature 1, and other block runs (and templates) in their blocks with confidence order and
+threshold 0.9 (dlm.inference applies these; docs/block-diffusion.md).
 """
 
 from __future__ import annotations

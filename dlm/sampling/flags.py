@@ -16,7 +16,7 @@ def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
                    help="unmasking order: confidence (max probability), margin (top-1 − top-2), entropy, "
                    f"random, or ancestral (MDLM's reverse step). Default: {DEFAULTS.sampler} (measured, "
                    "docs/study.md, 'The default sampler', and docs/chat.md); confidence with --threshold 0.9 for "
-                   "block-diffusion runs (docs/block-diffusion.md)")
+                   "block-diffusion runs that do not decode with --speculative (docs/block-diffusion.md)")
     g.add_argument("--temperature", type=float, default=None,
                    help=f"softmax temperature; 0 = greedy (default {DEFAULTS.temperature:g} for diffusion runs, "
                    f"{AR_TEMPERATURE:g} for AR runs)")
@@ -57,7 +57,8 @@ def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--speculative", action="store_true", default=None,
                    help="self-speculative decoding for block models with a next-token clean copy (the CPU "
                    "preset's): each pass checks drafted tokens with the clean copy and drafts the next block; "
-                   "the text follows the clean copy's distribution exactly (docs/block-diffusion.md)")
+                   "the text follows the clean copy's distribution exactly; the default of such runs, unless "
+                   "--sampler or --threshold is given (docs/block-diffusion.md)")
     g.add_argument("--stop-at-eos", action="store_true",
                    help="variable length: end a sample at its first [EOS] (the rest becomes [PAD])")
 

@@ -8,7 +8,7 @@
 Bodies follow OpenAI's (model, prompt or messages, max_tokens, temperature, top_p, n, seed,
 stream); the diffusion settings travel as extra fields with safe defaults: steps, sampler,
 top_k, block_length, block_context, kv_cache, threshold, remask, repetition_penalty, eos_penalty,
-stop_at_eos, schedule. With `stream: true` the answer comes as server-sent events in OpenAI's
+stop_at_eos, schedule, speculative. With `stream: true` the answer comes as server-sent events in OpenAI's
 chunk format, the text that is final so far as ordinary deltas; `dlm_frames: true` adds, in the
 same chunks, a `dlm_frame` field with the whole canvas after each denoising step (masks as null),
 for clients that draw it. Every bad request gets a 4xx with an OpenAI-style error object,
@@ -40,7 +40,7 @@ from dlm.serve.engine import Engine, Job, QueueFull
 from dlm.serve.limits import Limits
 
 EXTRA_FIELDS = ("steps", "sampler", "top_k", "block_length", "block_context", "kv_cache", "threshold", "remask",
-                "repetition_penalty", "eos_penalty", "stop_at_eos", "schedule")
+                "repetition_penalty", "eos_penalty", "stop_at_eos", "schedule", "speculative")
 UNSUPPORTED = {"stop": None, "logprobs": None, "echo": False, "best_of": None, "suffix": None, "tools": None,
                "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": None, "response_format": None}
 
@@ -106,6 +106,10 @@ def parse_request(body, pipes: dict[str, Pipeline], limits: Limits, chat: bool) 
         SamplerConfig.from_kwargs(**options)
     except (DlmError, TypeError) as e:
         raise ApiError(400, str(e), code="invalid_sampler_option") from None
+    if options.get("speculative") and (chat or not getattr(pipe, "drafts_itself", False)):
+        raise ApiError(400, "speculative decoding needs a block model whose clean copy learnt next-token "
+                       "prediction, continuing a prompt (not a chat turn)", param="speculative",
+                       code="invalid_sampler_option")
     seed = _number(body, "seed", random.randrange(2**31), int)
     job = Job(name, "chat" if chat else "completion", max_tokens or 0, options, [seed + i for i in range(n)],
               frames=bool(body.get("dlm_frames", False)))
@@ -141,7 +145,8 @@ def parse_request(body, pipes: dict[str, Pipeline], limits: Limits, chat: bool) 
                        code="context_length_exceeded" if "context" in str(e) else None) from None
     job.prompts, job.prompt_tokens = prompts, sum(lengths)
     block = options.get("block_length", pipe.diffusion_block)
-    if pipe.diffusion_block and block:  # aligned blocks: one prompt length modulo the block per batch
+    # aligned blocks: one prompt length modulo the block per batch (self-speculative rows go at their own pace)
+    if pipe.diffusion_block and block and not pipe.speculates(options):
         offsets = {n_tokens % block for n_tokens in lengths}
         if len(offsets) > 1:
             raise ApiError(400, f"a block-diffusion model decodes blocks of {block} tokens, and these prompts' "
