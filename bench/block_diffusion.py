@@ -11,8 +11,9 @@ Three tables, each row measured here, on this machine, in one run of this script
    over-windows standard errors, and the run's training steps. `--eval-json RUN=FILE` reuses a
    `dlm eval --json` file of that run instead of computing the figure again.
 2. **Samples and speed**: `--samples` unconditional samples of `--length` characters from each
-   sampler setting of each model (block models: tokens committed per step and threshold decoding;
-   MDLM: its default sampler; the AR twin with its KV cache), judged as in
+   sampler setting of each model (block models: tokens committed per step, threshold decoding, and
+   self-speculative decoding for models with a next-token clean copy; MDLM: its default sampler;
+   the AR twin with its KV cache), judged as in
    bench/default_sampler.py: real-word rate, whole-text MAUVE with its interval, gen-PPL under the
    AR twin and under an independent pretrained judge, unigram entropy, self-BLEU. Speed: generated
    characters per second at batch 32 (the samples themselves) and at batch 1 (`--speed-samples`
@@ -20,6 +21,7 @@ Three tables, each row measured here, on this machine, in one run of this script
 3. **The verdict**: each row against the AR twin by the "within reach" rule of
    bench/default_sampler.py, and its speed as a multiple of the twin's at batch 1 and 32.
 
+`--dtype fp32` runs every model in fp32 (the twin is fastest so at batch 1 on some CPUs: run both).
 `--plot` draws the quality–speed frontier (real-word rate against characters per second at
 batch 1, every row a point) as a PNG.
 """
@@ -50,22 +52,22 @@ from dlm.io import atomic_write_json
 METRICS = ("real_word_rate", "mauve", "gen_ppl", "independent_gen_ppl", "unigram_entropy", "self_bleu")
 
 
-def block_settings(block: int, length: int) -> dict[str, dict]:
+def block_settings(block: int, length: int, drafts_itself: bool = False) -> dict[str, dict]:
     """Sampler settings of a block model: tokens committed per step (steps per block), then
-    threshold decoding at one token per step at least (confidence order)."""
+    threshold decoding at one token per step at least (confidence order), and self-speculative
+    decoding for a model whose clean copy learnt next-token prediction (`drafts_itself`)."""
     blocks = length // block
     settings = {}
     for per_step in (1, 2, 4, 8):
         if per_step <= block:
             name = f"{per_step} token{'s' * (per_step > 1)}/step"
-            # random order, temperature 0.8, named: a block run's own default is threshold decoding
+            # random order, temperature 0.8, named: a block run's own default is threshold or speculative decoding
             steps = {"steps": blocks * max(1, block // per_step), "sampler": "random"}
             settings[name] = steps
             settings[f"{name}, temperature 1"] = {**steps, "temperature": 1.0}
-    if block > 1:
-        # the clean copy's next-token distribution at temperature 1, drafted a block at a time (models
-        # trained with the clean copy as a next-token model only)
+    if block > 1 and drafts_itself:  # the clean copy's next-token distribution, drafted a block at a time
         settings["speculative"] = {"steps": length, "speculative": True, "temperature": 1.0}
+    if block > 1:
         for threshold in (0.9, 0.7):
             settings[f"threshold {threshold}"] = {"steps": length, "sampler": "confidence", "threshold": threshold}
             settings[f"threshold {threshold}, temperature 1"] = {"steps": length, "sampler": "confidence",
@@ -282,7 +284,7 @@ def main() -> int:
     for name, (_, pipe) in models.items():
         if not name.startswith("block ") or (args.quality_blocks and pipe.diffusion_block not in args.quality_blocks):
             continue
-        for setting, options in block_settings(pipe.diffusion_block, args.length).items():
+        for setting, options in block_settings(pipe.diffusion_block, args.length, pipe.drafts_itself).items():
             if chosen is None or setting in chosen:
                 report["rows"][f"{name} · {setting}"] = measure(f"{name} · {setting}", pipe, dict(options),
                                                                 common(), args)

@@ -140,8 +140,8 @@ class SelfSpeculativeDecoder:
     # --- one forward pass ----------------------------------------------------------------------
 
     def _forward(self, clean_cols: torch.Tensor, clean_ok: torch.Tensor, group_cols: torch.Tensor,
-                 group_ok: torch.Tensor, group_sees: torch.Tensor, cached: torch.Tensor,
-                 keep: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                 group_ok: torch.Tensor, group_sees: torch.Tensor,
+                 cached: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean rows at columns `clean_cols` (B, C), causal among themselves; noisy groups of masks at
         `group_cols` (B, G, S), each reading the first `group_sees` (B, G) clean rows and itself; all
         reading the stored columns below `cached` (B,). `*_ok`: which rows are real. Returns the logits
@@ -165,7 +165,7 @@ class SelfSpeculativeDecoder:
         prefix = prefix[:, None, :] & ok[:, :, None]
         mask = torch.cat((prefix, new), 2)[:, None]  # (B, 1, R, read + R)
         self.cache.read = read
-        self.cache.write = torch.where(clean_ok & keep, clean_cols, self.cache.trash) if C else None
+        self.cache.write = torch.where(clean_ok, clean_cols, self.cache.trash) if C else None
         logits = self.model(tokens, cache=self.cache, positions=positions, attn_mask=mask)
         self.cache.write = None
         self.forward_passes += 1
