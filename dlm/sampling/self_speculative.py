@@ -104,7 +104,6 @@ class SelfSpeculativeDecoder:
         self.q: torch.Tensor | None = None  # (B, block − 1, V) the distributions the drafts were drawn from
         self.forward_passes = 0
         self.step_count = 0
-        self.committed_tokens = 0
         cfg = model.cfg
         self.cache = RowCache(cfg.n_layer, B, cfg.n_head, W, cfg.d_model // cfg.n_head,
                               self.device, next(model.parameters()).dtype)
@@ -294,7 +293,7 @@ class SelfSpeculativeDecoder:
         self.done |= self.n >= self.width
 
     def steps(self) -> Iterator[DenoiseStep]:
-        B, W = self.x.shape
+        """Run the sampler, yielding the canvas after every forward pass (what it committed)."""
         before = self.x.clone()
         first = self._start()
         while True:
