@@ -22,7 +22,7 @@ from dlm.model.hf_backbone import build_model
 from dlm.run_folder import load_weights, locate_checkpoint
 from dlm.runtime import autocast, pick_device, pick_dtype
 from dlm.sampling.autoregressive import ARDecoder
-from dlm.sampling.canvas import build_canvas
+from dlm.sampling.canvas import Canvas, build_canvas
 from dlm.sampling.config import AR_TEMPERATURE, SamplerConfig
 from dlm.sampling.denoiser import Denoiser, DenoiseStep, GenerationResult
 from dlm.sampling.self_speculative import SelfSpeculativeDecoder
@@ -169,9 +169,13 @@ class Pipeline:
         if self.is_autoregressive:
             prompts = [list(r[:len(r) - length]) for r in rows]
             return ARDecoder(self.model, prompts, length, config, self.special_ids, self.device, seeds)
-        canvas = build_canvas(rows, self.special_ids, self.device)
         if config.speculative:
             self._check_speculative(template)
+        return self._canvas_decoder(build_canvas(rows, self.special_ids, self.device), config, seeds)
+
+    def _canvas_decoder(self, canvas: Canvas, config: SamplerConfig,
+                        seeds: list[int] | None) -> Denoiser | SelfSpeculativeDecoder:
+        if config.speculative:
             block = config.block_length or self.diffusion_block
             return SelfSpeculativeDecoder(self.model, canvas, config, self.special_ids, block, seeds)
         return Denoiser(self.model, canvas, config, self.special_ids, seeds)
@@ -197,10 +201,7 @@ class Pipeline:
         Row i uses seed + i. `on_step` sees the canvas after every step. Returns ids with everything
         the sampler knows (forward passes, ...)."""
         if self.diffusion_block and template is None and self._beyond_context(prompt, length):
-            if options.get("speculative"):
-                raise DlmError(f"speculative decoding writes within the model's context of "
-                               f"{self.model.cfg.block_size} tokens; lower --length or drop --speculative")
-            options["speculative"] = False  # every window decodes alike (threshold decoding)
+            options["speculative"] = self.speculates(options)  # decided once: every window decodes alike
             return self._sample_sliding(prompt, length, num_samples, on_step, options)
         groups = self._block_groups(prompt, template, num_samples, options)
         if groups is not None:  # block diffusion, prompts whose lengths differ modulo the block size
@@ -242,7 +243,7 @@ class Pipeline:
         passes, step_count, done_round = result.forward_passes, result.steps, min(first, length)
         stops = bool(options.get("stop_at_eos"))
         ended = [stops and self._ended(r, w) for r, w in zip(rows, written, strict=True)]
-        config = self._config({**options, "steps": 1})
+        config = self._config({**options, "steps": 1}, continuation=True)
         rounds = 1
         while done_round < length and not all(ended):
             n = min(context - keep, length - done_round)
@@ -250,7 +251,7 @@ class Pipeline:
             canvas = build_canvas([rows[i][-keep:] + [None] * n for i in live], self.special_ids, self.device)
             config.steps = max(1, round(steps * n / length))
             seeds = [seed + i + rounds * len(rows) for i in live]
-            decoder = Denoiser(self.model, canvas, config, self.special_ids, seeds)
+            decoder = self._canvas_decoder(canvas, config, seeds)
             with autocast(self.device, self.dtype):
                 for state in decoder.steps():
                     if on_step is not None:

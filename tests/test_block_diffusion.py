@@ -203,8 +203,11 @@ def test_a_short_block_diffusion_run_learns_evaluates_and_samples(tmp_path: Path
     out = subprocess.run([sys.executable, "-m", "dlm", "sample", "--ckpt", str(run), "--speculative", "--length", "24",
                           "--prompt", "The"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("The"), out.stderr
-    with pytest.raises(DlmError, match="within the model's context"):
-        pipe.sample("The", length=pipe.model.cfg.block_size, speculative=True)
+    # past the context the window slides, and every window decodes self-speculatively
+    longer = pipe.sample("The", length=pipe.model.cfg.block_size + 20, seed=0)
+    assert int(longer.generated.sum()) == pipe.model.cfg.block_size + 20
+    assert pipe.decode(longer)[0].startswith("The") and "[MASK]" not in pipe.decode(longer)[0]
+    assert longer.forward_passes < pipe.model.cfg.block_size + 20  # drafts were accepted
     with pytest.raises(DlmError, match="fill templates without --speculative"):
         pipe.infill("The [MASK*4] fox", speculative=True)
     # it is this run's default (a template falls back to threshold decoding); the server needs no common
