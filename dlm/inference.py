@@ -116,6 +116,10 @@ class Pipeline:
             or (options.get("repetition_penalty") or 1.0) != 1.0
         return continuation and self.drafts_itself and not others
 
+    def sampler_config(self, **options) -> SamplerConfig:
+        """The settings that continuing a prompt with these options runs, this model's defaults filled in."""
+        return self._config(dict(options), continuation=True)
+
     def _config(self, options: dict, continuation: bool = False) -> SamplerConfig:
         """`continuation`: the canvas is prompts followed by masks that fit the context (self-speculative
         decoding can then be the default)."""
@@ -181,14 +185,10 @@ class Pipeline:
         return Denoiser(self.model, canvas, config, self.special_ids, seeds)
 
     def _check_speculative(self, template: str | None) -> None:
-        cfg = self.config
-        if not self.diffusion_block or not cfg.model.clean_causal or not cfg.diffusion.clean_ar_weight:
+        if not self.drafts_itself:
             raise DlmError("speculative decoding needs a block model whose clean copy learnt next-token "
                            "prediction (train.objective=bd3 model.clean_causal=true diffusion.clean_ar_weight>0, "
-                           "the CPU preset's recipe); this run is not one")
-        if cfg.model.backbone or getattr(self.model.cfg, "time_conditioning", False):
-            raise DlmError("speculative decoding runs dlm's own untimed block models; this one has "
-                           f"{'a backbone' if cfg.model.backbone else 'time conditioning'}")
+                           "the CPU preset's recipe; dlm's own network, untimed); this run is not one")
         if template is not None:
             raise DlmError("speculative decoding continues prompts; fill templates without --speculative")
 
@@ -285,7 +285,7 @@ class Pipeline:
         prompts that differ, (prompt indices, row seeds) of each group; None when one batch does."""
         block = options.get("block_length", self.diffusion_block)
         if not self.diffusion_block or not block or template is not None or isinstance(prompt, str) \
-                or "seeds" in options or not options.get("aligned_blocks", True) or options.get("speculative"):
+                or "seeds" in options or not options.get("aligned_blocks", True) or self.speculates(options):
             return None
         offsets = [len(self.tokenizer.encode(p) if p else []) % block for p in prompt]
         if len(set(offsets)) < 2:

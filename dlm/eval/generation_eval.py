@@ -22,7 +22,7 @@ from dlm.errors import DlmError
 from dlm.eval.judges import Judge, judge_kind, judge_perplexity, load_judge
 from dlm.eval.sample_metrics import sample_quality
 from dlm.eval.words import real_word_rate, word_list_from_text
-from dlm.inference import AR_TEMPERATURE, Pipeline
+from dlm.inference import Pipeline
 from dlm.sampling.config import SamplerConfig
 
 MAUVE_FEATURES = ("encoder", "judge")
@@ -44,7 +44,6 @@ def check_judge(judge: str | None, mauve: bool = False, mauve_features: str = "e
 
 def check_sampler_options(options: dict) -> None:
     """Fail fast on sampler options --gen cannot use (before minutes of likelihood evaluation)."""
-    from dlm.sampling.config import SamplerConfig
 
     SamplerConfig.from_kwargs(**options)
     if options.get("stop_at_eos"):
@@ -151,9 +150,9 @@ def evaluate_generation(pipe: Pipeline, split_tokens: np.ndarray | None, *, num_
                                          second.features(reference, batch_size).numpy(), seed=seed,
                                          bootstrap=mauve_bootstrap)
             quality["independent_mauve"] = scores["mauve"]
-    defaults = SamplerConfig()  # what an option left unset was (recorded, so the JSON says what ran)
-    sampler = "autoregressive" if pipe.is_autoregressive else options.get("sampler", defaults.sampler)
-    temperature = options.get("temperature", AR_TEMPERATURE if pipe.is_autoregressive else defaults.temperature)
+    ran = pipe.sampler_config(**options)  # what an option left unset was (recorded, so the JSON says what ran)
+    sampler = "autoregressive" if pipe.is_autoregressive else "speculative" if ran.speculative else ran.sampler
+    temperature = ran.temperature
     return {**quality, **options, "texts": texts, "sampler": sampler, "temperature": temperature,
             "steps": length if pipe.is_autoregressive else steps, "seed": seed, "batch_size": batch_size,
             "judge": judge, "independent_judge": independent_judge,
