@@ -66,6 +66,12 @@ def row_generators(seed: int, batch: int, device: torch.device | str = "cpu",
     return [torch.Generator(device=device).manual_seed(s) for s in seeds]
 
 
+def row_uniforms(generators: list[torch.Generator], width: int, device: torch.device | str) -> torch.Tensor:
+    """(B, width) float64 uniforms, row i from generators[i] (a row's draws do not depend on the batch)."""
+    return torch.stack([torch.rand(width, dtype=torch.float64, generator=g, device=g.device).to(device)
+                        for g in generators])
+
+
 def apply_repetition_penalty(logits: torch.Tensor, tokens: torch.Tensor, visible: torch.Tensor,
                              penalty: float, special: SpecialIds) -> torch.Tensor:
     """CTRL-style penalty on tokens already visible in each row (special tokens excluded).

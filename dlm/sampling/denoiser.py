@@ -34,6 +34,7 @@ from dlm.sampling.base import (
     gumbel_noise,
     position_scores,
     row_generators,
+    row_uniforms,
     sample_categorical,
 )
 from dlm.sampling.canvas import Canvas, attention_mask
@@ -207,9 +208,7 @@ class Denoiser:
         return min(eta, ratio) if self.cfg.remask_schedule == "cap" else min(1.0, eta * ratio)
 
     def _uniform(self, width: int) -> torch.Tensor:
-        """(B, width) float64 uniforms, one draw per row from the row's own generator."""
-        return torch.stack([torch.rand(width, dtype=torch.float64, generator=g, device=g.device).to(self.device)
-                            for g in self.generators])
+        return row_uniforms(self.generators, width, self.device)
 
     def _step(self, window: tuple[int, int], t_value: float, alpha_t: float, alpha_s: float, alpha_top: float,
               n_generated: torch.Tensor, edit_only: bool = False) -> DenoiseStep:

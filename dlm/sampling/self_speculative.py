@@ -32,7 +32,7 @@ from collections.abc import Iterator
 import torch
 
 from dlm.errors import DlmError
-from dlm.sampling.base import filter_logits, row_generators
+from dlm.sampling.base import filter_logits, row_generators, row_uniforms
 from dlm.sampling.canvas import Canvas
 from dlm.sampling.config import SamplerConfig
 from dlm.sampling.denoiser import DenoiseStep, GenerationResult
@@ -125,9 +125,7 @@ class SelfSpeculativeDecoder:
         return (logits / self.cfg.temperature).softmax(-1)
 
     def _uniform(self, width: int) -> torch.Tensor:
-        """(B, width) float64 uniforms, each row from its own generator (batch-independent)."""
-        return torch.stack([torch.rand(width, dtype=torch.float64, generator=g, device=g.device).to(self.device)
-                            for g in self.generators])
+        return row_uniforms(self.generators, width, self.device)
 
     @staticmethod
     def _draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
