@@ -84,7 +84,13 @@ class DiffusionLM(nn.Module, _mixin(), library_name="dlm", license="mit",
         if not is_export and not (len(parts) == 2 and all(parts) and not parts[0].startswith(".")):
             raise DlmError(f"{path} not found; pass a run folder, an export (dlm export RUN --hub OUT) or a Hub "
                            "repository id (user/name)")
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:  # offline, no such repo, no access
+            raise DlmError(f"{path} is no folder here and could not be fetched from the Hub ({type(e).__name__}); "
+                           "check the path, or the network and the repository id") from None
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision=None, cache_dir=None, force_download=False,

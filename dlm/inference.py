@@ -170,11 +170,11 @@ class Pipeline:
         `seeds`, one per row, replaces seed + row (requests of different callers in one batch)."""
         rows, config = self._prepare(prompt, length, num_samples, template, options)
         self.model.eval()
+        if config.speculative:
+            self._check_speculative(template)
         if self.is_autoregressive:
             prompts = [list(r[:len(r) - length]) for r in rows]
             return ARDecoder(self.model, prompts, length, config, self.special_ids, self.device, seeds)
-        if config.speculative:
-            self._check_speculative(template)
         return self._canvas_decoder(build_canvas(rows, self.special_ids, self.device), config, seeds)
 
     def _canvas_decoder(self, canvas: Canvas, config: SamplerConfig,

@@ -158,6 +158,24 @@ def test_speculative_decoding_needs_a_next_token_clean_copy(trained_run: Path,
     assert_one_line_error(capsys, "speculative decoding needs a block model", "clean_ar_weight")
 
 
+def test_speculative_decoding_is_refused_for_an_ar_run(tiny_twins: dict[str, Path],
+                                                       capsys: pytest.CaptureFixture) -> None:
+    assert main(["sample", "--ckpt", str(tiny_twins["ar"]), "--speculative", "--length", "8"]) == 2
+    assert_one_line_error(capsys, "speculative decoding needs a block model")
+
+
+def test_a_hub_id_that_cannot_be_fetched(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline(*args, **kwargs):
+        raise LocalEntryNotFoundError("no connection")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    assert main(["sample", "--ckpt", "nobody/no-such-model", "--length", "8"]) == 2
+    assert_one_line_error(capsys, "nobody/no-such-model", "could not be fetched from the Hub")
+
+
 def test_prompt_with_unknown_character(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["sample", "--ckpt", str(trained_run), "--prompt", "€uro", "--length", "8"]) == 2
     assert_one_line_error(capsys, "'€'")
