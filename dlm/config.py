@@ -103,11 +103,12 @@ class TrainConfig:
     """Recompute each layer's activations in the backward pass instead of keeping them: less memory,
     about a third more compute. For `transformers` backbones (the large networks of dlm adapt)."""
     ar_input_mask: float = 0.0
-    """AR twin only: in training, replace this share of the input tokens by [MASK] (targets unchanged).
+    """AR twin and block diffusion (bd3): in training, replace this share of the input tokens by [MASK]
+    (targets unchanged); for bd3, of the clean copy's tokens, which later blocks and the next-token rows read.
 
     A regulariser, word dropout for the causal model: it must predict each next token from a context
-    with holes. The training loss is then not the exact NLL; validation and `dlm eval` read clean
-    inputs. 0 = off."""
+    with holes. The training loss is then not the exact NLL (nor the block NELBO); validation and
+    `dlm eval` read clean inputs. 0 = off."""
     beta1: float = 0.9
     """AdamW's first-moment decay."""
     beta2: float = 0.95
@@ -271,9 +272,9 @@ class RunConfig:
                            f"train.grad_accum={t.grad_accum}")
         if not 0 <= t.ar_input_mask < 1:
             raise DlmError(f"train.ar_input_mask={t.ar_input_mask} must be in [0, 1) (0 = off)")
-        if t.ar_input_mask > 0 and t.objective != "ar":
-            raise DlmError("train.ar_input_mask is for the AR twin (train.objective=ar); a diffusion run masks "
-                           "its inputs already")
+        if t.ar_input_mask > 0 and t.objective not in ("ar", "bd3"):
+            raise DlmError("train.ar_input_mask is for the AR twin (train.objective=ar) and a block model's clean "
+                           "copy (bd3); an MDLM run masks its inputs already")
         if not 0 <= t.ema_decay < 1:
             raise DlmError(f"train.ema_decay={t.ema_decay} must be in [0, 1) (0 turns EMA off)")
         if t.lr <= 0 or t.max_steps < 1 or t.max_time < 0:

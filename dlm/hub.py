@@ -181,11 +181,12 @@ def model_card(cfg: RunConfig, tokenizer: Tokenizer, params: int, eval_result: d
              f"| preset | `{cfg.preset or '—'}` |", ""]
     if eval_result:
         kind = "exact NLL" if eval_result.get("kind") == "exact_nll" else "NELBO (an upper bound on the NLL)"
+        error = ("summed exactly over mask patterns" if eval_result.get("estimator") == "exact_mask_patterns"
+                 else f"Monte-Carlo s.e. {eval_result.get('mc_standard_error', 0):.4f}")
         lines += ["## Metrics", "", f"From `{eval_source}` (`dlm eval --json`), on the {eval_result.get('split')} "
                   f"split, {eval_result.get('windows')} windows × {eval_result.get('window_length')} {unit}s:", "",
                   f"* {kind}: **{eval_result['nats_per_token']:.4f} nats/{unit}** "
-                  f"({eval_result['bits_per_token']:.4f} bits/{unit}; Monte-Carlo s.e. "
-                  f"{eval_result.get('mc_standard_error', 0):.4f})"]
+                  f"({eval_result['bits_per_token']:.4f} bits/{unit}; {error})"]
         if "left_to_right" in eval_result:
             lines.append(f"* left-to-right NLL: {eval_result['left_to_right']['nats_per_token']:.4f} nats/{unit}")
         gen = eval_result.get("generation")

@@ -164,6 +164,54 @@ def test_cli_rejects_a_block_size_that_does_not_divide_the_context(tmp_path: Pat
     assert out.returncode != 0 and "use --objective bd3" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("block", [2, 4])
+def test_the_exact_block_nelbo_is_what_the_estimator_estimates(block: int) -> None:
+    from math import comb
+
+    from dlm.eval.likelihood import exact_block_nelbo, mask_pattern_weight
+
+    # the weights of all patterns of one block count each of its tokens once in all
+    assert sum(comb(block, k) * k * mask_pattern_weight(k, block) for k in range(1, block + 1)) == pytest.approx(block)
+    net, x = model(clean_causal=block == 4), data()
+    exact = torch.from_numpy(exact_block_nelbo(net, x, SPECIAL, block=block, device=torch.device("cpu"),
+                                               dtype=torch.float32, progress=False)).float()
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([bd3_loss(net, x, Linear(), MASK, block=block, generator=gen).per_sequence
+                         for _ in range(400)])
+    se = draws.std(0) / 400 ** 0.5
+    assert ((draws.mean(0) - exact).abs() < 4 * se).all(), (draws.mean(0), exact, se)
+    # the bound is an any-order loss: the mean over every order of revealing a block is the exact sum
+    from itertools import permutations
+
+    from dlm.eval.likelihood import block_pattern_nll, order_nll
+
+    table = block_pattern_nll(net, x, SPECIAL, block=block, device=torch.device("cpu"), dtype=torch.float32,
+                              progress=False)
+    orders = [order_nll(table, order, x.shape[1]) for order in permutations(range(block))]
+    assert torch.allclose(torch.from_numpy(sum(orders) / len(orders)).float(), exact, atol=1e-5)
+    assert not all(torch.allclose(torch.from_numpy(o).float(), exact, atol=1e-3) for o in orders)
+
+
+def test_the_exact_nelbo_of_blocks_of_one_is_the_next_token_nll() -> None:
+    from dlm.eval.likelihood import evaluate_likelihood, exact_block_nelbo
+
+    net, x = model(), data()
+    exact = exact_block_nelbo(net, x, SPECIAL, block=1, device=torch.device("cpu"), dtype=torch.float32,
+                              progress=False)
+    assert torch.allclose(torch.from_numpy(exact).float(), exact_next_token_nll(net, x), atol=1e-5)
+    figures = evaluate_likelihood(net, x, SPECIAL, causal=False, device=torch.device("cpu"), dtype=torch.float32,
+                                  block=1, progress=False)
+    assert figures["estimator"] == "exact_mask_patterns" and figures["mc_standard_error"] == 0
+    assert figures["nats_per_token"] == pytest.approx(float(exact.mean()))
+    # 'mc' keeps the Monte-Carlo estimator; 'exact' is refused where it would take too many passes
+    mc = evaluate_likelihood(net, x, SPECIAL, causal=False, device=torch.device("cpu"), dtype=torch.float32,
+                             block=1, progress=False, estimator="mc")
+    assert mc["estimator"] == "monte_carlo" and mc["mc_standard_error"] > 0
+    with pytest.raises(ValueError, match="--estimator mc"):
+        evaluate_likelihood(net, x, SPECIAL, causal=False, device=torch.device("cpu"), dtype=torch.float32,
+                            block=16, progress=False, estimator="exact")
+
+
 def test_a_short_block_diffusion_run_learns_evaluates_and_samples(tmp_path: Path, corpus_file: Path) -> None:
     from test_learning import unigram_entropy, val_nelbo
 
@@ -187,6 +235,9 @@ def test_a_short_block_diffusion_run_learns_evaluates_and_samples(tmp_path: Path
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "block-diffusion NELBO, blocks of 4 (upper bound on NLL)" in out.stdout
+    assert "exact sum, no Monte-Carlo error" in out.stdout and "all 15 mask patterns" in out.stdout
+    exact = float(out.stdout.split(": ")[1].split(" nats")[0])
+    assert exact == pytest.approx(nelbo["nats_per_token"], abs=4 * nelbo["mc_standard_error"] + 1e-3), (exact, nelbo)
 
     # prompts of any length in one call; a row's text does not depend on the rest of the batch
     texts = pipe.generate(["The", "The quick", ""], length=20, seed=1)
@@ -415,3 +466,46 @@ def test_other_objectives_are_saved_without_the_clean_copy_settings(tmp_path: Pa
     pipe = dlm.load(tmp_path / "run")
     assert pipe.config.model.clean_causal is False and pipe.config.diffusion.clean_ar_weight == 0.0
     assert pipe.model.cfg.clean_causal is False
+
+
+def test_hiding_part_of_the_clean_copy_is_a_training_only_regulariser() -> None:
+    from dlm.config import RunConfig
+
+    net, x = model(clean_causal=True), data()
+
+    def loss(hidden: float, seed: int = 3) -> torch.Tensor:
+        return bd3_loss(net, x, Linear(), MASK, block=4, generator=torch.Generator().manual_seed(seed),
+                        clean_ar_weight=1.0, clean_input_mask=hidden).per_sequence
+
+    net.train()  # the model has no dropout: the draws alone differ
+    assert torch.equal(loss(0.0), loss(0.0))
+    assert not torch.allclose(loss(0.3), loss(0.0))  # the same noise levels and masks, a partly hidden past
+    net.eval()
+    assert torch.equal(loss(0.3), loss(0.0))  # evaluation reads the clean copy whole
+    cfg = RunConfig()
+    cfg.train.objective, cfg.diffusion.block_size, cfg.train.ar_input_mask = "bd3", 4, 0.15
+    cfg.validate()
+    cfg.train.objective, cfg.diffusion.block_size = "mdlm", 0
+    with pytest.raises(DlmError, match="MDLM run masks its inputs already"):
+        cfg.validate()
+
+
+def test_the_block_orders_bench_takes_the_bound_apart(bench, tiny_twins: dict, capsys: pytest.CaptureFixture) -> None:
+    from dlm.eval.likelihood import block_pattern_nll, exact_block_nelbo
+
+    orders = bench("block_orders")
+    net, x = model(clean_causal=True), data()
+    args = dict(block=4, device=torch.device("cpu"), dtype=torch.float32, progress=False)
+    table = block_pattern_nll(net, x, SPECIAL, **args)
+    report = orders.analyse(table, 4, x.shape[1])
+    assert report["exact_nelbo"] == pytest.approx(float(exact_block_nelbo(net, x, SPECIAL, **args).mean()))
+    assert report["mean_over_orders"] == pytest.approx(report["exact_nelbo"])
+    assert report["best_order"]["nll"] <= min(report["left_to_right"], report["right_to_left"])
+    assert report["worst_order"]["nll"] >= max(report["left_to_right"], report["right_to_left"])
+    assert len(report["patterns"]) == 15 and report["patterns"][-1]["pattern"] == "■■■■"
+    text = orders.markdown({**report, "block_size": 4, "windows": 3, "window_length": 16, "split": "val"}, "char")
+    assert text.count("\n| ■") + text.count("\n| □") == 15
+    # a run that is not a block model gets one line naming the fix
+    assert orders.main(["--ckpt", str(tiny_twins["ar"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "dlm train --objective bd3" in err

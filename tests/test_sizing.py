@@ -71,8 +71,8 @@ def test_a_bad_value_fails_before_the_probe(tmp_path: Path, monkeypatch, capsys:
         raise AssertionError("the probe ran before the config was checked")
 
     monkeypatch.setattr(sizing, "probe_tokens_per_second", no_probe)
-    assert main(["train", "--out", str(tmp_path / "run"), "train.ar_input_mask=0.3"]) != 0
-    assert "train.ar_input_mask is for the AR twin" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "run"), "train.ar_input_mask=1.5"]) != 0
+    assert "train.ar_input_mask=1.5 must be in [0, 1)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

@@ -50,7 +50,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from dlm.data.loader import eval_windows
     from dlm.data.shards import prepare_corpus
-    from dlm.eval.likelihood import evaluate_likelihood
+    from dlm.eval.likelihood import evaluate_likelihood, use_exact
     from dlm.inference import load
     from dlm.io import atomic_write_json
     from dlm.runtime import pick_dtype
@@ -76,6 +76,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         words = load_word_list(args.words)  # a bad file fails now, not after the likelihood pass
     pipe = load(args.ckpt, device=args.device, weights=args.weights, dtype=args.dtype)
     cfg = pipe.config
+    if args.estimator == "exact" and not pipe.is_autoregressive:
+        try:
+            use_exact(pipe.diffusion_block, args.estimator)
+        except ValueError as e:
+            raise DlmError(str(e)) from None
     data = dataclasses.replace(cfg.data, source=args.data) if args.data else cfg.data
     corpus = prepare_corpus(data, tokenizer=pipe.tokenizer)
     windows = eval_windows(corpus.split(args.split), cfg.model.block_size)
@@ -85,7 +90,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                  block=pipe.diffusion_block,
                                  dtype=dtype, batch_size=args.batch_size, seed=args.seed,
                                  target_se=args.target_se, max_passes=args.max_passes,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, estimator=args.estimator)
     result.update({"checkpoint": str(pipe.checkpoint), "weights": pipe.weights, "split": args.split,
                    "data": data.source,
                    "tokenizer": tok.kind, "dtype": str(dtype).removeprefix("torch."),
@@ -94,10 +99,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     label = ("NLL (exact)" if pipe.is_autoregressive else
              f"block-diffusion NELBO, blocks of {pipe.diffusion_block} (upper bound on NLL)" if pipe.diffusion_block
              else "NELBO (upper bound on NLL)")
-    passes = "" if pipe.is_autoregressive else f", {result['passes']} passes"
+    exact = result["estimator"] == "exact_mask_patterns"
+    passes = ("" if pipe.is_autoregressive else f", all {result['passes']} mask patterns of a block" if exact
+              else f", {result['passes']} passes")
     window_se = result["window_standard_error"]  # None when the split holds a single window
-    print(f"{label} on {args.split}: {result['nats_per_token']:.4f} nats/{unit} "
-          f"(Monte-Carlo s.e. {result['mc_standard_error']:.4f}, s.e. over windows "
+    error = "exact sum, no Monte-Carlo error" if exact else f"Monte-Carlo s.e. {result['mc_standard_error']:.4f}"
+    print(f"{label} on {args.split}: {result['nats_per_token']:.4f} nats/{unit} ({error}, s.e. over windows "
           f"{'n/a' if window_se is None else f'{window_se:.4f}'}; {result['windows']} windows × "
           f"{result['window_length']} tokens"
           f"{passes})")
@@ -218,6 +225,10 @@ def register(sub) -> None:
     p.add_argument("--target-se", type=float, default=0.01,
                    help="add passes until the Monte-Carlo standard error is below this (nats)")
     p.add_argument("--max-passes", type=int, default=200)
+    p.add_argument("--estimator", default="auto", choices=("auto", "exact", "mc"),
+                   help="block diffusion: 'exact' sums the bound over all 2^B - 1 mask patterns of a block (one pass "
+                   "over the split each, no Monte-Carlo error), 'mc' estimates it with random noise levels; auto: "
+                   "exact for blocks of up to 4")
     p.add_argument("--l2r", action="store_true", help="also the exact left-to-right NLL of a diffusion model "
                    "(one forward pass per position of each window scored; see --l2r-windows)")
     p.add_argument("--l2r-windows", type=_window_count, default=L2R_WINDOWS, metavar="N|all",

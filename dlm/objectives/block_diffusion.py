@@ -78,14 +78,15 @@ def block_diffusion_logits(model: nn.Module, z: torch.Tensor, x: torch.Tensor, b
 
 
 def _token_nll(model: nn.Module, x: torch.Tensor, masked: torch.Tensor, mask_id: int, block: int,
-               clean_rows: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+               clean_rows: bool = False, clean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B, kL) −log p_θ(x | z) at every position of k noisy copies, z = x repeated k times with `masked`
     (B, kL) positions [MASK]ed (SUBS); with `clean_rows` also (B, L − 1) −log p_θ(x_{i+1} | x_≤i), the
-    clean copy read as a next-token model (a clean_causal model's), else None."""
+    clean copy read as a next-token model (a clean_causal model's), else None. `clean`: the clean
+    copy's inputs when they differ from x (training's `clean_input_mask`); the targets stay x."""
     kL = masked.shape[1]
     target = x.repeat(1, kL // x.shape[1])
     z = torch.where(masked, torch.full_like(target, mask_id), target)
-    logits = block_diffusion_logits(model, z, x, block, clean_rows=clean_rows).float()
+    logits = block_diffusion_logits(model, z, x if clean is None else clean, block, clean_rows=clean_rows).float()
     noisy = logits[:, :kL]
     noisy[..., mask_id] = float("-inf")
     nll = F.cross_entropy(noisy.transpose(1, 2), target, reduction="none")
@@ -99,7 +100,7 @@ def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int
              t: torch.Tensor | None = None, *, antithetic: bool = True, weighting: str = "elbo",
              weight_cap: float | None = None, t_range: tuple[float, float] = (0.0, 1.0),
              prompt_mask: torch.Tensor | None = None, token_weight: torch.Tensor | None = None,
-             copies: int = 1, clean_ar_weight: float = 0.0) -> LossOutput:
+             copies: int = 1, clean_ar_weight: float = 0.0, clean_input_mask: float = 0.0) -> LossOutput:
     """One-sample estimate of the block-diffusion NELBO of each sequence in x (B, L), per token.
 
     `t` (B, L/B) fixes the blocks' noise levels (default: drawn). `prompt_mask` (B, L) bool marks
@@ -109,6 +110,9 @@ def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int
     noisy copies of each window share its clean copy, and the loss is their mean (t then (B, k·L/B)).
     `clean_ar_weight` > 0 (training, a clean_causal model): adds that weight × the clean copy's
     next-token NLL per token, an auxiliary loss (the result is then not the NELBO).
+    `clean_input_mask` > 0 (training only, a regulariser like the AR twin's input mask): that share of
+    the clean copy's inputs is replaced by [MASK], so later blocks and the next-token rows read a
+    partly hidden past; the noisy copies and every target stay the text.
     """
     if clean_ar_weight and not reads_clean_causally(model):
         raise ValueError("clean_ar_weight needs a model whose clean copy is token-causal (model.clean_causal=true); "
@@ -129,7 +133,11 @@ def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int
     masked = torch.rand(shape, generator=generator, device="cpu").to(x.device) < mask_prob
     if prompt_mask is not None:
         masked &= ~prompt_mask
-    nll, next_nll = _token_nll(model, x, masked, mask_id, block, clean_rows=clean_ar_weight > 0)
+    clean = None
+    if clean_input_mask > 0 and model.training:  # drawn on the CPU from the caller's generator, like the noise
+        hide = (torch.rand(x.shape, generator=generator, device="cpu") < clean_input_mask).to(x.device)
+        clean = x.masked_fill(hide, mask_id)
+    nll, next_nll = _token_nll(model, x, masked, mask_id, block, clean_rows=clean_ar_weight > 0, clean=clean)
     weight = loss_weight(schedule, t_token.flatten(), weighting, weight_cap).view(shape)
     scored = masked if token_weight is None else masked * token_weight
     per_seq = (nll * scored * weight).sum(1) / (copies * L)
