@@ -231,10 +231,12 @@ def test_a_short_block_diffusion_run_learns_evaluates_and_samples(tmp_path: Path
     assert nelbo["nats_per_token"] < entropy - 0.3, (nelbo, entropy)
 
     # dlm eval names the figure
-    out = subprocess.run([sys.executable, "-m", "dlm", "eval", "--ckpt", str(run), "--quiet", "--max-passes", "4"],
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "dlm", "eval", "--ckpt", str(run), "--quiet", "--max-passes", "4",
+                          "--l2r"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "block-diffusion NELBO, blocks of 4 (upper bound on NLL)" in out.stdout
+    assert "left to right inside each block (one token a step): exact NLL" in out.stdout
+    assert "clean copy read as a next-token model" in out.stdout
     assert "exact sum, no Monte-Carlo error" in out.stdout and "all 15 mask patterns" in out.stdout
     exact = float(out.stdout.split(": ")[1].split(" nats")[0])
     assert exact == pytest.approx(nelbo["nats_per_token"], abs=4 * nelbo["mc_standard_error"] + 1e-3), (exact, nelbo)
@@ -503,9 +505,24 @@ def test_the_block_orders_bench_takes_the_bound_apart(bench, tiny_twins: dict, c
     assert report["best_order"]["nll"] <= min(report["left_to_right"], report["right_to_left"])
     assert report["worst_order"]["nll"] >= max(report["left_to_right"], report["right_to_left"])
     assert len(report["patterns"]) == 15 and report["patterns"][-1]["pattern"] == "■■■■"
+    # dlm eval --l2r's figure for block runs is that order, from 4 patterns instead of 15
+    from dlm.eval.likelihood import block_left_to_right_nll
+
+    l2r = block_left_to_right_nll(net, x, SPECIAL, **args)
+    assert l2r["nats_per_token"] == pytest.approx(report["left_to_right"])
     text = orders.markdown({**report, "block_size": 4, "windows": 3, "window_length": 16, "split": "val"}, "char")
     assert text.count("\n| ■") + text.count("\n| □") == 15
     # a run that is not a block model gets one line naming the fix
     assert orders.main(["--ckpt", str(tiny_twins["ar"])]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "dlm train --objective bd3" in err
+
+
+def test_one_block_read_left_to_right_is_the_mdlm_left_to_right_nll() -> None:
+    from dlm.eval.likelihood import block_left_to_right_nll, evaluate_left_to_right
+
+    net, x = model(), data()
+    args = dict(device=torch.device("cpu"), dtype=torch.float32, progress=False)
+    ours = block_left_to_right_nll(net, x, SPECIAL, block=16, **args)
+    theirs = evaluate_left_to_right(net, x, SPECIAL, **args)
+    assert ours["nats_per_token"] == pytest.approx(theirs["nats_per_token"], abs=1e-5)

@@ -110,6 +110,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"{passes})")
     print(f"  = {result['bits_per_token']:.4f} bits/{unit}; perplexity"
           f"{'' if pipe.is_autoregressive else ' bound'} {math.exp(result['nats_per_token']):.3f}")
+    if args.l2r and pipe.diffusion_block:
+        from dlm.eval.likelihood import block_left_to_right_nll
+
+        l2r = block_left_to_right_nll(pipe.model, windows, tok.special, block=pipe.diffusion_block,
+                                      device=pipe.device, dtype=dtype, batch_size=args.batch_size,
+                                      progress=not args.quiet)
+        result["left_to_right"] = l2r
+        se = l2r["window_standard_error"]
+        print(f"  left to right inside each block (one token a step): exact NLL {l2r['nats_per_token']:.4f} "
+              f"nats/{unit} (s.e. over windows {'n/a' if se is None else f'{se:.4f}'}; the network decoding "
+              "that way, not the bound)")
     if args.l2r and pipe.diffusion_block and pipe.config.model.clean_causal and pipe.config.diffusion.clean_ar_weight:
         from dlm.eval.likelihood import clean_copy_nll
 
@@ -120,9 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"  its clean copy read as a next-token model (what --speculative samples): exact NLL "
               f"{clean['nats_per_token']:.4f} nats/{unit} (s.e. over windows {'n/a' if se is None else f'{se:.4f}'}; "
               f"tokens 2…{windows.shape[1]} of each window; not the block model's bound)")
-    elif args.l2r and pipe.diffusion_block:
-        print("  (--l2r skipped: a block-diffusion model decodes block by block; its NELBO above is the figure)")
-    elif args.l2r and not pipe.is_autoregressive:
+    elif args.l2r and not pipe.is_autoregressive and not pipe.diffusion_block:
         from dlm.eval.likelihood import evaluate_left_to_right
 
         scored = windows[:args.l2r_windows] if args.l2r_windows else windows
@@ -230,7 +239,9 @@ def register(sub) -> None:
                    "over the split each, no Monte-Carlo error), 'mc' estimates it with random noise levels; auto: "
                    "exact for blocks of up to 4")
     p.add_argument("--l2r", action="store_true", help="also the exact left-to-right NLL of a diffusion model "
-                   "(one forward pass per position of each window scored; see --l2r-windows)")
+                   "(MDLM: one forward pass per position of each window scored, see --l2r-windows; block runs: "
+                   "left to right inside each block, on every window, and the clean copy's next-token NLL when "
+                   "it learnt one)")
     p.add_argument("--l2r-windows", type=_window_count, default=L2R_WINDOWS, metavar="N|all",
                    help=f"with --l2r: score the first N windows of the split, and the NELBO on the same windows "
                    f"for a paired comparison (default: {L2R_WINDOWS}); 'all': every window, about an hour on "
