@@ -23,7 +23,8 @@ Left to right (`evaluate_left_to_right`). A diffusion model is also a left-to-ri
 the window one token at a time, each predicted with everything before it visible and everything
 after it masked. The product of those probabilities is an exact likelihood (of the model used as a
 left-to-right sampler), usually tighter than the NELBO, which averages over all orders; it costs
-one forward pass per position.
+one forward pass per position. A block model's counterpart (`block_left_to_right_nll`) reads each
+block left to right and costs B mask patterns.
 """
 
 from __future__ import annotations
