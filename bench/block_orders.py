@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import itertools
-import math
 import sys
 from pathlib import Path
 
@@ -44,7 +43,9 @@ from dlm.eval.likelihood import (  # noqa: E402
     clean_copy_nll,
     mask_pattern_weight,
     mask_patterns,
+    nelbo_from_table,
     order_nll,
+    standard_error,
 )
 from dlm.inference import load  # noqa: E402
 from dlm.io import atomic_write_json  # noqa: E402
@@ -59,18 +60,16 @@ def pattern_text(pattern: list[bool]) -> str:
 def analyse(table: np.ndarray, block: int, length: int) -> dict:
     """Figures from block_pattern_nll's (N, 2^B − 1, B) table, all per token."""
     patterns = mask_patterns(block)
-    weights = np.array([mask_pattern_weight(sum(m), block) for m in patterns])
-    per_window = (table.sum(2) * weights).sum(1) / length
+    per_window = nelbo_from_table(table, block, length)
     orders = {order: float(order_nll(table, order, length).mean()) for order in itertools.permutations(range(block))}
     best, worst = min(orders, key=orders.get), max(orders, key=orders.get)
     blocks = table.shape[0] * length // block  # blocks scored, each pattern once
-    rows = [{"pattern": pattern_text(m), "masked": sum(m), "weight": float(weights[p]),
+    rows = [{"pattern": pattern_text(m), "masked": sum(m), "weight": mask_pattern_weight(sum(m), block),
              "nll_per_masked_token": {str(i): float(table[:, p, i].sum() / blocks) for i in range(block) if m[i]}}
             for p, m in enumerate(patterns)]
     return {
         "exact_nelbo": float(per_window.mean()),
-        "window_standard_error": float(per_window.std(ddof=1) / math.sqrt(len(per_window))) if len(per_window) > 1
-        else None,
+        "window_standard_error": standard_error(per_window),
         "left_to_right": orders[tuple(range(block))],
         "right_to_left": orders[tuple(reversed(range(block)))],
         "best_order": {"order": list(best), "nll": orders[best]},

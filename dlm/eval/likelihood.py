@@ -70,12 +70,13 @@ def block_pattern_nll(model: torch.nn.Module, windows: torch.Tensor, special: Sp
                       device: torch.device, dtype: torch.dtype, batch_size: int = 64,
                       progress: bool = True, patterns: list[list[bool]] | None = None) -> np.ndarray:
     """(N, 2^B − 1, B) float64 (or (N, len(patterns), B) for the `patterns` given): for each window,
-    mask pattern (`mask_patterns`) and position inside a
-    block, −log p_θ(x_i | x_<b clean, x_b with the pattern masked) summed over the window's blocks
-    (0 where the pattern leaves i visible). A noisy block reads only itself and the clean blocks before
-    it, so a noisy copy with the same pattern in every block scores all blocks at once; one forward pass
-    reads up to `batch_size` patterns' copies beside the one clean copy they share
-    (dlm.objectives.block_diffusion's `copies`), for batch_size ÷ patterns windows at a time."""
+    mask pattern (`mask_patterns`) and position inside a block, −log p_θ(x_i | x_<b clean, x_b with the
+    pattern masked) summed over the window's blocks (0 where the pattern leaves i visible).
+
+    A noisy block reads only itself and the clean blocks before it, so a noisy copy with the same
+    pattern in every block scores all blocks at once. One forward pass reads up to `batch_size`
+    patterns' copies beside the one clean copy they share (dlm.objectives.block_diffusion's `copies`),
+    for batch_size ÷ patterns windows at a time."""
     from dlm.model.block_attention import check_block_size
     from dlm.objectives.block_diffusion import block_diffusion_logits
 
@@ -86,13 +87,14 @@ def block_pattern_nll(model: torch.nn.Module, windows: torch.Tensor, special: Sp
     P = len(patterns)
     chunk = min(P, batch_size)  # patterns per forward pass
     step = max(1, batch_size // chunk)  # windows per forward pass
+    masks = [torch.tensor(patterns[first:first + chunk], device=device).repeat(1, L // block)  # (c, L) each
+             for first in range(0, P, chunk)]
     table = np.zeros((N, P, block))
     bar = Progress(total=N * P, enabled=progress, desc="exact NELBO", unit="pattern", leave=False)
     for i in range(0, N, step):
         x = windows[i:i + step].to(device)  # (b, L)
         b = len(x)
-        for first in range(0, P, chunk):
-            masked = torch.tensor(patterns[first:first + chunk], device=device).repeat(1, L // block)  # (c, L)
+        for first, masked in zip(range(0, P, chunk), masks, strict=True):
             c = len(masked)
             z = x[:, None].masked_fill(masked[None], special.mask)  # (b, c, L)
             with autocast(device, dtype):
@@ -115,8 +117,18 @@ def exact_block_nelbo(model: torch.nn.Module, windows: torch.Tensor, special: Sp
     non-empty patterns m (`mask_pattern_weight`), 2^B − 1 forward passes over the windows. (N,) float64."""
     table = block_pattern_nll(model, windows, special, block=block, device=device, dtype=dtype,
                               batch_size=batch_size, progress=progress)
+    return nelbo_from_table(table, block, windows.shape[1])
+
+
+def nelbo_from_table(table: np.ndarray, block: int, length: int) -> np.ndarray:
+    """(N,) per token: the exact block NELBO from `block_pattern_nll`'s table of every pattern."""
     weights = np.array([mask_pattern_weight(sum(m), block) for m in mask_patterns(block)])
-    return (table.sum(2) * weights).sum(1) / windows.shape[1]
+    return (table.sum(2) * weights).sum(1) / length
+
+
+def standard_error(values: np.ndarray) -> float | None:
+    """The standard error of the mean of `values` (over windows, passes…); None for a single value."""
+    return float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
 
 
 def order_nll(table: np.ndarray, order: tuple[int, ...], length: int) -> np.ndarray:
@@ -148,7 +160,7 @@ def block_left_to_right_nll(model: torch.nn.Module, windows: torch.Tensor, speci
     nats = float(per_token.mean())
     return {"kind": "block_left_to_right_nll", "nats_per_token": nats, "bits_per_token": nats / math.log(2),
             "perplexity": math.exp(nats),
-            "window_standard_error": float(np.std(per_token, ddof=1) / math.sqrt(N)) if N > 1 else None,
+            "window_standard_error": standard_error(per_token),
             "windows": N, "window_length": L, "block_size": block, "tokens": N * L,
             "seconds": time.perf_counter() - started}
 
@@ -244,7 +256,7 @@ def evaluate_likelihood(model: torch.nn.Module, windows: torch.Tensor, special: 
         "perplexity": math.exp(nats) if causal else None,
         "perplexity_bound": None if causal else math.exp(nats),
         "mc_standard_error": mc_se,
-        "window_standard_error": float(np.std(per_window, ddof=1) / math.sqrt(N)) if N > 1 else None,
+        "window_standard_error": standard_error(per_window),
         "passes": len(passes),
         "windows": N,
         "window_length": L,
@@ -324,7 +336,7 @@ def evaluate_left_to_right(model: torch.nn.Module, windows: torch.Tensor, specia
     nats = float(per_token.mean())
     return {"kind": "left_to_right_nll", "nats_per_token": nats, "bits_per_token": nats / math.log(2),
             "perplexity": math.exp(nats),
-            "window_standard_error": float(np.std(per_token, ddof=1) / math.sqrt(N)) if N > 1 else None,
+            "window_standard_error": standard_error(per_token),
             "windows": N, "window_length": L, "tokens": N * L, "forward_passes": passes,
             "sequences_scored": N * L, "seconds": time.perf_counter() - started}
 
@@ -350,5 +362,5 @@ def clean_copy_nll(model: torch.nn.Module, windows: torch.Tensor, special: Speci
     scores = np.concatenate(per_window)
     mean = float(scores.mean())
     return {"kind": "clean_copy_nll", "nats_per_token": mean, "bits_per_token": mean / math.log(2),
-            "window_standard_error": float(scores.std(ddof=1) / math.sqrt(N)) if N > 1 else None,
+            "window_standard_error": standard_error(scores),
             "windows": N, "tokens_scored": N * (L - 1), "seconds": time.perf_counter() - started}
