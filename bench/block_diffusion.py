@@ -217,8 +217,8 @@ def main() -> int:
     parser.add_argument("--independent-judge", default="smollm2", help="as in bench/default_sampler.py; 'none' skips")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
-                        help="every model's inference precision (auto: bf16 where the CPU has bf16 units); the "
-                        "AR twin is fastest in fp32 at batch 1 on some CPUs, so run both")
+                        help="every model's inference precision (auto: dlm's default, fp32 on a CPU since 2026-12-05, "
+                        "bf16 on CUDA; it was bf16 on CPUs with bf16 units before)")
     parser.add_argument("--json", default="bench/results/block_diffusion.json")
     parser.add_argument("--markdown", help="write the tables between the bench/block_diffusion.py markers")
     parser.add_argument("--plot", help="write the quality–speed frontier here (PNG)")

@@ -8,6 +8,7 @@ random token windows (throughput does not depend on the text).
 
     python bench/train_throughput.py                       # presets × {bf16, fp32} × {compile, eager}
     python bench/train_throughput.py --presets shakespeare-char --dtypes bf16 --compile yes
+    python bench/train_throughput.py --presets shakespeare-char-cpu --objective bd3   # block diffusion
 
 Prints a table and writes JSON (default bench/results/train_throughput.json).
 """
@@ -32,7 +33,7 @@ def worker(preset: str, objective: str, dtype_name: str, compile_setting: str, s
            batch_size: int | None, overrides: list[str] | None = None) -> dict:
     import torch
 
-    from dlm.config import apply_overrides
+    from dlm.config import apply_overrides, parse_t_range
     from dlm.model import Transformer
     from dlm.objectives import make_objective
     from dlm.presets import get_preset
@@ -43,6 +44,8 @@ def worker(preset: str, objective: str, dtype_name: str, compile_setting: str, s
     cfg = apply_overrides(get_preset(preset), overrides or [])
     tokenizer = CharTokenizer([chr(c) for c in range(32, 97)])  # 65 characters, like Tiny Shakespeare
     cfg.model.vocab_size, cfg.model.causal = tokenizer.vocab_size, objective == "ar"
+    if objective != "bd3":  # the next-token clean copy is block diffusion's alone
+        cfg.model.clean_causal, cfg.diffusion.clean_ar_weight = False, 0.0
     batch = batch_size or cfg.train.batch_size
     device = pick_device("auto")
     dtype = pick_dtype(dtype_name, device)
@@ -53,7 +56,9 @@ def worker(preset: str, objective: str, dtype_name: str, compile_setting: str, s
     dc = cfg.diffusion  # the preset's objective options, as the trainer passes them
     loss_fn = make_objective(objective, dc.schedule, tokenizer, edit_prob=dc.edit_prob, antithetic=dc.antithetic,
                              edit_weight=dc.edit_weight, prompt_prob=dc.prompt_prob, weighting=dc.weighting,
-                             weight_cap=dc.weight_cap, ar_input_mask=cfg.train.ar_input_mask)
+                             weight_cap=dc.weight_cap, ar_input_mask=cfg.train.ar_input_mask,
+                             block_size=dc.block_size, t_range=parse_t_range(dc.t_range),
+                             noisy_copies=dc.noisy_copies, clean_ar_weight=dc.clean_ar_weight)
     compiled = torch.compile(model) if should_compile(compile_setting, device) else model
     noise = torch.Generator().manual_seed(0)
     x = torch.randint(0, tokenizer.n_real_tokens, (batch, cfg.model.block_size), device=device)
@@ -106,7 +111,8 @@ def worker(preset: str, objective: str, dtype_name: str, compile_setting: str, s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["shakespeare-char", "shakespeare-char-cpu"])
-    parser.add_argument("--objective", default="mdlm", choices=("mdlm", "ar"))
+    parser.add_argument("--objective", default="mdlm", choices=("mdlm", "bd3", "ar"),
+                        help="mdlm (default), bd3 (block diffusion, the preset's block size and options) or ar")
     parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=("bf16", "fp32"))
     parser.add_argument("--compile", nargs="+", default=["yes", "no"], choices=("yes", "no"))
     parser.add_argument("--steps", type=int, default=6, help="timed steps (the median is reported)")

@@ -20,7 +20,7 @@ from dlm.data.chat import ChatTemplate, check_conversation
 from dlm.errors import DlmError
 from dlm.model.hf_backbone import build_model
 from dlm.run_folder import load_weights, locate_checkpoint
-from dlm.runtime import autocast, pick_device, pick_dtype
+from dlm.runtime import autocast, pick_device, pick_inference_dtype
 from dlm.sampling.autoregressive import ARDecoder
 from dlm.sampling.canvas import Canvas, build_canvas
 from dlm.sampling.config import AR_TEMPERATURE, SamplerConfig
@@ -465,9 +465,9 @@ def load(path: str | Path, device: str = "auto", dtype: str = "auto", weights: s
         use_ema = has_ema and weights != "raw"
         load_weights(model, ckpt, "ema.safetensors" if use_ema else "model.safetensors")
     model.eval()
-    # The network runs in bf16 where training does (CUDA, CPUs with bf16 units: 5-8x faster than
-    # fp32 on the 2-core dev machine), with the logits computed in fp32 so sampling probabilities
-    # keep full precision. dtype='fp32' runs everything in fp32.
-    torch_dtype = pick_dtype(dtype, torch_device)
+    # 'auto': bf16 on CUDA, with the logits computed in fp32 so sampling probabilities keep full
+    # precision; fp32 on a CPU, faster there for the few rows of a sampler's pass (pick_inference_dtype).
+    # dtype='bf16' runs the network in bf16 anywhere it can.
+    torch_dtype = pick_inference_dtype(dtype, torch_device)
     model.fp32_logits = True
     return Pipeline(model, tokenizer, config, ckpt, torch_device, torch_dtype, "ema" if use_ema else "raw")

@@ -77,8 +77,9 @@ def choose_size(tokens_per_s: float, budget_s: float, dtype: str = "float32", ob
     return choice
 
 
-def probe_tokens_per_second(cfg: RunConfig, steps: int = 3) -> tuple[float, float, str]:
-    """(tokens/s of eager training steps of cfg's model, seconds the probe took, dtype name)."""
+def probe_tokens_per_second(cfg: RunConfig, steps: int = 3, dtype: str | None = None) -> tuple[float, float, str]:
+    """(tokens/s of eager training steps of cfg's model, seconds the probe took, dtype name); `dtype`
+    ('bf16' or 'fp32') instead of cfg's train.dtype."""
     import torch
 
     from dlm.model.transformer import Transformer
@@ -89,7 +90,7 @@ def probe_tokens_per_second(cfg: RunConfig, steps: int = 3) -> tuple[float, floa
 
     started = time.perf_counter()
     device = pick_device(cfg.train.device)
-    dtype = pick_dtype(cfg.train.dtype, device)
+    dtype = pick_dtype(dtype or cfg.train.dtype, device)
     tokenizer = CharTokenizer([chr(c) for c in range(32, 97)])  # 65 symbols, like Tiny Shakespeare
     model_cfg = apply_overrides(cfg, [f"model.vocab_size={tokenizer.vocab_size}"]).model
     with torch.random.fork_rng(devices=[]):
@@ -110,10 +111,12 @@ def probe_tokens_per_second(cfg: RunConfig, steps: int = 3) -> tuple[float, floa
             optimizer.zero_grad(set_to_none=True)
 
         step()  # warm-up: allocations, first-call dispatch
-        timed = time.perf_counter()
+        times = []
         for _ in range(steps):
+            timed = time.perf_counter()
             step()
-        per_step = (time.perf_counter() - timed) / steps
+            times.append(time.perf_counter() - timed)
+        per_step = sorted(times)[len(times) // 2]  # the median: one step slowed by another process moves it less
     tokens_per_step = cfg.train.batch_size * model_cfg.block_size
     return tokens_per_step / per_step, time.perf_counter() - started, str(dtype).removeprefix("torch.")
 
@@ -131,12 +134,33 @@ def probe_skip_reason(cfg: RunConfig, user_overrides: list[str]) -> str | None:
     return None
 
 
+def dtypes_to_try(cfg: RunConfig) -> list[str]:
+    """Both precisions where the choice is open (train.dtype=auto on a CPU with bf16 instructions), else none."""
+    from dlm.runtime import cpu_has_bf16, pick_device
+
+    if cfg.train.dtype != "auto" or pick_device(cfg.train.device).type != "cpu" or not cpu_has_bf16():
+        return []
+    return ["bf16", "fp32"]
+
+
 def auto_size(cfg: RunConfig, user_overrides: list[str]) -> tuple[RunConfig, SizeChoice, str]:
-    """cfg with the probe's choice applied, then the user's key=value again (theirs win)."""
-    speed, probe_s, dtype = probe_tokens_per_second(cfg)
+    """cfg with the probe's choice applied, then the user's key=value again (theirs win). Where the precision
+    is open, the probe times both and the faster one trains: bf16 instructions do not make bf16 faster on
+    every CPU (an Intel Xeon with AVX512-BF16 and no AMX trained 16–19 % faster in fp32; docs/training.md)."""
+    timed = {name: probe_tokens_per_second(cfg, dtype=name) for name in dtypes_to_try(cfg)}
+    if timed:
+        fastest = max(timed, key=lambda name: timed[name][0])
+        speed, _, dtype = timed[fastest]
+        probe_s = sum(seconds for _, seconds, _ in timed.values())
+    else:
+        speed, probe_s, dtype = probe_tokens_per_second(cfg)
     choice = choose_size(speed, cfg.train.max_time, dtype, cfg.train.objective)
     choice.probe_s = probe_s
     reason = choice.reason(dtype)
+    if timed:
+        choice.overrides.append(f"train.dtype={fastest}")
+        others = ", ".join(f"{timed[name][0]:,.0f} in {timed[name][2]}" for name in timed if name != fastest)
+        reason += f"; {dtype} because it was the faster here ({others})"
     sized = apply_overrides(cfg, [*choice.overrides, *user_overrides])
     sized.train.auto_size = reason
     return sized, choice, reason

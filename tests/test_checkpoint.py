@@ -17,7 +17,7 @@ from dlm.errors import DlmError
 from dlm.model import Transformer
 from dlm.presets import tiny
 from dlm.run_folder import RunFolder, load_trainer_state
-from dlm.runtime import pick_dtype
+from dlm.runtime import pick_inference_dtype
 from dlm.train.trainer import train
 
 
@@ -50,9 +50,9 @@ def test_run_layout_and_load(corpus_file: Path, tmp_path: Path) -> None:
     x = torch.randint(0, 40, (2, 32), generator=torch.Generator().manual_seed(0))
     pipe = dlm.load(run)
     assert pipe.checkpoint.name == "step-00000020"
-    # Sampling runs the network in bf16 where the CPU has bf16 units, the logits always in fp32.
+    # Sampling runs the network in fp32 on a CPU (bf16 on CUDA), the logits always in fp32.
     assert not pipe.model.training and pipe.model.fp32_logits
-    assert pipe.dtype == pick_dtype("auto", torch.device("cpu"))
+    assert pipe.dtype == pick_inference_dtype("auto", torch.device("cpu")) == torch.float32
     assert dlm.load(run, dtype="fp32").dtype == torch.float32
     with torch.no_grad():
         logits = pipe.model(x)

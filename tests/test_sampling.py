@@ -87,3 +87,21 @@ def test_repetition_penalty_arithmetic_and_specials() -> None:
     visible = torch.tensor([[True, True, False, True]])
     out = apply_repetition_penalty(logits, tokens, visible, 2.0, special)
     assert out[0, 0].tolist() == [1.0, -4.0, 1.0, 0.5, 3.0, 3.0, 3.0, 3.0]  # specials never penalised
+
+
+def test_sampling_runs_in_fp32_on_a_cpu_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`auto` is fp32 on a CPU even with bf16 units (faster one sample at a time); training's auto is unchanged."""
+    from dlm.runtime import pick_dtype, pick_inference_dtype
+
+    monkeypatch.setattr("dlm.runtime.cpu_has_bf16", lambda: True)
+    cpu = torch.device("cpu")
+    assert pick_inference_dtype("auto", cpu) == torch.float32 and pick_dtype("auto", cpu) == torch.bfloat16
+    assert pick_inference_dtype("bf16", cpu) == torch.bfloat16 and pick_inference_dtype("fp32", cpu) == torch.float32
+
+
+def test_a_loaded_run_samples_in_fp32_on_a_cpu(tiny_twins, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlm.inference import load
+
+    monkeypatch.setattr("dlm.runtime.cpu_has_bf16", lambda: True)
+    assert load(tiny_twins["ar"], device="cpu").dtype == torch.float32
+    assert load(tiny_twins["ar"], device="cpu", dtype="bf16").dtype == torch.bfloat16

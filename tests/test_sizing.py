@@ -47,7 +47,8 @@ def test_train_without_a_preset_probes_and_records_why(tmp_path: Path, corpus_fi
     low = sizing.SIZE_TABLE[0]
     assert low[2], "the first row changes the geometry (the user's key=value must win over it)"
     slow = 1000.0  # a machine slow enough for the first row
-    monkeypatch.setattr(sizing, "probe_tokens_per_second", lambda cfg, steps=3: (slow, 1.5, "float32"))
+    monkeypatch.setattr(sizing, "probe_tokens_per_second", lambda cfg, steps=3, dtype=None: (slow, 1.5, "float32"))
+    monkeypatch.setattr(sizing, "dtypes_to_try", lambda cfg: [])  # the precision is the machine's (tested below)
     run = tmp_path / "run"
     args = ["train", "--data", str(corpus_file), "--out", str(run), "--max-steps", "2", "--quiet",
             "model.d_model=32", "model.n_head=2", "model.block_size=32", "compile=no"]
@@ -66,8 +67,37 @@ def test_train_without_a_preset_probes_and_records_why(tmp_path: Path, corpus_fi
     assert json.loads((tmp_path / "b" / "config.json").read_text())["train"]["auto_size"] == ""
 
 
+@pytest.mark.parametrize(("bf16_speed", "chosen"), [(900.0, "fp32"), (3000.0, "bf16")])
+def test_where_the_precision_is_open_the_probe_trains_in_the_faster(tmp_path: Path, corpus_file: Path, monkeypatch,
+                                                                    capsys: pytest.CaptureFixture, bf16_speed: float,
+                                                                    chosen: str) -> None:
+    speeds = {"bf16": (bf16_speed, "bfloat16"), "fp32": (1000.0, "float32")}
+    asked = []
+
+    def probe(cfg, steps=3, dtype=None):  # noqa: ANN001, ANN202
+        asked.append(dtype)
+        speed, name = speeds[dtype or cfg.train.dtype]
+        return speed, 1.0, name
+
+    monkeypatch.setattr(sizing, "probe_tokens_per_second", probe)
+    monkeypatch.setattr("dlm.runtime.cpu_has_bf16", lambda: True)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(corpus_file), "--out", str(run), "--max-steps", "1", "--quiet",
+                 "model.d_model=32", "model.n_head=2", "model.block_size=32", "compile=no"]) == 0
+    assert asked == ["bf16", "fp32"]
+    first = capsys.readouterr().out.splitlines()[0]
+    other = "900 in bfloat16" if chosen == "fp32" else "1,000 in float32"
+    assert f"because it was the faster here ({other})" in first
+    assert json.loads((run / "config.json").read_text())["train"]["dtype"] == chosen
+    # A precision the user chose is not probed.
+    asked.clear()
+    assert main(["train", "--data", str(corpus_file), "--out", str(tmp_path / "b"), "--max-steps", "1", "--quiet",
+                 "model.d_model=32", "model.n_head=2", "model.block_size=32", "compile=no", "train.dtype=bf16"]) == 0
+    assert asked == [None]
+
+
 def test_a_bad_value_fails_before_the_probe(tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture) -> None:
-    def no_probe(cfg, steps=3):  # noqa: ANN001, ANN202
+    def no_probe(cfg, steps=3, dtype=None):  # noqa: ANN001, ANN202
         raise AssertionError("the probe ran before the config was checked")
 
     monkeypatch.setattr(sizing, "probe_tokens_per_second", no_probe)
@@ -121,7 +151,7 @@ def test_a_backbone_run_skips_the_probe(tmp_path: Path, corpus_file: Path, monke
                                         capsys: pytest.CaptureFixture) -> None:
     bert = tiny_bert_folder(tmp_path / "bert", corpus_file.read_text())
 
-    def no_probe(cfg, steps=3):  # noqa: ANN001, ANN202
+    def no_probe(cfg, steps=3, dtype=None):  # noqa: ANN001, ANN202
         raise AssertionError("the probe timed dlm's Transformer for a run whose network is a backbone")
 
     monkeypatch.setattr(sizing, "probe_tokens_per_second", no_probe)

@@ -116,7 +116,8 @@ def register(sub) -> None:
     p.add_argument("--verbose", action="store_true", help="report steps and forward passes")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
-                   help="auto: bf16 on CUDA and CPUs with bf16 units (logits still in fp32), else fp32")
+                   help="network precision; auto: bf16 on CUDA (logits still in fp32), fp32 on a CPU (faster there "
+                   "one sample at a time)")
     p.add_argument("--weights", default="auto", choices=("auto", "ema", "raw"),
                    help="EMA-averaged or raw weights (auto: EMA when the checkpoint has them)")
     add_sampler_flags(p)
@@ -132,7 +133,8 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: one per token of room)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
+    p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="network precision; auto: bf16 on CUDA, fp32 on a CPU")
     p.add_argument("--weights", default="auto", choices=("auto", "ema", "raw"))
     add_sampler_flags(p)
     p.set_defaults(func=cmd_chat)

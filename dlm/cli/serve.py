@@ -59,5 +59,6 @@ def register(sub) -> None:
                    "(default: %(default)s)")
     add_limit_flags(p)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
+    p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="network precision; auto: bf16 on CUDA, fp32 on a CPU")
     p.set_defaults(func=cmd_serve)

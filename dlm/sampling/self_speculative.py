@@ -85,8 +85,12 @@ class SelfSpeculativeDecoder:
                  block: int, seeds: list[int] | None = None):
         self.model, self.cfg, self.special, self.block = model, config, special, block
         self.canvas = canvas
-        self.x = canvas.tokens.clone()
-        B, W = self.x.shape
+        # The canvas and B spare columns past its end: a pass writes its drafts (and resets them) at n … n+B−1
+        # unconditionally, and what lies past the canvas lands in the spare columns, which nothing reads.
+        B, W = canvas.tokens.shape
+        self._padded = torch.cat((canvas.tokens, torch.full((B, block), special.mask, dtype=canvas.tokens.dtype,
+                                                            device=canvas.tokens.device)), 1)
+        self.x = self._padded[:, :W]  # a view: the canvas proper
         self.device = self.x.device
         gen = ~canvas.fixed & canvas.valid
         if not bool(gen.any()):
@@ -109,6 +113,12 @@ class SelfSpeculativeDecoder:
                               self.device, next(model.parameters()).dtype)
         self._suppress = [special.mask, special.pad, special.bos]
         self._structures: dict[tuple, torch.Tensor] = {}
+        # Constants of every pass, made once: a pass is a few rows, and on a CPU each small tensor op costs
+        # microseconds (bench/decode_breakdown.py splits a pass's time between the network and this code).
+        self._span = torch.arange(block, device=self.device)  # offsets 0 … B−1 of a pass's columns
+        self._group_offsets = self._span[:, None] + self._span  # (B, B): group a covers a … a+B−1
+        self._columns = torch.arange(W, device=self.device)
+        self._left_pad = (~canvas.valid).sum(1, keepdim=True)  # each row counts positions from its first token
 
     # --- distributions and draws ---------------------------------------------------------------
 
@@ -137,30 +147,27 @@ class SelfSpeculativeDecoder:
     # --- one forward pass ----------------------------------------------------------------------
 
     def _forward(self, clean_cols: torch.Tensor, clean_ok: torch.Tensor, group_cols: torch.Tensor,
-                 group_ok: torch.Tensor, group_sees: torch.Tensor,
+                 group_ok: torch.Tensor, structure: torch.Tensor,
                  cached: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean rows at columns `clean_cols` (B, C), causal among themselves; noisy groups of masks at
-        `group_cols` (B, G, S), each reading the first `group_sees` (B, G) clean rows and itself; all
-        reading the stored columns below `cached` (B,). `*_ok`: which rows are real. Returns the logits
-        of the clean rows (B, C, V) and of the groups (B, G, S, V)."""
+        `group_cols` (B, G, S); `structure` (1, R, R), which new row reads which (`_structure`); all reading
+        the stored columns below `cached` (B,). Columns may lie in the spare ones past the canvas. `*_ok`:
+        which rows are real. Returns the logits of the clean rows (B, C, V) and of the groups (B, G, S, V)."""
         B, C = clean_cols.shape
         _, G, S = group_cols.shape
         R = C + G * S
         device = self.device
-        special = self.special
-        clean_tokens = self.x.gather(1, clean_cols.clamp(max=self.width - 1))
-        tokens = torch.cat((clean_tokens, torch.full((B, G * S), special.mask, dtype=torch.long, device=device)), 1)
-        pad = (~self.canvas.valid).sum(1, keepdim=True)  # left padding of each row
+        clean_tokens = self._padded.gather(1, clean_cols)
+        masks = torch.full((B, G * S), self.special.mask, dtype=torch.long, device=device)
+        tokens = torch.cat((clean_tokens, masks), 1)
         cols = torch.cat((clean_cols, group_cols.reshape(B, G * S)), 1)
-        positions = (cols - pad).clamp(0, self.model.cfg.block_size - 1)
+        positions = (cols - self._left_pad).clamp(0, self.model.cfg.block_size - 1)
         ok = torch.cat((clean_ok, group_ok.reshape(B, G * S)), 1)  # (B, R)
-        new = self._structure(C, G, S, group_sees)
-        new = (new & ok[:, None, :] & ok[:, :, None]) | torch.eye(R, dtype=torch.bool, device=device)[None]
+        reads = ok[:, :, None]
+        new = (structure & ok[:, None, :] & reads) | self._eye(R)
         read = int(cached.max())
-        prefix_cols = torch.arange(read, device=device)
-        prefix = (prefix_cols[None, :] < cached[:, None]) & self.canvas.valid[:, :read]  # (B, read)
-        prefix = prefix[:, None, :] & ok[:, :, None]
-        mask = torch.cat((prefix, new), 2)[:, None]  # (B, 1, R, read + R)
+        prefix = (self._columns[:read] < cached[:, None]) & self.canvas.valid[:, :read]  # (B, read)
+        mask = torch.cat((prefix[:, None, :] & reads, new), 2)[:, None]  # (B, 1, R, read + R)
         self.cache.read = read
         self.cache.write = torch.where(clean_ok, clean_cols, self.cache.trash) if C else None
         logits = self.model(tokens, cache=self.cache, positions=positions, attn_mask=mask)
@@ -168,11 +175,17 @@ class SelfSpeculativeDecoder:
         self.forward_passes += 1
         return logits[:, :C], logits[:, C:].reshape(B, G, S, -1)
 
-    def _structure(self, C: int, G: int, S: int, group_sees: torch.Tensor) -> torch.Tensor:
-        """(B or 1, R, R) which new row may read which: clean i reads clean j ≤ i; group g reads the
-        clean rows below its `group_sees` and its own rows. The same in every pass of `_step`: kept."""
-        key = (C, G, S, bool((group_sees == group_sees[:1]).all()))
-        if key[-1] and key in self._structures:
+    def _eye(self, R: int) -> torch.Tensor:
+        key = ("eye", R)
+        if key not in self._structures:
+            self._structures[key] = torch.eye(R, dtype=torch.bool, device=self.device)[None]
+        return self._structures[key]
+
+    def _structure(self, C: int, G: int, S: int, sees: tuple[int, ...]) -> torch.Tensor:
+        """(1, R, R) which new row may read which: clean i reads clean j ≤ i; group g reads the clean rows
+        below sees[g] and its own rows. The same in every pass of `_step`: kept."""
+        key = (C, G, S, sees)
+        if key in self._structures:
             return self._structures[key]
         R, device = C + G * S, self.device
         idx = torch.arange(R, device=device)
@@ -180,27 +193,18 @@ class SelfSpeculativeDecoder:
         group_of = torch.where(is_clean, -1, (idx - C) // S)
         clean_reads = is_clean[:, None] & is_clean[None, :] & (idx[None, :] <= idx[:, None])
         same_group = ~is_clean[:, None] & (group_of[:, None] == group_of[None, :])
-        sees = group_sees[:1] if key[-1] else group_sees
-        sees = torch.cat((torch.zeros(sees.shape[0], C, dtype=torch.long, device=device),
-                          sees[:, :, None].expand(-1, G, S).reshape(-1, G * S)), 1)  # (B or 1, R)
-        group_reads = ~is_clean[None, :, None] & is_clean[None, None, :] & (idx[None, None, :] < sees[:, :, None])
-        structure = (clean_reads | same_group)[None] | group_reads
-        if key[-1]:
-            self._structures[key] = structure
+        row_sees = torch.cat((torch.zeros(C, dtype=torch.long, device=device),
+                              torch.tensor(sees, dtype=torch.long, device=device).repeat_interleave(S)))  # (R,)
+        group_reads = ~is_clean[:, None] & is_clean[None, :] & (idx[None, :] < row_sees[:, None])
+        structure = (clean_reads | same_group | group_reads)[None]
+        self._structures[key] = structure
         return structure
 
     # --- the loop ------------------------------------------------------------------------------
 
-    def _block_columns(self, first: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Columns of `groups` noisy blocks starting at first + a (a = 0 … groups−1) and which are real."""
-        offs = torch.arange(groups, device=self.device)[:, None] + torch.arange(self.block, device=self.device)
-        cols = first[:, None, None] + offs[None]  # (B, G, S)
-        return cols, cols < self.width
-
-    def _set_drafts(self, draft_logits: torch.Tensor, u: torch.Tensor) -> None:
-        """Draw the next drafts from a block's rows 1 … B−1 (row 0 is the column just committed);
-        u: (B, B − 1) uniforms."""
-        q = self._probs(draft_logits[:, 1:])  # (B, block − 1, V)
+    def _set_drafts(self, q: torch.Tensor, u: torch.Tensor) -> None:
+        """Draw the next drafts from q (B, B − 1, V), the distributions of a block's rows 1 … B−1 (row 0 is
+        the column just committed); u: (B, B − 1) uniforms."""
         self.drafts = self._draw(q, u)
         self.q = q
         self.n_drafts = (self.width - self.n).clamp(0, self.block - 1).masked_fill(self.done, 0)
@@ -208,13 +212,14 @@ class SelfSpeculativeDecoder:
     def _start(self) -> torch.Tensor:
         """Read the prompt (stored), draw each row's first token and its first drafts."""
         B, S = self.x.shape[0], self.start
-        cols = torch.arange(S, device=self.device).expand(B, S)
+        cols = self._columns[:S].expand(B, S)
         ok = self.canvas.valid[:, :S]
         first = torch.full((B,), S, dtype=torch.long, device=self.device)
-        group_cols, group_ok = self._block_columns(first, 1)
-        sees = torch.full((B, 1), S, dtype=torch.long, device=self.device)
+        group_cols = first[:, None, None] + self._span
+        group_ok = group_cols < self.width
         cached = torch.zeros(B, dtype=torch.long, device=self.device)
-        clean_logits, group_logits = self._forward(cols, ok, group_cols, group_ok, sees, cached)
+        structure = self._structure(S, 1, self.block, (S,))
+        clean_logits, group_logits = self._forward(cols, ok, group_cols, group_ok, structure, cached)
         # With a prompt, the first token comes from the clean copy (next-token); without, from the block.
         has_prompt = ok[:, -1] if S else torch.zeros(B, dtype=torch.bool, device=self.device)
         first_logits = group_logits[:, 0, 0]
@@ -225,64 +230,67 @@ class SelfSpeculativeDecoder:
         self.x[:, S] = token
         self.n += 1
         self._end_rows_at_eos(first, torch.ones(B, 1, dtype=torch.bool, device=self.device))
-        self._set_drafts(group_logits[:, 0], u[:, 1:])
+        self._set_drafts(self._probs(group_logits[:, 0, 1:]), u[:, 1:])
         return first
 
     def _step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Verify the drafts, commit the accepted ones and one drawn token, draw new drafts.
         Returns the first column written in each row and how many tokens each row committed."""
-        B, K = self.x.shape[0], self.block - 1
+        B, K, W = self.x.shape[0], self.block - 1, self.width
         n, k = self.n, self.n_drafts  # k ≤ K drafts at columns n … n+k−1
         live = ~self.done
-        # The drafts go on the canvas so the clean rows can read them; rejected ones are overwritten.
-        draft_cols = n[:, None] + torch.arange(K, device=self.device)
-        has = torch.arange(K, device=self.device)[None] < k[:, None]  # real drafts lie inside the canvas
-        rows_of = torch.arange(B, device=self.device)[:, None].expand(B, K)
-        self.x[rows_of[has], draft_cols[has]] = self.drafts[has]
-        clean_cols = n[:, None] - 1 + torch.arange(K + 1, device=self.device)  # last token, then the drafts
-        clean_ok = (torch.arange(K + 1, device=self.device)[None] <= k[:, None]) & live[:, None]
-        group_cols, group_ok = self._block_columns(n, K + 1)
-        group_ok = group_ok & clean_ok[:, :, None]  # outcome a exists only when a ≤ k
-        sees = torch.arange(1, K + 2, device=self.device).expand(B, K + 1)
-        clean_logits, group_logits = self._forward(clean_cols, clean_ok, group_cols, group_ok, sees, n - 1)
-        p = self._probs(clean_logits)  # (B, K + 1, V): next-token distribution at columns n … n+K
+        cols = n[:, None] + self._span  # (B, K + 1): columns n … n+K
+        # The drafts go on the canvas so the clean rows can read them; rejected ones are overwritten. Drafts
+        # past the canvas's end (k < K) and a finished row's (n = W) land in the spare columns.
+        if K:
+            self._padded.scatter_(1, cols[:, :K], self.drafts)
+        clean_ok = (self._span[None] <= k[:, None]) & live[:, None]  # the last token, then the drafts
+        group_cols = n[:, None, None] + self._group_offsets  # (B, K + 1, B)
+        group_ok = (group_cols < W) & clean_ok[:, :, None]  # outcome a exists only when a ≤ k
+        structure = self._structure(K + 1, K + 1, self.block, tuple(range(1, K + 2)))
+        clean_logits, group_logits = self._forward(cols - 1, clean_ok, group_cols, group_ok, structure, n - 1)
+        # Every distribution of the pass in one go: the next-token ones (B, K + 1, V) at columns n … n+K, and
+        # every group's drafting rows 1 … B−1 (B, K + 1, K, V), of which the outcome's group is kept below.
+        V = clean_logits.shape[-1]
+        probs = self._probs(torch.cat((clean_logits, group_logits[:, :, 1:].reshape(B, (K + 1) * K, V)), 1))
+        p, q_groups = probs[:, :K + 1], probs[:, K + 1:].view(B, K + 1, K, V)
         # Speculative sampling: accept draft i with probability min(1, p(d)/q(d)), in order.
         u = self._uniform(2 * K + 1)  # K acceptance tests, one draw, K new drafts
         if K:
             p_d = p[:, :K].gather(-1, self.drafts[..., None]).squeeze(-1)
             q_d = self.q.gather(-1, self.drafts[..., None]).squeeze(-1)
-            accept = (u[:, :K] * q_d < p_d) & has
+            accept = (u[:, :K] * q_d < p_d) & (self._span[None, :K] < k[:, None])
             a = accept.long().cumprod(1).sum(1)  # drafts accepted, in order
         else:
             a = torch.zeros(B, dtype=torch.long, device=self.device)
-        rows = torch.arange(B, device=self.device)
-        target = p[rows, a]
+        at_a = a[:, None, None].expand(B, 1, V)
+        target = p.gather(1, at_a).squeeze(1)
         if K:  # after a rejection, the residual max(0, p − q) of that position
             rejected = a < k
-            q_a = self.q[rows, a.clamp(max=K - 1)]
+            q_a = self.q.gather(1, at_a.clamp(max=K - 1)).squeeze(1)
             residual = (target - q_a).clamp(min=0)
             mass = residual.sum(-1, keepdim=True)
             use = rejected[:, None] & (mass > 1e-12)
             target = torch.where(use, residual / mass.clamp(min=1e-300), target)
         token = self._draw(target, u[:, K])
-        room = live & (n + a < self.width)  # every draft up to the last column accepted: nothing to add
-        cols = (n + a).clamp(max=self.width - 1)
-        self.x[rows, cols] = torch.where(room, token, self.x[rows, cols])
-        # Rejected drafts back to [MASK] (they were written to the canvas only to be read).
-        after = (torch.arange(K, device=self.device)[None] > a[:, None]) & has
-        self.x[rows_of[after], draft_cols[after]] = self.special.mask
+        room = live & (n + a < W)  # every draft up to the last column accepted: nothing to add
+        # One write over columns n … n+K: the accepted drafts stay, the drawn token goes at n + a, and [MASK]
+        # after it (the rejected drafts were written only to be read). Past the canvas: the spare columns.
+        j, a_col = self._span[None], a[:, None]
+        kept = torch.cat((self.drafts, self.drafts[:, :1]), 1) if K else token[:, None]
+        values = torch.where(j < a_col, kept, torch.where(j == a_col, token[:, None], self.special.mask))
+        self._padded.scatter_(1, cols, values)
         count = torch.where(live, a + room.long(), 0)
-        first = n.clone()
+        first = n
         self.n = n + count
-        written = torch.arange(K + 1, device=self.device)[None] < count[:, None]
-        self._end_rows_at_eos(first, written)
-        self._set_drafts(group_logits[rows, a.clamp(max=K)], u[:, K + 1:])
+        self._end_rows_at_eos(first, j < count[:, None])
+        self._set_drafts(q_groups.gather(1, a[:, None, None, None].expand(B, 1, K, V)).squeeze(1), u[:, K + 1:])
         return first, count
 
     def _end_rows_at_eos(self, first: torch.Tensor, written: torch.Tensor) -> None:
         """Mark rows that reached their last column, or wrote [EOS] with stop_at_eos (then [PAD] after it)."""
         if self.cfg.stop_at_eos:
-            cols = (first[:, None] + torch.arange(written.shape[1], device=self.device)).clamp(max=self.width - 1)
+            cols = (first[:, None] + self._span[:written.shape[1]]).clamp(max=self.width - 1)
             eos = written & (self.x.gather(1, cols) == self.special.eos)
             for b in eos.any(1).nonzero().flatten().tolist():
                 end = int(cols[b][eos[b]][0])
