@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from machine import describe_cpu  # noqa: E402 (bench/ is on the path when run)
 
+from dlm.errors import DlmError
 from dlm.inference import load
 from dlm.io import atomic_write_json
 
@@ -80,8 +81,15 @@ def main() -> int:
     print("| run · sampler | chars/s | passes | chars/pass | rows/pass | network ms/pass | rest ms/pass |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for item in args.items:
-        label, options, run = parse_item(item)
-        row = rows[label] = breakdown(run, options, args.dtype, args.samples, args.length)
+        try:
+            label, options, run = parse_item(item)
+        except ValueError:
+            parser.error(f"{item!r}: write RUN, LABEL=RUN or LABEL={{\"option\": value}}=RUN (options as JSON)")
+        try:
+            row = rows[label] = breakdown(run, options, args.dtype, args.samples, args.length)
+        except DlmError as e:
+            print(f"decode_breakdown: {e}", file=sys.stderr)
+            return 1
         print(f"| {label} | {row['chars_per_s']:,.0f} | {row['passes']:,} | {row['chars_per_pass']:.2f} | "
               f"{row['rows_per_pass']:.1f} | {row['network_ms_per_pass']:.3f} | {row['rest_ms_per_pass']:.3f} |",
               flush=True)
