@@ -58,7 +58,8 @@ def worker(preset: str, objective: str, dtype_name: str, compile_setting: str, s
                              edit_weight=dc.edit_weight, prompt_prob=dc.prompt_prob, weighting=dc.weighting,
                              weight_cap=dc.weight_cap, ar_input_mask=cfg.train.ar_input_mask,
                              block_size=dc.block_size, t_range=parse_t_range(dc.t_range),
-                             noisy_copies=dc.noisy_copies, clean_ar_weight=dc.clean_ar_weight)
+                             noisy_copies=dc.noisy_copies, clean_ar_weight=dc.clean_ar_weight,
+                             block_noise=dc.block_noise)
     compiled = torch.compile(model) if should_compile(compile_setting, device) else model
     noise = torch.Generator().manual_seed(0)
     x = torch.randint(0, tokenizer.n_real_tokens, (batch, cfg.model.block_size), device=device)

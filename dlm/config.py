@@ -56,6 +56,12 @@ class DiffusionConfig:
     paper's clipped schedules, a lower-variance loss); auto = 0.45,0.95, measured best of those tried
     (docs/block-diffusion.md). Only 0,1 keeps the training loss a bound; dlm eval always integrates
     over [0, 1]."""
+    block_noise: str = "t"
+    """With train.objective=bd3: how a training block is masked. t: a noise level per block from t_range, each
+    token masked with probability 1 − α(t) and weighted by the schedule; count: the number of masked tokens
+    drawn uniformly from 1 … B, a random set of that many, each weighted B / k — an unbiased estimate of the
+    exact block bound (the sum over mask patterns that dlm eval computes), so the training loss is the bound,
+    with weights never above B (t_range and weighting are then unused)."""
     noisy_copies: int = 1
     """With train.objective=bd3: noisy copies of each training window read beside its one clean copy, each
     with its own noise (≥ 1). The clean copy is half of a one-copy step's work; k copies share it, so a
@@ -243,6 +249,8 @@ class RunConfig:
                 raise DlmError("train.objective=bd3 works without time conditioning, edit corruption, prompts or "
                                "entropy masking: drop those, or use --objective mdlm")
         parse_t_range(d.t_range)
+        if d.block_noise not in ("t", "count"):
+            raise DlmError(f"diffusion.block_noise={d.block_noise!r} is not one of t, count")
         if d.clean_ar_weight < 0 or (d.clean_ar_weight > 0 and t.objective == "bd3" and not self.model.clean_causal):
             raise DlmError(f"diffusion.clean_ar_weight={d.clean_ar_weight}: it is ≥ 0, and above 0 needs "
                            "model.clean_causal=true (a block-causal clean copy shows each token its successor)")

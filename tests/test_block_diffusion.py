@@ -192,6 +192,33 @@ def test_the_exact_block_nelbo_is_what_the_estimator_estimates(block: int) -> No
     assert not all(torch.allclose(torch.from_numpy(o).float(), exact, atol=1e-3) for o in orders)
 
 
+@pytest.mark.parametrize("block", [2, 4])
+def test_counting_the_masked_tokens_estimates_the_same_bound_with_less_noise(block: int) -> None:
+    """diffusion.block_noise=count: k ~ U{1 … B} masked tokens per block, weight B / k: the exact bound in
+    expectation, with a smaller spread than the noise-level estimator's 1/t weights."""
+    from dlm.eval.likelihood import exact_block_nelbo
+
+    net, x = model(clean_causal=block == 4), data()
+    exact = torch.from_numpy(exact_block_nelbo(net, x, SPECIAL, block=block, device=torch.device("cpu"),
+                                               dtype=torch.float32, progress=False)).float()
+    gen = torch.Generator().manual_seed(0)
+    counted = torch.stack([bd3_loss(net, x, Linear(), MASK, block=block, generator=gen, count_masking=True).per_sequence
+                           for _ in range(400)])
+    se = counted.std(0) / 400 ** 0.5
+    assert ((counted.mean(0) - exact).abs() < 4 * se).all(), (counted.mean(0), exact, se)
+    by_level = torch.stack([bd3_loss(net, x, Linear(), MASK, block=block, generator=gen).per_sequence
+                            for _ in range(400)])
+    assert (counted.std(0) < by_level.std(0)).all(), (counted.std(0), by_level.std(0))
+
+
+def test_block_noise_is_checked() -> None:
+    from dlm.config import RunConfig, apply_overrides
+    from dlm.errors import DlmError
+
+    with pytest.raises(DlmError, match="diffusion.block_noise='often' is not one of t, count"):
+        apply_overrides(RunConfig(), ["diffusion.block_noise=often"]).validate()
+
+
 def test_the_exact_nelbo_of_blocks_of_one_is_the_next_token_nll() -> None:
     from dlm.eval.likelihood import evaluate_likelihood, exact_block_nelbo
 

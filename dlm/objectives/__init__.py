@@ -29,13 +29,13 @@ def make_objective(objective: str, schedule: str, tokenizer: Tokenizer, *, edit_
                    edit_weight: float = 1.0, prompt_prob: float = 0.0, antithetic: bool = True,
                    weighting: str = "elbo", weight_cap: float | None = None, ar_input_mask: float = 0.0,
                    block_size: int = 0, t_range: tuple[float, float] = (0.0, 1.0),
-                   noisy_copies: int = 1, clean_ar_weight: float = 0.0) -> Objective:
+                   noisy_copies: int = 1, clean_ar_weight: float = 0.0, block_noise: str = "t") -> Objective:
     """The training loss: objective(model, x, generator, mask_scale=None). `edit_prob`, `edit_weight`,
     `prompt_prob`, `antithetic` and `weighting` are the diffusion config's training-time options
     (see dlm.objectives.mdlm and dlm.diffusion.process); `mask_scale` (B, L), entropy-weighted
     masking's per-token factors. The AR objective has none of them; `ar_input_mask` is its own
     (dlm.objectives.autoregressive), and bd3's for its clean copy (`clean_input_mask`). `block_size`,
-    `t_range`, `noisy_copies` and `clean_ar_weight` are block diffusion's (bd3)."""
+    `t_range`, `noisy_copies`, `clean_ar_weight` and `block_noise` are block diffusion's (bd3)."""
     if objective == "ar":
         return lambda model, x, gen, mask_scale=None, prompt_mask=None, token_weight=None: ar_loss(
             model, x, tokenizer.bos_id, token_weight=token_weight, input_mask=ar_input_mask,
@@ -46,7 +46,7 @@ def make_objective(objective: str, schedule: str, tokenizer: Tokenizer, *, edit_
             model, x, sched, tokenizer.mask_id, block_size, tokenizer.n_real_tokens, generator=gen,
             antithetic=antithetic, weighting=weighting, weight_cap=weight_cap, t_range=t_range,
             prompt_mask=prompt_mask, token_weight=token_weight, copies=noisy_copies,
-            clean_ar_weight=clean_ar_weight, clean_input_mask=ar_input_mask)
+            clean_ar_weight=clean_ar_weight, clean_input_mask=ar_input_mask, count_masking=block_noise == "count")
     special = set(tokenizer.reserved_ids)
     # Where the specials sit depends on the tokenizer (last for char, first for BPE; added ones last).
     real_ids = torch.tensor([i for i in range(tokenizer.vocab_size) if i not in special])  # (V_real,)

@@ -95,12 +95,23 @@ def _token_nll(model: nn.Module, x: torch.Tensor, masked: torch.Tensor, mask_id:
     return nll, F.cross_entropy(logits[:, kL:-1].transpose(1, 2), x[:, 1:], reduction="none")
 
 
+def _hidden_clean(model: nn.Module, x: torch.Tensor, mask_id: int, share: float,
+                  generator: torch.Generator | None) -> torch.Tensor | None:
+    """The clean copy's inputs with `share` of them [MASK]ed (training's clean_input_mask), or None."""
+    if not (share > 0 and model.training):
+        return None
+    # drawn on the CPU from the caller's generator, like the noise
+    hide = (torch.rand(x.shape, generator=generator, device="cpu") < share).to(x.device)
+    return x.masked_fill(hide, mask_id)
+
+
 def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int, block: int,
              n_real_tokens: int | None = None, generator: torch.Generator | None = None,
              t: torch.Tensor | None = None, *, antithetic: bool = True, weighting: str = "elbo",
              weight_cap: float | None = None, t_range: tuple[float, float] = (0.0, 1.0),
              prompt_mask: torch.Tensor | None = None, token_weight: torch.Tensor | None = None,
-             copies: int = 1, clean_ar_weight: float = 0.0, clean_input_mask: float = 0.0) -> LossOutput:
+             copies: int = 1, clean_ar_weight: float = 0.0, clean_input_mask: float = 0.0,
+             count_masking: bool = False) -> LossOutput:
     """One-sample estimate of the block-diffusion NELBO of each sequence in x (B, L), per token.
 
     `t` (B, L/B) fixes the blocks' noise levels (default: drawn). `prompt_mask` (B, L) bool marks
@@ -113,6 +124,11 @@ def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int
     `clean_input_mask` > 0 (training only, a regulariser like the AR twin's input mask): that share of
     the clean copy's inputs is replaced by [MASK], so later blocks and the next-token rows read a
     partly hidden past; the noisy copies and every target stay the text.
+    `count_masking` (diffusion.block_noise=count): each block masks k tokens, k uniform on 1 … B (stratified
+    over the blocks when `antithetic`), a random set of them, each scored with weight B / k. The exact bound
+    of a block is Σ_k E[mean NLL of the masked tokens of a random k-pattern] (the pattern weights of
+    dlm.eval.likelihood summed per k), so this is an unbiased estimate of it whatever the schedule; `t`,
+    `t_range`, `weighting` and `weight_cap` are then unused.
     """
     if clean_ar_weight and not reads_clean_causally(model):
         raise ValueError("clean_ar_weight needs a model whose clean copy is token-causal (model.clean_causal=true); "
@@ -120,6 +136,9 @@ def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int
     B, L = x.shape
     check_block_size(L, block)
     n_blocks = L // block
+    if count_masking:
+        return _count_masked_loss(model, x, mask_id, block, generator, antithetic, prompt_mask, token_weight, copies,
+                                  clean_ar_weight, clean_input_mask)
     if t is None:
         t = sample_block_t(B, copies * n_blocks, x.device, generator, antithetic, t_range)
     t = t.clamp(min=T_MIN)
@@ -133,10 +152,7 @@ def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int
     masked = torch.rand(shape, generator=generator, device="cpu").to(x.device) < mask_prob
     if prompt_mask is not None:
         masked &= ~prompt_mask
-    clean = None
-    if clean_input_mask > 0 and model.training:  # drawn on the CPU from the caller's generator, like the noise
-        hide = (torch.rand(x.shape, generator=generator, device="cpu") < clean_input_mask).to(x.device)
-        clean = x.masked_fill(hide, mask_id)
+    clean = _hidden_clean(model, x, mask_id, clean_input_mask, generator)
     nll, next_nll = _token_nll(model, x, masked, mask_id, block, clean_rows=clean_ar_weight > 0, clean=clean)
     weight = loss_weight(schedule, t_token.flatten(), weighting, weight_cap).view(shape)
     scored = masked if token_weight is None else masked * token_weight
@@ -161,3 +177,28 @@ def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int
                 prior = prior * (~prompt_mask).sum(1) / (copies * L)
             per_seq = per_seq + prior
     return LossOutput(per_seq.sum() * L, B * L, per_seq.detach(), t.mean(1))
+
+
+def _count_masked_loss(model: nn.Module, x: torch.Tensor, mask_id: int, block: int,
+                       generator: torch.Generator | None, antithetic: bool, prompt_mask: torch.Tensor | None,
+                       token_weight: torch.Tensor | None, copies: int, clean_ar_weight: float,
+                       clean_input_mask: float) -> LossOutput:
+    """bd3_loss with count_masking: k of a block's B tokens masked, k uniform on 1 … B, each weighted B / k."""
+    B, L = x.shape
+    n = copies * (L // block)  # blocks over all noisy copies
+    u = sample_block_t(B, n, x.device, generator, antithetic)  # stratified uniforms → stratified counts
+    k = (u * block).long().clamp(max=block - 1) + 1  # (B, n)
+    ranks = torch.rand(B, n, block, generator=generator, device="cpu").argsort(-1).argsort(-1).to(x.device)
+    masked = (ranks < k[..., None]).view(B, copies * L)  # a uniformly random set of k positions per block
+    if prompt_mask is not None:
+        masked &= ~prompt_mask.repeat(1, copies)
+    clean = _hidden_clean(model, x, mask_id, clean_input_mask, generator)
+    nll, next_nll = _token_nll(model, x, masked, mask_id, block, clean_rows=clean_ar_weight > 0, clean=clean)
+    weight = (block / k.double()).float().repeat_interleave(block, dim=1)  # (B, kL)
+    scored = masked if token_weight is None else masked * token_weight.repeat(1, copies)
+    per_seq = (nll * scored * weight).sum(1) / (copies * L)
+    if next_nll is not None:
+        if token_weight is not None:
+            next_nll = next_nll * token_weight[:, 1:L]
+        per_seq = per_seq + clean_ar_weight * next_nll.sum(1) / L
+    return LossOutput(per_seq.sum() * L, B * L, per_seq.detach(), (k.float() / block).mean(1))

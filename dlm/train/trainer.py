@@ -161,7 +161,8 @@ def _prepare_locked(cfg: RunConfig, run: RunFolder, dist: DistInfo, device_name:
                                edit_weight=dc.edit_weight, prompt_prob=dc.prompt_prob, weighting=dc.weighting,
                                weight_cap=dc.weight_cap, ar_input_mask=tc.ar_input_mask,
                                block_size=dc.block_size, t_range=parse_t_range(dc.t_range),
-                               noisy_copies=dc.noisy_copies, clean_ar_weight=dc.clean_ar_weight)
+                               noisy_copies=dc.noisy_copies, clean_ar_weight=dc.clean_ar_weight,
+                               block_noise=dc.block_noise)
     if dc.masking == "entropy" and tc.objective != "ar":
         from dlm.train.entropy_masking import cached_entropies
 
