@@ -146,7 +146,7 @@ def dtypes_to_try(cfg: RunConfig) -> list[str]:
 def auto_size(cfg: RunConfig, user_overrides: list[str]) -> tuple[RunConfig, SizeChoice, str]:
     """cfg with the probe's choice applied, then the user's key=value again (theirs win). Where the precision
     is open, the probe times both and the faster one trains: bf16 instructions do not make bf16 faster on
-    every CPU (an Intel Xeon with AVX512-BF16 and no AMX trained 16–19 % faster in fp32; docs/training.md)."""
+    every CPU (an Intel Xeon with AVX512-BF16 and no AMX trained 19 % faster in fp32; docs/training.md)."""
     timed = {name: probe_tokens_per_second(cfg, dtype=name) for name in dtypes_to_try(cfg)}
     if timed:
         fastest = max(timed, key=lambda name: timed[name][0])

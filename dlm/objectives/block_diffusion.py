@@ -136,25 +136,26 @@ def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int
     B, L = x.shape
     check_block_size(L, block)
     n_blocks = L // block
-    if count_masking:
-        return _count_masked_loss(model, x, mask_id, block, generator, antithetic, prompt_mask, token_weight, copies,
-                                  clean_ar_weight, clean_input_mask)
-    if t is None:
-        t = sample_block_t(B, copies * n_blocks, x.device, generator, antithetic, t_range)
-    t = t.clamp(min=T_MIN)
-    t_token = t.repeat_interleave(block, dim=1)  # (B, kL)
-    shape = t_token.shape
     if prompt_mask is not None:
         prompt_mask = prompt_mask.repeat(1, copies)
     if token_weight is not None:
         token_weight = token_weight.repeat(1, copies)
-    mask_prob = (1 - schedule.alpha(t_token.double())).float()  # (B, kL), as mask_tokens computes it
-    masked = torch.rand(shape, generator=generator, device="cpu").to(x.device) < mask_prob
+    if count_masking:
+        masked, weight, level = _count_masks(B, copies * n_blocks, block, x.device, generator, antithetic)
+    else:
+        if t is None:
+            t = sample_block_t(B, copies * n_blocks, x.device, generator, antithetic, t_range)
+        t = t.clamp(min=T_MIN)
+        t_token = t.repeat_interleave(block, dim=1)  # (B, kL)
+        mask_prob = (1 - schedule.alpha(t_token.double())).float()  # (B, kL), as mask_tokens computes it
+        masked = torch.rand(t_token.shape, generator=generator, device="cpu").to(x.device) < mask_prob
+        weight = loss_weight(schedule, t_token.flatten(), weighting, weight_cap).view(t_token.shape)
+        level = t.mean(1)
+    shape = masked.shape
     if prompt_mask is not None:
         masked &= ~prompt_mask
     clean = _hidden_clean(model, x, mask_id, clean_input_mask, generator)
     nll, next_nll = _token_nll(model, x, masked, mask_id, block, clean_rows=clean_ar_weight > 0, clean=clean)
-    weight = loss_weight(schedule, t_token.flatten(), weighting, weight_cap).view(shape)
     scored = masked if token_weight is None else masked * token_weight
     per_seq = (nll * scored * weight).sum(1) / (copies * L)
     if next_nll is not None:
@@ -162,7 +163,7 @@ def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int
             next_nll = next_nll * token_weight[:, 1:L]
         per_seq = per_seq + clean_ar_weight * next_nll.sum(1) / L
 
-    if weighting == "elbo":
+    if weighting == "elbo" and not count_masking:  # count masking's weights already sum the exact bound
         alpha_0, alpha_1 = schedule.alpha(torch.tensor([0.0, 1.0], dtype=torch.float64)).tolist()
         if alpha_0 < 1 - 1e-9:  # reconstruction term at t = 0, every block at once
             mask0 = torch.rand(shape, generator=generator, device="cpu").to(x.device) < (1 - alpha_0)
@@ -176,29 +177,17 @@ def bd3_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: int
             if prompt_mask is not None:
                 prior = prior * (~prompt_mask).sum(1) / (copies * L)
             per_seq = per_seq + prior
-    return LossOutput(per_seq.sum() * L, B * L, per_seq.detach(), t.mean(1))
+    return LossOutput(per_seq.sum() * L, B * L, per_seq.detach(), level)
 
 
-def _count_masked_loss(model: nn.Module, x: torch.Tensor, mask_id: int, block: int,
-                       generator: torch.Generator | None, antithetic: bool, prompt_mask: torch.Tensor | None,
-                       token_weight: torch.Tensor | None, copies: int, clean_ar_weight: float,
-                       clean_input_mask: float) -> LossOutput:
-    """bd3_loss with count_masking: k of a block's B tokens masked, k uniform on 1 … B, each weighted B / k."""
-    B, L = x.shape
-    n = copies * (L // block)  # blocks over all noisy copies
-    u = sample_block_t(B, n, x.device, generator, antithetic)  # stratified uniforms → stratified counts
-    k = (u * block).long().clamp(max=block - 1) + 1  # (B, n)
-    ranks = torch.rand(B, n, block, generator=generator, device="cpu").argsort(-1).argsort(-1).to(x.device)
-    masked = (ranks < k[..., None]).view(B, copies * L)  # a uniformly random set of k positions per block
-    if prompt_mask is not None:
-        masked &= ~prompt_mask.repeat(1, copies)
-    clean = _hidden_clean(model, x, mask_id, clean_input_mask, generator)
-    nll, next_nll = _token_nll(model, x, masked, mask_id, block, clean_rows=clean_ar_weight > 0, clean=clean)
-    weight = (block / k.double()).float().repeat_interleave(block, dim=1)  # (B, kL)
-    scored = masked if token_weight is None else masked * token_weight.repeat(1, copies)
-    per_seq = (nll * scored * weight).sum(1) / (copies * L)
-    if next_nll is not None:
-        if token_weight is not None:
-            next_nll = next_nll * token_weight[:, 1:L]
-        per_seq = per_seq + clean_ar_weight * next_nll.sum(1) / L
-    return LossOutput(per_seq.sum() * L, B * L, per_seq.detach(), (k.float() / block).mean(1))
+
+def _count_masks(batch: int, n_blocks: int, block: int, device: torch.device, generator: torch.Generator | None,
+                 antithetic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """count_masking's draw: (masked (batch, n_blocks·block), per-token weight B / k, mean k / B per row),
+    k of each block's tokens masked, k uniform on 1 … B (stratified like the noise levels), a random set."""
+    u = sample_block_t(batch, n_blocks, device, generator, antithetic)
+    k = (u * block).long().clamp(max=block - 1) + 1  # (batch, n_blocks)
+    ranks = torch.rand(batch, n_blocks, block, generator=generator, device="cpu").argsort(-1).argsort(-1).to(device)
+    masked = (ranks < k[..., None]).view(batch, n_blocks * block)
+    weight = (block / k.double()).float().repeat_interleave(block, dim=1)
+    return masked, weight, (k.float() / block).mean(1)
