@@ -48,6 +48,7 @@ from dlm.eval.generation_eval import evaluate_generation, run_word_list
 from dlm.eval.likelihood import evaluate_likelihood
 from dlm.inference import load
 from dlm.io import atomic_write_json
+from dlm.sampling.self_speculative import DEFAULT_DRAFTS
 
 METRICS = ("real_word_rate", "mauve", "gen_ppl", "independent_gen_ppl", "unigram_entropy", "self_bleu")
 
@@ -67,6 +68,10 @@ def block_settings(block: int, length: int, drafts_itself: bool = False) -> dict
             settings[f"{name}, temperature 1"] = {**steps, "temperature": 1.0}
     if block > 1 and drafts_itself:  # the clean copy's next-token distribution, drafted a block at a time
         settings["speculative"] = {"steps": length, "speculative": True, "temperature": 1.0}
+        for drafts in range(1, min(block, 4)):  # beside the default's DEFAULT_DRAFTS (fewer for small blocks)
+            if drafts != min(DEFAULT_DRAFTS, block - 1):
+                settings[f"speculative, {drafts} draft{'s' * (drafts > 1)}"] = {**settings["speculative"],
+                                                                                  "drafts": drafts}
     if block > 1:
         for threshold in (0.9, 0.7):
             settings[f"threshold {threshold}"] = {"steps": length, "sampler": "confidence", "threshold": threshold}
@@ -105,24 +110,27 @@ def likelihood_order(name: str) -> tuple[int, str]:
     return (10**6 if name == "MDLM" else 10**7), name
 
 
-def speed_at_batch_1(pipe, options: dict, args: argparse.Namespace) -> dict:
-    started, tokens = time.perf_counter(), 0
+def speeds_at_batch_1(samplers: dict[str, tuple[object, dict]], args: argparse.Namespace) -> dict[str, dict]:
+    """Characters per second of single samples, the samplers taking turns (one sample each, seed by seed)
+    so that a slower or faster stretch of a shared machine falls on all of them alike."""
+    spent = {name: [0.0, 0] for name in samplers}
     for seed in range(args.speed_samples):
-        result = pipe.sample("", length=args.length, seed=seed, **options)
-        tokens += int(result.generated.sum())
-    wall = time.perf_counter() - started
-    return {"batch1_chars_per_s": tokens / wall, "batch1_wall_s": wall, "batch1_samples": args.speed_samples}
+        for name, (pipe, options) in samplers.items():
+            started = time.perf_counter()
+            result = pipe.sample("", length=args.length, seed=seed, **options)
+            spent[name][0] += time.perf_counter() - started
+            spent[name][1] += int(result.generated.sum())
+    return {name: {"batch1_chars_per_s": tokens / wall, "batch1_wall_s": wall, "batch1_samples": args.speed_samples}
+            for name, (wall, tokens) in spent.items()}
 
 
 def measure(name: str, pipe, options: dict, common: dict, args: argparse.Namespace) -> dict:
     steps = options.pop("steps", args.length)
     row = evaluate_generation(pipe, common.pop("split"), steps=steps, sampler_options=options, **common)
-    row.update(speed_at_batch_1(pipe, {"steps": steps, **options}, args))
     row["batch32_chars_per_s"] = row["tokens_per_s"]
     row["options"] = {"steps": steps, **options}
     shown = {k: round(row[k], 3) for k in METRICS if row.get(k) is not None}
-    print(name, shown, f"{row['batch1_chars_per_s']:.0f} chars/s at batch 1, "
-          f"{row['batch32_chars_per_s']:.0f} at batch {args.batch_size}", flush=True)
+    print(name, shown, f"{row['batch32_chars_per_s']:.0f} chars/s at batch {args.batch_size}", flush=True)
     return row
 
 
@@ -277,17 +285,22 @@ def main() -> int:
                 "independent_judge": independent}
 
     report["reference"] = held_out(ar, split, words, args, independent)
-    report["rows"]["AR twin"] = measure("AR twin", ar, {}, common(), args)
+    samplers = {"AR twin": (ar, {})}
     if args.mdlm:
-        report["rows"]["MDLM · default sampler"] = measure("MDLM", models["MDLM"][1], {}, common(), args)
+        samplers["MDLM · default sampler"] = (models["MDLM"][1], {})
     chosen = [n.strip() for n in args.settings.split(";")] if args.settings else None
     for name, (_, pipe) in models.items():
         if not name.startswith("block ") or (args.quality_blocks and pipe.diffusion_block not in args.quality_blocks):
             continue
         for setting, options in block_settings(pipe.diffusion_block, args.length, pipe.drafts_itself).items():
             if chosen is None or setting in chosen:
-                report["rows"][f"{name} · {setting}"] = measure(f"{name} · {setting}", pipe, dict(options),
-                                                                common(), args)
+                samplers[f"{name} · {setting}"] = (pipe, options)
+    for name, (pipe, options) in samplers.items():
+        report["rows"][name] = measure(name, pipe, dict(options), common(), args)
+    for name, speed in speeds_at_batch_1({name: (pipe, {"steps": args.length, **options})
+                                          for name, (pipe, options) in samplers.items()}, args).items():
+        report["rows"][name].update(speed)
+        print(name, f"{speed['batch1_chars_per_s']:.0f} chars/s at batch 1", flush=True)
     verdicts(report)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(args.json), report)

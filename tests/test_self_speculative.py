@@ -51,10 +51,11 @@ def first_token_logits(net: Transformer, width: int) -> torch.Tensor:
     return logits
 
 
-def test_greedy_decoding_is_the_clean_copys_greedy_path() -> None:
+@pytest.mark.parametrize("drafts", [1, 2, 3])
+def test_greedy_decoding_is_the_clean_copys_greedy_path(drafts: int) -> None:
     net = peaked()
     prompts, length = [[1, 2, 3, 4, 5], [6, 7], []], 12
-    decoder = decode(net, prompts, length, temperature=0.0)
+    decoder = decode(net, prompts, length, temperature=0.0, drafts=drafts)
     rows = decoder.result().rows()
     with torch.no_grad():
         for prompt, row in zip(prompts, rows, strict=True):
@@ -67,13 +68,14 @@ def test_greedy_decoding_is_the_clean_copys_greedy_path() -> None:
     assert decoder.forward_passes - 1 < length
 
 
-def test_sampled_text_follows_the_clean_copys_distribution() -> None:
+@pytest.mark.parametrize("drafts", [1, 3])  # 1: groups of two masks, shorter than the block; 3: the whole block
+def test_sampled_text_follows_the_clean_copys_distribution(drafts: int) -> None:
     """Temperature 1: the marginal of each generated position matches the exact one computed from the
     clean copy's next-token distributions, while the drafts alone would be far from it."""
     net = peaked(seed=3, scale=3.0)
     prompt, n = [1, 2, 3], 4000
     with torch.no_grad():
-        decoder = decode(net, [prompt] * n, 3, temperature=1.0)
+        decoder = decode(net, [prompt] * n, 3, temperature=1.0, drafts=drafts)
         samples = decoder.x[:, len(prompt):]
         allowed = [i for i in range(net.cfg.vocab_size) if i not in BANNED]
         p1 = next_token_logits(net, prompt).softmax(-1)
@@ -95,32 +97,50 @@ def test_sampled_text_follows_the_clean_copys_distribution() -> None:
         assert tv < 0.035, (pos, tv, empirical, exact[pos])
     assert 0.5 * (draft.softmax(-1) - exact[1]).abs().sum() > 0.15  # a sampler keeping drafts would fail
     tokens_per_pass = 3 * n / (decoder.forward_passes - 1) / n
-    assert 1.0 < tokens_per_pass < 3.0, tokens_per_pass  # some drafts accepted, some rejected
-
-
-def test_a_row_is_the_same_alone_or_in_a_batch() -> None:
-    net = peaked(seed=1)
-    prompts = [[1, 2, 3, 4, 5, 6, 7], [3], [], [5, 5]]
-    batch = decode(net, prompts, 10, temperature=1.0, seed=7).result().rows()
-    for i, prompt in enumerate(prompts):
-        canvas = build_canvas([[*prompt, *([None] * 10)]], SPECIAL)
-        alone = SelfSpeculativeDecoder(net, canvas, SamplerConfig(speculative=True, temperature=1.0), SPECIAL,
-                                       BLOCK, seeds=[7 + i])
-        with torch.no_grad():
-            assert alone.run().rows()[0] == batch[i]
+    assert 1.0 < tokens_per_pass < min(3.0, drafts + 1), tokens_per_pass  # some drafts accepted, some rejected
 
 
 class EndsSoon(torch.nn.Module):
     """The model with [EOS] made likely, so rows end early."""
 
-    def __init__(self, net: Transformer):
+    def __init__(self, net: Transformer, boost: float = 3.0):
         super().__init__()
-        self.net, self.cfg = net, net.cfg
+        self.net, self.cfg, self.boost = net, net.cfg, boost
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         logits = self.net(*args, **kwargs)
-        logits[..., SPECIAL.eos] += 3.0
+        logits[..., SPECIAL.eos] += self.boost
         return logits
+
+
+@pytest.mark.parametrize(("drafts", "ends"), [(1, False), (2, False), (3, False), (2, True)])
+def test_a_row_is_the_same_alone_or_in_a_batch(drafts: int, ends: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alone, a row takes the single-row pass (in-place cache, decisions in Python) for most of its passes;
+    in a batch, the batched one. Both must write the same text, to the [EOS] and the padding after it."""
+    net = EndsSoon(peaked(seed=2), boost=1.0) if ends else peaked(seed=1)
+    prompts, length = [[1, 2, 3, 4, 5, 6, 7], [3], [], [5, 5]], 24
+    options = {"temperature": 1.0, "drafts": drafts, "stop_at_eos": ends}
+    batch = decode(net, prompts, length, seed=7, **options).result().rows()
+    single_row_passes = []
+    step = SelfSpeculativeDecoder._step_single_row
+    monkeypatch.setattr(SelfSpeculativeDecoder, "_step_single_row",
+                        lambda self: single_row_passes.append(1) or step(self))
+    for i, prompt in enumerate(prompts):
+        canvas = build_canvas([[*prompt, *([None] * length)]], SPECIAL)
+        alone = SelfSpeculativeDecoder(net, canvas, SamplerConfig(speculative=True, **options), SPECIAL,
+                                       BLOCK, seeds=[7 + i])
+        with torch.no_grad():
+            assert alone.run().rows()[0] == batch[i]
+    assert len(single_row_passes) >= (4 if ends else 16)  # the single-row pass did most of the work
+    if ends:
+        assert all(row[-1] == SPECIAL.eos and len(row) < len(p) + length for row, p in zip(batch, prompts, strict=True))
+
+
+def test_drafts_beyond_the_block_are_refused() -> None:
+    with pytest.raises(DlmError, match="drafts=4: a block of 4 drafts at most 3"):
+        decode(peaked(), [[1]], 4, drafts=4)
+    with pytest.raises(DlmError, match="drafts=-1 must be ≥ 0"):
+        SamplerConfig(speculative=True, drafts=-1).validate()
 
 
 def test_rows_stop_at_their_first_end_token() -> None:

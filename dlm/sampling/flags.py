@@ -59,6 +59,9 @@ def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
                    "preset's): each pass checks drafted tokens with the clean copy and drafts the next block; "
                    "the text follows the clean copy's distribution exactly; the default of such runs, unless "
                    "--sampler or --threshold is given (docs/block-diffusion.md)")
+    g.add_argument("--drafts", type=int, default=None,
+                   help="with --speculative: tokens drafted per pass, 1 to the block size − 1 (default 2: fewer rows "
+                   "per pass; the text's distribution does not depend on it)")
     g.add_argument("--stop-at-eos", action="store_true",
                    help="variable length: end a sample at its first [EOS] (the rest becomes [PAD])")
 
@@ -68,6 +71,6 @@ def sampler_options(args: argparse.Namespace) -> dict:
     names = ("sampler", "temperature", "top_k", "top_p", "repetition_penalty", "schedule", "threshold",
              "block_length", "block_context", "kv_cache", "reuse_logits", "remask", "remask_schedule",
              "remask_by", "edit_threshold", "edit_rounds", "guidance_scale", "eos_penalty", "stop_at_eos",
-             "speculative")
+             "speculative", "drafts")
     options = {name: getattr(args, name) for name in names}
     return {k: v for k, v in options.items() if v is not None}  # unset: the model's default

@@ -4,23 +4,26 @@ A block-diffusion model trained with `model.clean_causal` and `diffusion.clean_a
 in two ways: its clean copy is a next-token (causal) model, and its noisy block fills B masked positions
 in parallel from the clean text before them. One forward pass does both jobs (TiDAR, Liu et al. 2025):
 
-* clean rows verify. The last committed token and the k drafted tokens after it, read causally, give the
-  next-token distribution p at each of k + 1 positions. Draft i is accepted with probability
-  min(1, p(dᵢ)/q(dᵢ)) (speculative sampling, Leviathan et al. 2023). At the first rejection a token is
-  drawn from the residual max(0, p − q); after k acceptances it is drawn from p itself.
-* noisy rows draft. For every possible number a of accepted drafts there is a block of B masks right
-  after them (positions n+a … n+a+B−1), reading the clean text up to the accepted ones. The block of the
-  outcome that happened supplies the next B − 1 drafts: the positions after the token just drawn, which
-  the block saw as a mask.
+* clean rows verify. The last committed token and the k ≤ K drafted tokens after it (K = `drafts`, 2 by
+  default, at most B − 1), read causally, give the next-token distribution p at each of k + 1 positions.
+  Draft i is accepted with probability min(1, p(dᵢ)/q(dᵢ)) (speculative sampling, Leviathan et al. 2023).
+  At the first rejection a token is drawn from the residual max(0, p − q); after k acceptances it is
+  drawn from p itself.
+* noisy rows draft. For every possible number a of accepted drafts there is a group of K + 1 masks right
+  after them (positions n+a … n+a+K), reading the clean text up to the accepted ones. The group of the
+  outcome that happened supplies the next K drafts: the positions after the token just drawn, which
+  the group saw as a mask. With K = B − 1 a group is a whole block; with fewer drafts it is the start of
+  one, and a pass carries (K + 1)(K + 2) rows instead of B(B + 1).
 
 So the committed text follows the clean copy's next-token distribution exactly (after temperature, top-k
 and top-p), whatever the drafts are. The drafts only decide how many tokens a forward pass commits: 1 to
-B. Drafted blocks start wherever the text has got to, not at multiples of B. The model cannot tell the
+K + 1. Drafted blocks start wherever the text has got to, not at multiples of B. The model cannot tell the
 difference: its positions are relative (RoPE), its clean copy is token-causal, and it was trained on
 windows cut at random offsets.
 
 Rows of a batch advance at their own pace. Each row's keys go to its own columns of a cache. Only the
-clean rows are stored, and a forward pass reads the stored prefix plus its own rows. A row that has
+clean rows are stored, and a forward pass reads the stored prefix plus its own rows. A single row's
+passes away from the canvas's end take a leaner path with the same result (`_step_single_row`). A row that has
 finished rides along until the last row ends (its rows are masked). Prompts are left-padded as on a
 diffusion canvas, so the result is laid out like every other sampler's.
 """
@@ -38,22 +41,35 @@ from dlm.sampling.config import SamplerConfig
 from dlm.sampling.denoiser import DenoiseStep, GenerationResult
 from dlm.special_ids import SpecialIds
 
+DEFAULT_DRAFTS = 2
+"""Drafts per pass when `SamplerConfig.drafts` is 0. Fewer drafts, fewer rows: a pass of K drafts carries
+(K + 1)² + K + 1 rows (12 for 2, 20 for 3) and commits up to K + 1 tokens; measured in docs/block-diffusion.md."""
+
 
 class RowCache:
     """Keys and values per row at each row's own columns; a forward pass stores its first `keep` rows.
 
     The Transformer calls `span`, `update` and `advance` as it does for `KVCache`. `update` returns the
     stored prefix [0, read) followed by every row of the current pass (clean and noisy), so the noisy
-    rows attend to themselves without ever being stored. One spare column takes the writes of rows
-    that are not to be kept.
+    rows attend to themselves without ever being stored. Two ways to get there:
+
+    * by default (rows of a batch at different columns): the prefix and the pass's rows are concatenated,
+      and the kept rows (`write`) are scattered to their columns (a spare column takes the writes of rows
+      that are not to be kept);
+    * `in_place` (every row's pass starts at column `read`, as at batch 1): the pass's rows are copied
+      to columns read … read+R−1 and the cache itself, up to there, is the answer. Its clean rows come first
+      and belong at exactly those columns; what lands after them (the noisy rows, or clean rows past the
+      accepted drafts) lies beyond what any later pass reads before overwriting it. `scratch` extra columns
+      make room for a pass's rows past the canvas.
     """
 
     def __init__(self, n_layer: int, batch: int, n_head: int, columns: int, head_dim: int,
-                 device: torch.device, dtype: torch.dtype):
-        shape = (n_layer, batch, n_head, columns + 1, head_dim)
+                 device: torch.device, dtype: torch.dtype, scratch: int = 0):
+        shape = (n_layer, batch, n_head, columns + 1 + scratch, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.trash = columns
+        self.in_place = scratch > 0
         self.length = 0  # read by the causal twin's guard only; this cache serves bidirectional models
         self.read = 0
         self.write: torch.Tensor | None = None
@@ -64,14 +80,20 @@ class RowCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)
+        if self.in_place:
+            end = self.read + k.shape[2]
+            self.k[layer, :, :, self.read:end] = k
+            self.v[layer, :, :, self.read:end] = v
+            return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
         keys = torch.cat((self.k[layer, :, :, :self.read], k), dim=2)
         values = torch.cat((self.v[layer, :, :, :self.read], v), dim=2)
-        if self.write is not None:
-            keep = self.write.shape[1]
-            B, H, _, D = k.shape
-            index = self.write[:, None, :, None].expand(B, H, keep, D)
-            self.k[layer].scatter_(2, index, k[:, :, :keep])
-            self.v[layer].scatter_(2, index, v[:, :, :keep])
+        if self.write is None:
+            return keys, values
+        keep = self.write.shape[1]
+        B, H, _, D = k.shape
+        index = self.write[:, None, :, None].expand(B, H, keep, D)
+        self.k[layer].scatter_(2, index, k[:, :, :keep])
+        self.v[layer].scatter_(2, index, v[:, :, :keep])
         return keys, values
 
     def advance(self, n_tokens: int) -> None:
@@ -84,12 +106,18 @@ class SelfSpeculativeDecoder:
     def __init__(self, model: torch.nn.Module, canvas: Canvas, config: SamplerConfig, special: SpecialIds,
                  block: int, seeds: list[int] | None = None):
         self.model, self.cfg, self.special, self.block = model, config, special, block
+        if config.drafts > block - 1:
+            raise DlmError(f"drafts={config.drafts}: a block of {block} drafts at most {block - 1} tokens a pass")
+        # K drafts checked per pass; each drafting group is K + 1 masks (the token drawn in the pass, then
+        # the next K drafts), fewer than the block's B when K < B − 1.
+        self.K = min(config.drafts or DEFAULT_DRAFTS, block - 1)
+        self.S = self.K + 1
         self.canvas = canvas
-        # The canvas and B spare columns past its end: a pass writes its drafts (and resets them) at n … n+B−1
+        # The canvas and spare columns past its end: a pass writes its drafts (and resets them) at n … n+K
         # unconditionally, and what lies past the canvas lands in the spare columns, which nothing reads.
         B, W = canvas.tokens.shape
-        self._padded = torch.cat((canvas.tokens, torch.full((B, block), special.mask, dtype=canvas.tokens.dtype,
-                                                            device=canvas.tokens.device)), 1)
+        spare = torch.full((B, self.K + self.S), special.mask, dtype=canvas.tokens.dtype, device=canvas.tokens.device)
+        self._padded = torch.cat((canvas.tokens, spare), 1)
         self.x = self._padded[:, :W]  # a view: the canvas proper
         self.device = self.x.device
         gen = ~canvas.fixed & canvas.valid
@@ -103,36 +131,44 @@ class SelfSpeculativeDecoder:
         self.generators = row_generators(config.seed, B, self.device, seeds)
         self.n = torch.full((B,), start, dtype=torch.long, device=self.device)  # next column to commit
         self.done = torch.zeros(B, dtype=torch.bool, device=self.device)
-        self.drafts = torch.zeros(B, block - 1, dtype=torch.long, device=self.device)
+        self.drafts = torch.zeros(B, self.K, dtype=torch.long, device=self.device)
         self.n_drafts = torch.zeros(B, dtype=torch.long, device=self.device)
-        self.q: torch.Tensor | None = None  # (B, block − 1, V) the distributions the drafts were drawn from
+        self.q: torch.Tensor | None = None  # (B, K, V) the distributions the drafts were drawn from
         self.forward_passes = 0
         self.step_count = 0
         cfg = model.cfg
+        # One row, every column valid: each pass starts at the row's own column, so the cache is written in
+        # place (RowCache), and most passes take `_step_single_row`.
+        self._in_place = B == 1 and bool(canvas.valid.all())
+        rows = max((self.K + 1) * (1 + self.S), self.S)  # a pass's rows (a prompt's start at column 0 fits)
         self.cache = RowCache(cfg.n_layer, B, cfg.n_head, W, cfg.d_model // cfg.n_head,
-                              self.device, next(model.parameters()).dtype)
-        self._suppress = [special.mask, special.pad, special.bos]
+                              self.device, next(model.parameters()).dtype, scratch=rows if self._in_place else 0)
+        self._suppress = torch.tensor([special.mask, special.pad, special.bos], device=self.device)
         self._structures: dict[tuple, torch.Tensor] = {}
         # Constants of every pass, made once: a pass is a few rows, and on a CPU each small tensor op costs
         # microseconds (bench/decode_breakdown.py splits a pass's time between the network and this code).
-        self._span = torch.arange(block, device=self.device)  # offsets 0 … B−1 of a pass's columns
-        self._group_offsets = self._span[:, None] + self._span  # (B, B): group a covers a … a+B−1
+        self._span = torch.arange(self.K + 1, device=self.device)  # offsets 0 … K of a pass's columns
+        self._group_span = torch.arange(self.S, device=self.device)
+        self._group_offsets = self._span[:, None] + self._group_span  # (K + 1, S): group a covers a … a+S−1
         self._columns = torch.arange(W, device=self.device)
         self._left_pad = (~canvas.valid).sum(1, keepdim=True)  # each row counts positions from its first token
+        if self._in_place:
+            self._single_row_constants()
 
     # --- distributions and draws ---------------------------------------------------------------
 
     def _probs(self, logits: torch.Tensor) -> torch.Tensor:
         """The distribution tokens are drawn from: specials suppressed, then temperature, top-k, top-p.
         Temperature 0 gives a one-hot distribution at the argmax (greedy)."""
-        logits = logits.double()
-        logits[..., self._suppress] = float("-inf")
+        logits = logits.double().index_fill_(-1, self._suppress, float("-inf"))
         if self.cfg.eos_penalty:
             logits[..., self.special.eos] -= self.cfg.eos_penalty
         logits = filter_logits(logits, self.cfg.top_k, self.cfg.top_p)
         if self.cfg.temperature <= 0:
             return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
-        return (logits / self.cfg.temperature).softmax(-1)
+        if self.cfg.temperature != 1.0:  # (dividing by 1 changes nothing: skipped)
+            logits = logits / self.cfg.temperature
+        return logits.softmax(-1)
 
     def _uniform(self, width: int) -> torch.Tensor:
         return row_uniforms(self.generators, width, self.device)
@@ -166,10 +202,14 @@ class SelfSpeculativeDecoder:
         reads = ok[:, :, None]
         new = (structure & ok[:, None, :] & reads) | self._eye(R)
         read = int(cached.max())
-        prefix = (self._columns[:read] < cached[:, None]) & self.canvas.valid[:, :read]  # (B, read)
-        mask = torch.cat((prefix[:, None, :] & reads, new), 2)[:, None]  # (B, 1, R, read + R)
         self.cache.read = read
-        self.cache.write = torch.where(clean_ok, clean_cols, self.cache.trash) if C else None
+        if self._in_place:  # rows that are not real read the prefix too: their outputs go unread
+            mask = torch.ones(R, read + R, dtype=torch.bool, device=device)
+            mask[:, read:] = new[0]
+        else:
+            prefix = (self._columns[:read] < cached[:, None]) & self.canvas.valid[:, :read]  # (B, read)
+            mask = torch.cat((prefix[:, None, :] & reads, new), 2)[:, None]  # (B, 1, R, read + R)
+            self.cache.write = torch.where(clean_ok, clean_cols, self.cache.trash) if C else None
         logits = self.model(tokens, cache=self.cache, positions=positions, attn_mask=mask)
         self.cache.write = None
         self.forward_passes += 1
@@ -200,6 +240,91 @@ class SelfSpeculativeDecoder:
         self._structures[key] = structure
         return structure
 
+    # --- one row, away from the canvas's end ----------------------------------------------------
+
+    def _single_row_constants(self) -> None:
+        """What `_step_single_row` reuses: a pass's layout relative to its first column n − 1."""
+        K, S, device = self.K, self.S, self.device
+        C = K + 1
+        structure = self._structure(C, K + 1, S, tuple(range(1, K + 2)))
+        self._row_new = structure[0] | self._eye(C + (K + 1) * S)[0]  # every row real: (R, R)
+        self._row_masks = torch.full(((K + 1) * S,), self.special.mask, dtype=torch.long, device=device)
+        # columns of the pass relative to n − 1: the clean rows, then group a's masks at n + a … n + a + S − 1
+        self._row_offsets = torch.cat((self._span, 1 + self._group_offsets.reshape(-1)))
+        # the rows whose distributions a pass uses: the clean ones, then rows 1 … K of every group
+        self._row_used = torch.cat((self._span, C + (self._span[:, None] * S + 1 + self._span[:K]).reshape(-1)))
+        self._row_drafts = self._span[:K]
+        self._row_bias: tuple[torch.Tensor, torch.Tensor] | None = None  # made by the first pass (`_row_mask`)
+
+    def _row_mask(self, read: int) -> torch.Tensor:
+        """The single-row pass's attention mask over the stored prefix [0, read) and the pass's rows. An additive
+        bias in the network's precision (SDPA would convert a boolean mask in every layer), or boolean under
+        autocast, whose queries' precision is not known here. Made on the first pass, inside the sampling's
+        autocast context."""
+        if self._row_bias is None:
+            device, R = self.device, self._row_new.shape[0]
+            if torch.is_autocast_enabled(device.type):
+                new, open_ = self._row_new, torch.ones(1, dtype=torch.bool, device=device)
+            else:
+                dtype = next(self.model.parameters()).dtype
+                new = torch.zeros(R, R, dtype=dtype, device=device).masked_fill_(~self._row_new, float("-inf"))
+                open_ = torch.zeros(1, dtype=dtype, device=device)
+            self._row_bias = (open_.expand(R, self.width), new)
+        prefix, new = self._row_bias
+        return torch.cat((prefix[:, :read], new), 1)
+
+    def _single_row_ready(self) -> bool:
+        """At batch 1, every pass but the first and the last few: all K drafts on the canvas, every group's
+        columns inside it. `_step_single_row` then does exactly what `_step` does, with Python numbers for
+        the decisions and about a quarter of the tensor operations (a pass is a few milliseconds on a CPU,
+        and each small operation costs microseconds)."""
+        return (self._in_place and not bool(self.done[0]) and int(self.n_drafts[0]) == self.K
+                and int(self.n[0]) + 2 * self.K < self.width)
+
+    def _step_single_row(self) -> int:
+        """`_step` for one row (see `_single_row_ready`): the same pass, the same draws. Returns the first
+        column written."""
+        K, W = self.K, self.width
+        n = int(self.n[0])
+        row = self._padded[0]
+        row[n:n + K] = self.drafts[0]
+        tokens = torch.cat((row[n - 1:n + K], self._row_masks))[None]
+        positions = (self._row_offsets + (n - 1)).clamp(max=self.model.cfg.block_size - 1)[None]
+        mask = self._row_mask(n - 1)
+        self.cache.read = n - 1
+        logits = self.model(tokens, cache=self.cache, positions=positions, attn_mask=mask)
+        self.forward_passes += 1
+        probs = self._probs(logits[0].index_select(0, self._row_used))
+        p, q_groups = probs[:K + 1], probs[K + 1:].view(K + 1, K, -1)
+        u = torch.rand(2 * K + 1, dtype=torch.float64, generator=self.generators[0], device=self.device)
+        drafts, at = self.drafts[0], self._row_drafts
+        checks = torch.cat((p[at, drafts], self.q[0, at, drafts], u[:K])).tolist()
+        a = 0
+        while a < K and checks[2 * K + a] * checks[K + a] < checks[a]:  # u·q(d) < p(d): accepted
+            a += 1
+        target = p[a:a + 1]
+        if a < K:  # after a rejection, the residual max(0, p − q) of that position
+            residual = (target - self.q[0, a:a + 1]).clamp(min=0)
+            mass = residual.sum(-1, keepdim=True)
+            if float(mass) > 1e-12:
+                target = residual / mass.clamp(min=1e-300)
+        token = self._draw(target, u[K:K + 1])
+        row[n + a:n + a + 1] = token
+        row[n + a + 1:n + K + 1] = self.special.mask
+        self.q = q_groups[a:a + 1]
+        self.drafts = self._draw(self.q, u[None, K + 1:])
+        end = n + a + 1
+        if self.cfg.stop_at_eos:
+            written = row[n:end].tolist()
+            if self.special.eos in written:
+                self.x[0, n + written.index(self.special.eos) + 1:] = self.special.pad
+                end = W
+        self.n.fill_(end)
+        self.n_drafts.fill_(min(max(W - end, 0), K))
+        if end >= W:
+            self.done.fill_(True)
+        return n
+
     # --- the loop ------------------------------------------------------------------------------
 
     def _set_drafts(self, q: torch.Tensor, u: torch.Tensor) -> None:
@@ -207,7 +332,7 @@ class SelfSpeculativeDecoder:
         the column just committed); u: (B, B − 1) uniforms."""
         self.drafts = self._draw(q, u)
         self.q = q
-        self.n_drafts = (self.width - self.n).clamp(0, self.block - 1).masked_fill(self.done, 0)
+        self.n_drafts = (self.width - self.n).clamp(0, self.K).masked_fill(self.done, 0)
 
     def _start(self) -> torch.Tensor:
         """Read the prompt (stored), draw each row's first token and its first drafts."""
@@ -215,28 +340,28 @@ class SelfSpeculativeDecoder:
         cols = self._columns[:S].expand(B, S)
         ok = self.canvas.valid[:, :S]
         first = torch.full((B,), S, dtype=torch.long, device=self.device)
-        group_cols = first[:, None, None] + self._span
+        group_cols = first[:, None, None] + self._group_span
         group_ok = group_cols < self.width
         cached = torch.zeros(B, dtype=torch.long, device=self.device)
-        structure = self._structure(S, 1, self.block, (S,))
+        structure = self._structure(S, 1, self.S, (S,))
         clean_logits, group_logits = self._forward(cols, ok, group_cols, group_ok, structure, cached)
         # With a prompt, the first token comes from the clean copy (next-token); without, from the block.
         has_prompt = ok[:, -1] if S else torch.zeros(B, dtype=torch.bool, device=self.device)
         first_logits = group_logits[:, 0, 0]
         if S:
             first_logits = torch.where(has_prompt[:, None], clean_logits[:, -1], first_logits)
-        u = self._uniform(self.block)
+        u = self._uniform(self.K + 1)
         token = self._draw(self._probs(first_logits), u[:, 0])
         self.x[:, S] = token
         self.n += 1
         self._end_rows_at_eos(first, torch.ones(B, 1, dtype=torch.bool, device=self.device))
-        self._set_drafts(self._probs(group_logits[:, 0, 1:]), u[:, 1:])
+        self._set_drafts(self._probs(group_logits[:, 0, 1:self.K + 1]), u[:, 1:])
         return first
 
     def _step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Verify the drafts, commit the accepted ones and one drawn token, draw new drafts.
         Returns the first column written in each row and how many tokens each row committed."""
-        B, K, W = self.x.shape[0], self.block - 1, self.width
+        B, K, W = self.x.shape[0], self.K, self.width
         n, k = self.n, self.n_drafts  # k ≤ K drafts at columns n … n+k−1
         live = ~self.done
         cols = n[:, None] + self._span  # (B, K + 1): columns n … n+K
@@ -247,12 +372,12 @@ class SelfSpeculativeDecoder:
         clean_ok = (self._span[None] <= k[:, None]) & live[:, None]  # the last token, then the drafts
         group_cols = n[:, None, None] + self._group_offsets  # (B, K + 1, B)
         group_ok = (group_cols < W) & clean_ok[:, :, None]  # outcome a exists only when a ≤ k
-        structure = self._structure(K + 1, K + 1, self.block, tuple(range(1, K + 2)))
+        structure = self._structure(K + 1, K + 1, self.S, tuple(range(1, K + 2)))
         clean_logits, group_logits = self._forward(cols - 1, clean_ok, group_cols, group_ok, structure, n - 1)
         # Every distribution of the pass in one go: the next-token ones (B, K + 1, V) at columns n … n+K, and
         # every group's drafting rows 1 … B−1 (B, K + 1, K, V), of which the outcome's group is kept below.
         V = clean_logits.shape[-1]
-        probs = self._probs(torch.cat((clean_logits, group_logits[:, :, 1:].reshape(B, (K + 1) * K, V)), 1))
+        probs = self._probs(torch.cat((clean_logits, group_logits[:, :, 1:K + 1].reshape(B, (K + 1) * K, V)), 1))
         p, q_groups = probs[:, :K + 1], probs[:, K + 1:].view(B, K + 1, K, V)
         # Speculative sampling: accept draft i with probability min(1, p(d)/q(d)), in order.
         u = self._uniform(2 * K + 1)  # K acceptance tests, one draw, K new drafts
@@ -304,14 +429,15 @@ class SelfSpeculativeDecoder:
         first = self._start()
         while True:
             self.step_count += 1
-            changed = (self.x != before) & (before == self.special.mask)
-            lo = int(first.min())
-            yield DenoiseStep(self.step_count, self.x.clone(), changed, torch.zeros_like(changed),
-                              torch.zeros_like(changed), (lo, int(self.n.max())), self.forward_passes)
+            changed = self.x != before  # a pass writes only where the canvas was [MASK]
+            lo = first if isinstance(first, int) else int(first.min())
+            nothing = torch.zeros_like(changed)
+            yield DenoiseStep(self.step_count, self.x.clone(), changed, nothing, nothing, (lo, int(self.n.max())),
+                              self.forward_passes)
             if bool(self.done.all()):
                 break
             before = self.x.clone()
-            first, _ = self._step()
+            first = self._step_single_row() if self._single_row_ready() else self._step()[0]
         gen = ~self.canvas.fixed & self.canvas.valid
         assert not bool(((self.x == self.special.mask) & gen).any()), "sampler left a [MASK]"
 

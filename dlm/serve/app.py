@@ -8,7 +8,7 @@
 Bodies follow OpenAI's (model, prompt or messages, max_tokens, temperature, top_p, n, seed,
 stream); the diffusion settings travel as extra fields with safe defaults: steps, sampler,
 top_k, block_length, block_context, kv_cache, threshold, remask, repetition_penalty, eos_penalty,
-stop_at_eos, schedule, speculative. With `stream: true` the answer comes as server-sent events in OpenAI's
+stop_at_eos, schedule, speculative, drafts. With `stream: true` the answer comes as server-sent events in OpenAI's
 chunk format, the text that is final so far as ordinary deltas; `dlm_frames: true` adds, in the
 same chunks, a `dlm_frame` field with the whole canvas after each denoising step (masks as null),
 for clients that draw it. Every bad request gets a 4xx with an OpenAI-style error object,
@@ -40,7 +40,7 @@ from dlm.serve.engine import Engine, Job, QueueFull
 from dlm.serve.limits import Limits
 
 EXTRA_FIELDS = ("steps", "sampler", "top_k", "block_length", "block_context", "kv_cache", "threshold", "remask",
-                "repetition_penalty", "eos_penalty", "stop_at_eos", "schedule", "speculative")
+                "repetition_penalty", "eos_penalty", "stop_at_eos", "schedule", "speculative", "drafts")
 UNSUPPORTED = {"stop": None, "logprobs": None, "echo": False, "best_of": None, "suffix": None, "tools": None,
                "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": None, "response_format": None}
 
