@@ -283,6 +283,14 @@ def test_a_short_block_diffusion_run_learns_evaluates_and_samples(tmp_path: Path
     out = subprocess.run([sys.executable, "-m", "dlm", "sample", "--ckpt", str(run), "--speculative", "--length", "24",
                           "--prompt", "The"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("The"), out.stderr
+    # fewer drafts a pass: the same kind of text; more than a block holds: one line naming the limit
+    one = pipe.sample(["The quick"], length=20, seed=1, speculative=True, drafts=1)
+    assert pipe.decode(one)[0].startswith("The quick") and one.forward_passes > result.forward_passes / 3
+    block = pipe.diffusion_block
+    bad = subprocess.run([sys.executable, "-m", "dlm", "sample", "--ckpt", str(run), "--drafts", str(block),
+                          "--length", "8"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"dlm: error: drafts={block}: a block of {block} drafts at most {block - 1} tokens a pass"], bad.stderr
     # past the context the window slides, and every window decodes self-speculatively
     longer = pipe.sample("The", length=pipe.model.cfg.block_size + 20, seed=0)
     assert int(longer.generated.sum()) == pipe.model.cfg.block_size + 20
@@ -301,6 +309,8 @@ def test_a_short_block_diffusion_run_learns_evaluates_and_samples(tmp_path: Path
     with pytest.raises(ApiError, match="does not combine with remask"):
         parse_request({"model": "m", "prompt": "The", "max_tokens": 8, "speculative": True, "remask": 0.2}, pipes,
                       limits, chat=False)
+    with pytest.raises(ApiError, match=f"drafts={block}: a block of {block} drafts at most"):
+        parse_request({"model": "m", "prompt": "The", "max_tokens": 8, "drafts": block}, pipes, limits, chat=False)
 
 
 @pytest.mark.parametrize("block", [1, 4, 16])

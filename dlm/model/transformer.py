@@ -105,11 +105,12 @@ class Attention(nn.Module):
         # except under ONNX export, whose traced lengths make is_causal a tensor that SDPA refuses.
         exporting = torch.jit.is_tracing() or torch.compiler.is_exporting()
         flash = is_causal and attn_mask is None and q.dtype == torch.float32 and not exporting
-        # Sampling one row at a time (no autograd, eager) goes to SDPA too: about half the time of the
-        # explicit path for 1 to 20 queries, while at batch 32 the explicit path wins in bf16
-        # (bench/attention.py --inference).
-        flash = flash or (q.shape[0] == 1 and not torch.is_grad_enabled() and not exporting
-                          and not torch.compiler.is_compiling())
+        # Sampling (no autograd, eager) goes to SDPA too: one row at a time, about half the time of the
+        # explicit path for 1 to 20 queries; in fp32 at batch 32 too (351 against 441 µs for 4 queries a row,
+        # 1.00 against 1.52 ms for 20, Intel Xeon). At batch 32 in bf16 the explicit path won on an AMD EPYC
+        # (121 against 521 µs) and lost on the Xeon: it stays there (bench/attention.py --inference).
+        flash = flash or ((q.shape[0] == 1 or q.dtype == torch.float32) and not torch.is_grad_enabled()
+                          and not exporting and not torch.compiler.is_compiling())
         if q.device.type == "cpu" and not flash:
             y = explicit_attention(q, k, v, is_causal, dropout, attn_mask)
         elif attn_mask is not None:  # SDPA takes either a mask or is_causal: fold causality into the mask

@@ -47,54 +47,49 @@ DEFAULT_DRAFTS = 2
 
 
 class RowCache:
-    """Keys and values per row at each row's own columns; a forward pass stores its first `keep` rows.
+    """Keys and values of each row at its own columns, written in place.
 
-    The Transformer calls `span`, `update` and `advance` as it does for `KVCache`. `update` returns the
-    stored prefix [0, read) followed by every row of the current pass (clean and noisy), so the noisy
-    rows attend to themselves without ever being stored. Two ways to get there:
-
-    * by default (rows of a batch at different columns): the prefix and the pass's rows are concatenated,
-      and the kept rows (`write`) are scattered to their columns (a spare column takes the writes of rows
-      that are not to be kept);
-    * `in_place` (every row's pass starts at column `read`, as at batch 1): the pass's rows are copied
-      to columns read … read+R−1 and the cache itself, up to there, is the answer. Its clean rows come first
-      and belong at exactly those columns; what lands after them (the noisy rows, or clean rows past the
-      accepted drafts) lies beyond what any later pass reads before overwriting it. `scratch` extra columns
-      make room for a pass's rows past the canvas.
+    The Transformer calls `span`, `update` and `advance` as it does for `KVCache`. Before a pass, `place`
+    says where each row's pass begins: the R rows of row b (clean rows first, then the noisy groups) go to
+    columns start_b … start_b+R−1, and every layer reads the cache up to max(start) + R, with a mask that
+    shows row b its stored prefix [0, start_b) and its own pass. The clean rows belong at exactly those
+    columns. What lands after them (noisy rows, clean rows past the accepted drafts, a finished row's
+    pass) lies beyond anything a later pass reads before overwriting it. `scratch` columns past the canvas
+    make room for a pass's rows there. (Concatenating the stored prefix with each pass's rows, as a first
+    version did, copied the whole cache in every layer of every pass.)
     """
 
     def __init__(self, n_layer: int, batch: int, n_head: int, columns: int, head_dim: int,
-                 device: torch.device, dtype: torch.dtype, scratch: int = 0):
-        shape = (n_layer, batch, n_head, columns + 1 + scratch, head_dim)
+                 device: torch.device, dtype: torch.dtype, scratch: int):
+        shape = (n_layer, batch, n_head, columns + scratch, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.trash = columns
-        self.in_place = scratch > 0
         self.length = 0  # read by the causal twin's guard only; this cache serves bidirectional models
-        self.read = 0
-        self.write: torch.Tensor | None = None
-        """(B, keep) column of each kept row of the current pass (`trash` for rows not to keep)."""
+        self.start: int | torch.Tensor = 0  # an int when every row's pass starts at the same column
+        self.end = 0
+
+    def place(self, start: torch.Tensor | int, rows: int) -> None:
+        """The next pass's rows go to columns start … start+rows−1 of each row: `start` (B,), or one int."""
+        if isinstance(start, int):
+            self.start, self.end = start, start + rows
+            return
+        B, H, _, D = self.k.shape[1:]
+        offsets = torch.arange(rows, device=start.device)
+        self.start = (start[:, None] + offsets)[:, None, :, None].expand(B, H, rows, D)
+        self.end = int(start.max()) + rows
 
     def span(self, n_tokens: int) -> tuple[int, int]:
         return 0, 0  # positions are always given explicitly; the range check reads them
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)
-        if self.in_place:
-            end = self.read + k.shape[2]
-            self.k[layer, :, :, self.read:end] = k
-            self.v[layer, :, :, self.read:end] = v
-            return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-        keys = torch.cat((self.k[layer, :, :, :self.read], k), dim=2)
-        values = torch.cat((self.v[layer, :, :, :self.read], v), dim=2)
-        if self.write is None:
-            return keys, values
-        keep = self.write.shape[1]
-        B, H, _, D = k.shape
-        index = self.write[:, None, :, None].expand(B, H, keep, D)
-        self.k[layer].scatter_(2, index, k[:, :, :keep])
-        self.v[layer].scatter_(2, index, v[:, :, :keep])
-        return keys, values
+        if isinstance(self.start, int):
+            self.k[layer, :, :, self.start:self.end] = k
+            self.v[layer, :, :, self.start:self.end] = v
+        else:
+            self.k[layer].scatter_(2, self.start, k)
+            self.v[layer].scatter_(2, self.start, v)
+        return self.k[layer, :, :, :self.end], self.v[layer, :, :, :self.end]
 
     def advance(self, n_tokens: int) -> None:
         pass
@@ -137,12 +132,11 @@ class SelfSpeculativeDecoder:
         self.forward_passes = 0
         self.step_count = 0
         cfg = model.cfg
-        # One row, every column valid: each pass starts at the row's own column, so the cache is written in
-        # place (RowCache), and most passes take `_step_single_row`.
+        # One row, every column valid: most passes take `_step_single_row`.
         self._in_place = B == 1 and bool(canvas.valid.all())
         rows = max((self.K + 1) * (1 + self.S), self.S)  # a pass's rows (a prompt's start at column 0 fits)
         self.cache = RowCache(cfg.n_layer, B, cfg.n_head, W, cfg.d_model // cfg.n_head,
-                              self.device, next(model.parameters()).dtype, scratch=rows if self._in_place else 0)
+                              self.device, next(model.parameters()).dtype, scratch=rows)
         self._suppress = torch.tensor([special.mask, special.pad, special.bos], device=self.device)
         self._structures: dict[tuple, torch.Tensor] = {}
         # Constants of every pass, made once: a pass is a few rows, and on a CPU each small tensor op costs
@@ -150,7 +144,8 @@ class SelfSpeculativeDecoder:
         self._span = torch.arange(self.K + 1, device=self.device)  # offsets 0 … K of a pass's columns
         self._group_span = torch.arange(self.S, device=self.device)
         self._group_offsets = self._span[:, None] + self._group_span  # (K + 1, S): group a covers a … a+S−1
-        self._columns = torch.arange(W, device=self.device)
+        self._columns = torch.arange(W + rows, device=self.device)
+        self._valid = torch.cat((canvas.valid, torch.zeros(B, rows, dtype=torch.bool, device=self.device)), 1)
         self._left_pad = (~canvas.valid).sum(1, keepdim=True)  # each row counts positions from its first token
         if self._in_place:
             self._single_row_constants()
@@ -200,18 +195,18 @@ class SelfSpeculativeDecoder:
         positions = (cols - self._left_pad).clamp(0, self.model.cfg.block_size - 1)
         ok = torch.cat((clean_ok, group_ok.reshape(B, G * S)), 1)  # (B, R)
         reads = ok[:, :, None]
-        new = (structure & ok[:, None, :] & reads) | self._eye(R)
-        read = int(cached.max())
-        self.cache.read = read
-        if self._in_place:  # rows that are not real read the prefix too: their outputs go unread
-            mask = torch.ones(R, read + R, dtype=torch.bool, device=device)
-            mask[:, read:] = new[0]
-        else:
-            prefix = (self._columns[:read] < cached[:, None]) & self.canvas.valid[:, :read]  # (B, read)
-            mask = torch.cat((prefix[:, None, :] & reads, new), 2)[:, None]  # (B, 1, R, read + R)
-            self.cache.write = torch.where(clean_ok, clean_cols, self.cache.trash) if C else None
+        new = (structure & ok[:, None, :] & reads) | self._eye(R)  # (B, R, R)
+        first, last = int(cached.min()), int(cached.max())
+        if first == last:  # every row's pass starts at one column: its prefix, then its rows
+            self.cache.place(first, R)
+            mask = torch.cat((self._valid[:, None, :first] & reads, new), 2)[:, None]  # (B, 1, R, first + R)
+        else:  # row b's pass at cached_b … cached_b+R−1; columns past its prefix and pass are hidden
+            self.cache.place(cached, R)
+            rel = self._columns[:last + R] - cached[:, None]  # (B, Tk): key column relative to the row's pass
+            prefix = (rel < 0) & self._valid[:, :last + R]
+            own = new.gather(2, rel.clamp(0, R - 1)[:, None, :].expand(B, R, last + R)) & (rel >= 0)[:, None, :]
+            mask = ((prefix[:, None, :] & reads) | (own & (rel < R)[:, None, :]))[:, None]  # (B, 1, R, Tk)
         logits = self.model(tokens, cache=self.cache, positions=positions, attn_mask=mask)
-        self.cache.write = None
         self.forward_passes += 1
         return logits[:, :C], logits[:, C:].reshape(B, G, S, -1)
 
@@ -291,7 +286,7 @@ class SelfSpeculativeDecoder:
         tokens = torch.cat((row[n - 1:n + K], self._row_masks))[None]
         positions = (self._row_offsets + (n - 1)).clamp(max=self.model.cfg.block_size - 1)[None]
         mask = self._row_mask(n - 1)
-        self.cache.read = n - 1
+        self.cache.place(n - 1, self._row_new.shape[0])
         logits = self.model(tokens, cache=self.cache, positions=positions, attn_mask=mask)
         self.forward_passes += 1
         probs = self._probs(logits[0].index_select(0, self._row_used))

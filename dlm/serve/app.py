@@ -110,6 +110,10 @@ def parse_request(body, pipes: dict[str, Pipeline], limits: Limits, chat: bool) 
         raise ApiError(400, "speculative decoding needs a block model whose clean copy learnt next-token "
                        "prediction, continuing a prompt (not a chat turn)", param="speculative",
                        code="invalid_sampler_option")
+    drafts, block = options.get("drafts"), pipe.diffusion_block
+    if drafts and block and drafts > block - 1:
+        raise ApiError(400, f"drafts={drafts}: a block of {block} drafts at most {block - 1} tokens a pass",
+                       param="drafts", code="invalid_sampler_option")
     seed = _number(body, "seed", random.randrange(2**31), int)
     job = Job(name, "chat" if chat else "completion", max_tokens or 0, options, [seed + i for i in range(n)],
               frames=bool(body.get("dlm_frames", False)))
