@@ -17,11 +17,13 @@ Three tables, each row measured here, on this machine, in one run of this script
    bench/default_sampler.py: real-word rate, whole-text MAUVE with its interval, gen-PPL under the
    AR twin and under an independent pretrained judge, unigram entropy, self-BLEU. Speed: generated
    characters per second at batch 32 (the samples themselves) and at batch 1 (`--speed-samples`
-   single samples, seeds 0, 1, …), each with its wall time.
+   single samples, seeds 0, 1, …, the samplers taking turns sample by sample, so that a slow minute
+   of a shared machine falls on all of them alike), each with its wall time.
 3. **The verdict**: each row against the AR twin by the "within reach" rule of
    bench/default_sampler.py, and its speed as a multiple of the twin's at batch 1 and 32.
 
 `--dtype fp32` runs every model in fp32 (the twin is fastest so at batch 1 on some CPUs: run both).
+Self-speculative rows come with 1, 2 and 3 drafts a pass (`--drafts`), the default named plainly.
 `--plot` draws the quality–speed frontier (real-word rate against characters per second at
 batch 1, every row a point) as a PNG.
 """

@@ -27,10 +27,11 @@ def peaked(seed: int = 0, scale: float = 4.0) -> Transformer:
     return net
 
 
-def decode(net: torch.nn.Module, prompts: list[list[int]], length: int, **options) -> SelfSpeculativeDecoder:
+def decode(net: torch.nn.Module, prompts: list[list[int]], length: int, block: int = BLOCK,
+           **options) -> SelfSpeculativeDecoder:
     canvas = build_canvas([[*p, *([None] * length)] for p in prompts], SPECIAL)
     decoder = SelfSpeculativeDecoder(net, canvas, SamplerConfig(speculative=True, **options).validate(),
-                                     SPECIAL, BLOCK)
+                                     SPECIAL, block)
     with torch.no_grad():
         decoder.run()
     return decoder
@@ -51,21 +52,22 @@ def first_token_logits(net: Transformer, width: int) -> torch.Tensor:
     return logits
 
 
-@pytest.mark.parametrize("drafts", [1, 2, 3])
-def test_greedy_decoding_is_the_clean_copys_greedy_path(drafts: int) -> None:
+@pytest.mark.parametrize(("block", "drafts"), [(4, 1), (4, 2), (4, 3), (1, 0)])  # blocks of 1: no drafts
+def test_greedy_decoding_is_the_clean_copys_greedy_path(block: int, drafts: int) -> None:
     net = peaked()
     prompts, length = [[1, 2, 3, 4, 5], [6, 7], []], 12
-    decoder = decode(net, prompts, length, temperature=0.0, drafts=drafts)
+    decoder = decode(net, prompts, length, block=block, temperature=0.0, drafts=drafts)
     rows = decoder.result().rows()
     with torch.no_grad():
         for prompt, row in zip(prompts, rows, strict=True):
             text = list(prompt)
             while len(text) < len(prompt) + length:
-                logits = next_token_logits(net, text) if text else first_token_logits(net, BLOCK)
+                logits = next_token_logits(net, text) if text else first_token_logits(net, block)
                 text.append(int(logits.argmax()))
             assert row == text
-    # drafts were taken: fewer forward passes than one per token (one more reads the prompts)
-    assert decoder.forward_passes - 1 < length
+    # every pass commits at least one token (the first reads the prompts and draws one). This random model's
+    # greedy drafts are always rejected; tokens per pass above one are tested at temperature 1, below.
+    assert decoder.forward_passes <= length
 
 
 @pytest.mark.parametrize("drafts", [1, 3])  # 1: groups of two masks, shorter than the block; 3: the whole block
@@ -113,14 +115,16 @@ class EndsSoon(torch.nn.Module):
         return logits
 
 
-@pytest.mark.parametrize(("drafts", "ends"), [(1, False), (2, False), (3, False), (2, True)])
-def test_a_row_is_the_same_alone_or_in_a_batch(drafts: int, ends: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("drafts", "ends", "block"), [(1, False, 4), (2, False, 4), (3, False, 4), (2, True, 4),
+                                                     (0, False, 1)])
+def test_a_row_is_the_same_alone_or_in_a_batch(drafts: int, ends: bool, block: int,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Alone, a row takes the single-row pass (in-place cache, decisions in Python) for most of its passes;
     in a batch, the batched one. Both must write the same text, to the [EOS] and the padding after it."""
     net = EndsSoon(peaked(seed=2), boost=1.0) if ends else peaked(seed=1)
     prompts, length = [[1, 2, 3, 4, 5, 6, 7], [3], [], [5, 5]], 24
     options = {"temperature": 1.0, "drafts": drafts, "stop_at_eos": ends}
-    batch = decode(net, prompts, length, seed=7, **options).result().rows()
+    batch = decode(net, prompts, length, block=block, seed=7, **options).result().rows()
     single_row_passes = []
     step = SelfSpeculativeDecoder._step_single_row
     monkeypatch.setattr(SelfSpeculativeDecoder, "_step_single_row",
@@ -128,7 +132,7 @@ def test_a_row_is_the_same_alone_or_in_a_batch(drafts: int, ends: bool, monkeypa
     for i, prompt in enumerate(prompts):
         canvas = build_canvas([[*prompt, *([None] * length)]], SPECIAL)
         alone = SelfSpeculativeDecoder(net, canvas, SamplerConfig(speculative=True, **options), SPECIAL,
-                                       BLOCK, seeds=[7 + i])
+                                       block, seeds=[7 + i])
         with torch.no_grad():
             assert alone.run().rows()[0] == batch[i]
     assert len(single_row_passes) >= (4 if ends else 16)  # the single-row pass did most of the work

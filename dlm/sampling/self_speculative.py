@@ -4,7 +4,7 @@ A block-diffusion model trained with `model.clean_causal` and `diffusion.clean_a
 in two ways: its clean copy is a next-token (causal) model, and its noisy block fills B masked positions
 in parallel from the clean text before them. One forward pass does both jobs (TiDAR, Liu et al. 2025):
 
-* clean rows verify. The last committed token and the k ≤ K drafted tokens after it (K = `drafts`, 2 by
+* clean rows verify. The last committed token and the k ≤ K drafted tokens after it (K = `drafts`, 1 by
   default, at most B − 1), read causally, give the next-token distribution p at each of k + 1 positions.
   Draft i is accepted with probability min(1, p(dᵢ)/q(dᵢ)) (speculative sampling, Leviathan et al. 2023).
   At the first rejection a token is drawn from the residual max(0, p − q); after k acceptances it is
@@ -41,9 +41,12 @@ from dlm.sampling.config import SamplerConfig
 from dlm.sampling.denoiser import DenoiseStep, GenerationResult
 from dlm.special_ids import SpecialIds
 
-DEFAULT_DRAFTS = 2
-"""Drafts per pass when `SamplerConfig.drafts` is 0. Fewer drafts, fewer rows: a pass of K drafts carries
-(K + 1)² + K + 1 rows (12 for 2, 20 for 3) and commits up to K + 1 tokens; measured in docs/block-diffusion.md."""
+DEFAULT_DRAFTS = 1
+"""Drafts per pass when `SamplerConfig.drafts` is 0. A pass of K drafts carries (K + 1)(K + 2) rows (6 for
+one draft, 12 for 2, 20 for 3) and commits up to K + 1 tokens. On a CPU one draft was the fastest at batch 32
+(1.14× the AR twin, against 0.72× for 2 and 0.54× for 3) and within 4 % of the fastest at batch 1
+(docs/block-diffusion.md, 2026-12-06). Not the batch's to choose: a row's text depends on K, and it must
+not depend on the batch."""
 
 
 class RowCache:
@@ -133,7 +136,7 @@ class SelfSpeculativeDecoder:
         self.step_count = 0
         cfg = model.cfg
         # One row, every column valid: most passes take `_step_single_row`.
-        self._in_place = B == 1 and bool(canvas.valid.all())
+        self._one_row = B == 1 and bool(canvas.valid.all())
         rows = max((self.K + 1) * (1 + self.S), self.S)  # a pass's rows (a prompt's start at column 0 fits)
         self.cache = RowCache(cfg.n_layer, B, cfg.n_head, W, cfg.d_model // cfg.n_head,
                               self.device, next(model.parameters()).dtype, scratch=rows)
@@ -147,7 +150,7 @@ class SelfSpeculativeDecoder:
         self._columns = torch.arange(W + rows, device=self.device)
         self._valid = torch.cat((canvas.valid, torch.zeros(B, rows, dtype=torch.bool, device=self.device)), 1)
         self._left_pad = (~canvas.valid).sum(1, keepdim=True)  # each row counts positions from its first token
-        if self._in_place:
+        if self._one_row:
             self._single_row_constants()
 
     # --- distributions and draws ---------------------------------------------------------------
@@ -273,7 +276,7 @@ class SelfSpeculativeDecoder:
         columns inside it. `_step_single_row` then does exactly what `_step` does, with Python numbers for
         the decisions and about a quarter of the tensor operations (a pass is a few milliseconds on a CPU,
         and each small operation costs microseconds)."""
-        return (self._in_place and not bool(self.done[0]) and int(self.n_drafts[0]) == self.K
+        return (self._one_row and not bool(self.done[0]) and int(self.n_drafts[0]) == self.K
                 and int(self.n[0]) + 2 * self.K < self.width)
 
     def _step_single_row(self) -> int:
@@ -290,7 +293,7 @@ class SelfSpeculativeDecoder:
         logits = self.model(tokens, cache=self.cache, positions=positions, attn_mask=mask)
         self.forward_passes += 1
         probs = self._probs(logits[0].index_select(0, self._row_used))
-        p, q_groups = probs[:K + 1], probs[K + 1:].view(K + 1, K, -1)
+        p, q_groups = probs[:K + 1], probs[K + 1:].view(K + 1, K, probs.shape[-1])
         u = torch.rand(2 * K + 1, dtype=torch.float64, generator=self.generators[0], device=self.device)
         drafts, at = self.drafts[0], self._row_drafts
         checks = torch.cat((p[at, drafts], self.q[0, at, drafts], u[:K])).tolist()

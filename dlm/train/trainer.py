@@ -101,8 +101,9 @@ def prepare(cfg: RunConfig, run_dir: Path, resume: bool = False, quiet: bool = F
     `cfg` is not changed: the setup holds a resolved copy. The caller releases `setup.lock`."""
     cfg = copy.deepcopy(cfg)
     if cfg.train.objective != "bd3" or cfg.model.backbone:
-        # block diffusion's token-causal clean copy (the CPU preset sets it): dlm's own bd3 networks only
-        cfg.model.clean_causal, cfg.diffusion.clean_ar_weight = False, 0.0
+        # block diffusion's token-causal clean copy and its masking (the CPU preset sets them): dlm's own bd3
+        # networks only
+        cfg.model.clean_causal, cfg.diffusion.clean_ar_weight, cfg.diffusion.block_noise = False, 0.0, "t"
     cfg.validate()
     run, tc = RunFolder(run_dir), cfg.train
     dist, device_name = init_distributed(tc.device)
