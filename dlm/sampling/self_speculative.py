@@ -22,10 +22,10 @@ difference: its positions are relative (RoPE), its clean copy is token-causal, a
 windows cut at random offsets.
 
 Rows of a batch advance at their own pace. Each row's keys go to its own columns of a cache. Only the
-clean rows are stored, and a forward pass reads the stored prefix plus its own rows. A single row's
-passes away from the canvas's end take a leaner path with the same result (`_step_single_row`). A row that has
+clean rows are stored, and a forward pass reads the stored prefix plus its own rows. A row that has
 finished rides along until the last row ends (its rows are masked). Prompts are left-padded as on a
-diffusion canvas, so the result is laid out like every other sampler's.
+diffusion canvas, so the result is laid out like every other sampler's. A single row's passes away from
+the canvas's end take a leaner path to the same result (`_step_single_row`).
 """
 
 from __future__ import annotations
@@ -49,6 +49,12 @@ one draft, 12 for 2, 20 for 3) and commits up to K + 1 tokens. On a CPU one draf
 not depend on the batch."""
 
 
+def check_drafts(drafts: int, block: int) -> None:
+    """A block of B drafts at most B − 1 tokens a pass (0: the default)."""
+    if drafts > block - 1:
+        raise DlmError(f"drafts={drafts}: a block of {block} drafts at most {block - 1} tokens a pass")
+
+
 class RowCache:
     """Keys and values of each row at its own columns, written in place.
 
@@ -68,30 +74,32 @@ class RowCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0  # read by the causal twin's guard only; this cache serves bidirectional models
-        self.start: int | torch.Tensor = 0  # an int when every row's pass starts at the same column
+        self.start = 0  # where every row's pass begins, when they begin at one column
+        self.index: torch.Tensor | None = None  # else each row's columns, as a scatter index (B, H, R, D)
         self.end = 0
 
-    def place(self, start: torch.Tensor | int, rows: int) -> None:
-        """The next pass's rows go to columns start … start+rows−1 of each row: `start` (B,), or one int."""
+    def place(self, start: torch.Tensor | int, rows: int, last: int | None = None) -> None:
+        """The next pass's rows go to columns start … start+rows−1 of each row: one int for every row, or
+        `start` (B,) with `last` its largest value."""
         if isinstance(start, int):
-            self.start, self.end = start, start + rows
+            self.start, self.index, self.end = start, None, start + rows
             return
         B, H, _, D = self.k.shape[1:]
         offsets = torch.arange(rows, device=start.device)
-        self.start = (start[:, None] + offsets)[:, None, :, None].expand(B, H, rows, D)
-        self.end = int(start.max()) + rows
+        self.index = (start[:, None] + offsets)[:, None, :, None].expand(B, H, rows, D)
+        self.end = last + rows
 
     def span(self, n_tokens: int) -> tuple[int, int]:
         return 0, 0  # positions are always given explicitly; the range check reads them
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)
-        if isinstance(self.start, int):
+        if self.index is None:
             self.k[layer, :, :, self.start:self.end] = k
             self.v[layer, :, :, self.start:self.end] = v
         else:
-            self.k[layer].scatter_(2, self.start, k)
-            self.v[layer].scatter_(2, self.start, v)
+            self.k[layer].scatter_(2, self.index, k)
+            self.v[layer].scatter_(2, self.index, v)
         return self.k[layer, :, :, :self.end], self.v[layer, :, :, :self.end]
 
     def advance(self, n_tokens: int) -> None:
@@ -104,8 +112,7 @@ class SelfSpeculativeDecoder:
     def __init__(self, model: torch.nn.Module, canvas: Canvas, config: SamplerConfig, special: SpecialIds,
                  block: int, seeds: list[int] | None = None):
         self.model, self.cfg, self.special, self.block = model, config, special, block
-        if config.drafts > block - 1:
-            raise DlmError(f"drafts={config.drafts}: a block of {block} drafts at most {block - 1} tokens a pass")
+        check_drafts(config.drafts, block)
         # K drafts checked per pass; each drafting group is K + 1 masks (the token drawn in the pass, then
         # the next K drafts), fewer than the block's B when K < B − 1.
         self.K = min(config.drafts or DEFAULT_DRAFTS, block - 1)
@@ -204,7 +211,7 @@ class SelfSpeculativeDecoder:
             self.cache.place(first, R)
             mask = torch.cat((self._valid[:, None, :first] & reads, new), 2)[:, None]  # (B, 1, R, first + R)
         else:  # row b's pass at cached_b … cached_b+R−1; columns past its prefix and pass are hidden
-            self.cache.place(cached, R)
+            self.cache.place(cached, R, last)
             rel = self._columns[:last + R] - cached[:, None]  # (B, Tk): key column relative to the row's pass
             prefix = (rel < 0) & self._valid[:, :last + R]
             own = new.gather(2, rel.clamp(0, R - 1)[:, None, :].expand(B, R, last + R)) & (rel >= 0)[:, None, :]
@@ -332,8 +339,9 @@ class SelfSpeculativeDecoder:
         self.q = q
         self.n_drafts = (self.width - self.n).clamp(0, self.K).masked_fill(self.done, 0)
 
-    def _start(self) -> torch.Tensor:
-        """Read the prompt (stored), draw each row's first token and its first drafts."""
+    def _start(self) -> int:
+        """Read the prompt (stored), draw each row's first token and its first drafts. Returns the first
+        column written."""
         B, S = self.x.shape[0], self.start
         cols = self._columns[:S].expand(B, S)
         ok = self.canvas.valid[:, :S]
@@ -354,11 +362,11 @@ class SelfSpeculativeDecoder:
         self.n += 1
         self._end_rows_at_eos(first, torch.ones(B, 1, dtype=torch.bool, device=self.device))
         self._set_drafts(self._probs(group_logits[:, 0, 1:self.K + 1]), u[:, 1:])
-        return first
+        return S
 
-    def _step(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(self) -> int:
         """Verify the drafts, commit the accepted ones and one drawn token, draw new drafts.
-        Returns the first column written in each row and how many tokens each row committed."""
+        Returns the first column any row wrote."""
         B, K, W = self.x.shape[0], self.K, self.width
         n, k = self.n, self.n_drafts  # k ≤ K drafts at columns n … n+k−1
         live = ~self.done
@@ -408,7 +416,7 @@ class SelfSpeculativeDecoder:
         self.n = n + count
         self._end_rows_at_eos(first, j < count[:, None])
         self._set_drafts(q_groups.gather(1, a[:, None, None, None].expand(B, 1, K, V)).squeeze(1), u[:, K + 1:])
-        return first, count
+        return int(first.min())
 
     def _end_rows_at_eos(self, first: torch.Tensor, written: torch.Tensor) -> None:
         """Mark rows that reached their last column, or wrote [EOS] with stop_at_eos (then [PAD] after it)."""
@@ -428,14 +436,13 @@ class SelfSpeculativeDecoder:
         while True:
             self.step_count += 1
             changed = self.x != before  # a pass writes only where the canvas was [MASK]
-            lo = first if isinstance(first, int) else int(first.min())
             nothing = torch.zeros_like(changed)
-            yield DenoiseStep(self.step_count, self.x.clone(), changed, nothing, nothing, (lo, int(self.n.max())),
+            yield DenoiseStep(self.step_count, self.x.clone(), changed, nothing, nothing, (first, int(self.n.max())),
                               self.forward_passes)
             if bool(self.done.all()):
                 break
             before = self.x.clone()
-            first = self._step_single_row() if self._single_row_ready() else self._step()[0]
+            first = self._step_single_row() if self._single_row_ready() else self._step()
         gen = ~self.canvas.fixed & self.canvas.valid
         assert not bool(((self.x == self.special.mask) & gen).any()), "sampler left a [MASK]"
 

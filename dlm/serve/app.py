@@ -36,6 +36,7 @@ from dlm.data.chat import ChatTemplate, check_conversation
 from dlm.errors import DlmError
 from dlm.inference import Pipeline
 from dlm.sampling.config import SamplerConfig
+from dlm.sampling.self_speculative import check_drafts
 from dlm.serve.engine import Engine, Job, QueueFull
 from dlm.serve.limits import Limits
 
@@ -110,10 +111,11 @@ def parse_request(body, pipes: dict[str, Pipeline], limits: Limits, chat: bool) 
         raise ApiError(400, "speculative decoding needs a block model whose clean copy learnt next-token "
                        "prediction, continuing a prompt (not a chat turn)", param="speculative",
                        code="invalid_sampler_option")
-    drafts, block = options.get("drafts"), pipe.diffusion_block
-    if drafts and block and drafts > block - 1:
-        raise ApiError(400, f"drafts={drafts}: a block of {block} drafts at most {block - 1} tokens a pass",
-                       param="drafts", code="invalid_sampler_option")
+    if options.get("drafts") and pipe.diffusion_block:
+        try:
+            check_drafts(options["drafts"], pipe.diffusion_block)
+        except DlmError as e:
+            raise ApiError(400, str(e), param="drafts", code="invalid_sampler_option") from None
     seed = _number(body, "seed", random.randrange(2**31), int)
     job = Job(name, "chat" if chat else "completion", max_tokens or 0, options, [seed + i for i in range(n)],
               frames=bool(body.get("dlm_frames", False)))
