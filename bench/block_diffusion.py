@@ -16,14 +16,17 @@ Three tables, each row measured here, on this machine, in one run of this script
    the AR twin with its KV cache), judged as in
    bench/default_sampler.py: real-word rate, whole-text MAUVE with its interval, gen-PPL under the
    AR twin and under an independent pretrained judge, unigram entropy, self-BLEU. Speed: generated
-   characters per second at batch 32 (the samples themselves) and at batch 1 (`--speed-samples`
-   single samples, seeds 0, 1, …, the samplers taking turns sample by sample, so that a slow minute
-   of a shared machine falls on all of them alike), each with its wall time.
+   characters per second at batch 1 (`--speed-samples` single samples, seeds 0, 1, …) and at batch 32
+   (`--speed-batches` batches), the samplers taking turns sample by sample and batch by batch, so that
+   a slow minute of a shared machine falls on all of them alike, each with its wall time. (The batch-32
+   figure used to be the judged samples' own wall time, each sampler's in one stretch; a drift of the
+   machine between stretches then showed up as a difference between samplers.)
 3. **The verdict**: each row against the AR twin by the "within reach" rule of
    bench/default_sampler.py, and its speed as a multiple of the twin's at batch 1 and 32.
 
 `--dtype fp32` runs every model in fp32 (the twin is fastest so at batch 1 on some CPUs: run both).
-Self-speculative rows come with 1, 2 and 3 drafts a pass (`--drafts`), the default named plainly.
+Self-speculative rows come with 1, 2 and 3 drafts a pass (`--drafts`) beside the default (by batch size):
+their samples are the same text, so they differ in speed only.
 `--plot` draws the quality–speed frontier (real-word rate against characters per second at
 batch 1, every row a point) as a PNG.
 """
@@ -50,7 +53,6 @@ from dlm.eval.generation_eval import evaluate_generation, run_word_list
 from dlm.eval.likelihood import evaluate_likelihood
 from dlm.inference import load
 from dlm.io import atomic_write_json
-from dlm.sampling.self_speculative import DEFAULT_DRAFTS
 
 METRICS = ("real_word_rate", "mauve", "gen_ppl", "independent_gen_ppl", "unigram_entropy", "self_bleu")
 
@@ -70,10 +72,8 @@ def block_settings(block: int, length: int, drafts_itself: bool = False) -> dict
             settings[f"{name}, temperature 1"] = {**steps, "temperature": 1.0}
     if block > 1 and drafts_itself:  # the clean copy's next-token distribution, drafted a block at a time
         settings["speculative"] = {"steps": length, "speculative": True, "temperature": 1.0}
-        for drafts in range(1, min(block, 4)):  # beside the default's DEFAULT_DRAFTS (fewer for small blocks)
-            if drafts != min(DEFAULT_DRAFTS, block - 1):
-                settings[f"speculative, {drafts} draft{'s' * (drafts > 1)}"] = {**settings["speculative"],
-                                                                                  "drafts": drafts}
+        for drafts in range(1, min(block, 4)):  # beside the default's (by batch size): the same text, other speeds
+            settings[f"speculative, {drafts} draft{'s' * (drafts > 1)}"] = {**settings["speculative"], "drafts": drafts}
     if block > 1:
         for threshold in (0.9, 0.7):
             settings[f"threshold {threshold}"] = {"steps": length, "sampler": "confidence", "threshold": threshold}
@@ -112,38 +112,73 @@ def likelihood_order(name: str) -> tuple[int, str]:
     return (10**6 if name == "MDLM" else 10**7), name
 
 
-def speeds_at_batch_1(samplers: dict[str, tuple[object, dict]], args: argparse.Namespace) -> dict[str, dict]:
-    """Characters per second of single samples, the samplers taking turns (one sample each, seed by seed)
+def speeds(samplers: dict[str, tuple[object, dict]], args: argparse.Namespace, batch: int,
+           repeats: int) -> dict[str, dict]:
+    """Characters per second at `batch`, the samplers taking turns (one sample or batch each, seed by seed)
     so that a slower or faster stretch of a shared machine falls on all of them alike."""
     spent = {name: [0.0, 0] for name in samplers}
-    for seed in range(args.speed_samples):
+    for turn in range(repeats):
         for name, (pipe, options) in samplers.items():
             started = time.perf_counter()
-            result = pipe.sample("", length=args.length, seed=seed, **options)
+            result = pipe.sample("", length=args.length, seed=turn * batch, num_samples=batch, **options)
             spent[name][0] += time.perf_counter() - started
             spent[name][1] += int(result.generated.sum())
-    return {name: {"batch1_chars_per_s": tokens / wall, "batch1_wall_s": wall, "batch1_samples": args.speed_samples}
+    key = f"batch{batch}"
+    return {name: {f"{key}_chars_per_s": tokens / wall, f"{key}_wall_s": wall, f"{key}_samples": repeats * batch}
             for name, (wall, tokens) in spent.items()}
 
 
-def measure(name: str, pipe, options: dict, common: dict, args: argparse.Namespace) -> dict:
+def sample_texts(pipe, options: dict, steps: int, common: dict) -> tuple[list[str], float]:
+    """The texts of `common`'s samples (its batch size and seeds, as evaluate_generation draws them) and
+    the wall time of drawing them."""
+    started, texts = time.perf_counter(), []
+    n, batch = common["num_samples"], common["batch_size"]
+    special = set(pipe.tokenizer.special_ids) - {pipe.tokenizer.eos_id}
+    for first in range(0, n, batch):
+        result = pipe.sample("", length=common["length"], steps=steps, seed=common["seed"] + first,
+                             num_samples=min(batch, n - first), **options)
+        texts += [pipe.tokenizer.decode([i for i in row if i not in special]) for row in result.tokens.tolist()]
+    return texts, time.perf_counter() - started
+
+
+def same_text_timed(pipe, options: dict, steps: int, judged: dict, common: dict) -> dict:
+    """A self-speculative row that differs from a judged one in its drafts only: its samples are the same
+    text (drafts are a speed setting), so they are drawn, timed and checked against the judged row's
+    texts, and the judgement is copied."""
+    texts, wall = sample_texts(pipe, options, steps, common)
+    if texts != judged["texts"]:
+        raise SystemExit("block_diffusion: the drafts changed the text (they must not): a bug in the sampler")
+    return {**judged, **options, "wall_s": wall, "tokens_per_s": len(texts) * common["length"] / wall,
+            "same_text_as": judged["name"]}
+
+
+def measure(name: str, pipe, options: dict, common: dict, args: argparse.Namespace,
+            judged: dict[tuple, dict]) -> dict:
     steps = options.pop("steps", args.length)
-    row = evaluate_generation(pipe, common.pop("split"), steps=steps, sampler_options=options, **common)
-    row["batch32_chars_per_s"] = row["tokens_per_s"]
+    if args.top_p < 1.0:
+        options["top_p"] = args.top_p
+    key = (id(pipe), json.dumps({k: v for k, v in options.items() if k != "drafts"}, sort_keys=True))
+    if options.get("speculative") and key in judged:
+        common.pop("split")
+        row = same_text_timed(pipe, options, steps, judged[key], common)
+    else:
+        row = evaluate_generation(pipe, common.pop("split"), steps=steps, sampler_options=options, **common)
+        row["name"] = name
+        judged.setdefault(key, row)
     row["options"] = {"steps": steps, **options}
     shown = {k: round(row[k], 3) for k in METRICS if row.get(k) is not None}
-    print(name, shown, f"{row['batch32_chars_per_s']:.0f} chars/s at batch {args.batch_size}", flush=True)
+    print(name, shown, f"{row['tokens_per_s']:.0f} chars/s at batch {args.batch_size} (judged run)", flush=True)
     return row
 
 
 def verdicts(report: dict) -> None:
-    ar = report["rows"]["AR twin"]
+    ar, big = report["rows"]["AR twin"], f"batch{report['settings']['batch_size']}"
     for row in report["rows"].values():
         missing = shortfalls(row, ar)
         row["within_reach"] = missing is not None and not missing
         row["shortfalls"] = missing or []
-        row["speed_vs_ar_batch1"] = row["batch1_chars_per_s"] / ar["batch1_chars_per_s"]
-        row["speed_vs_ar_batch32"] = row["batch32_chars_per_s"] / ar["batch32_chars_per_s"]
+        for key in ("batch1", big):
+            row[f"speed_vs_ar_{key}"] = row[f"{key}_chars_per_s"] / ar[f"{key}_chars_per_s"]
 
 
 def markdown(report: dict) -> str:
@@ -158,10 +193,13 @@ def markdown(report: dict) -> str:
         steps = f"{r['training_steps']:,}" if r.get("training_steps") else "—"
         lines.append(f"| {name} | {kind} | {r['nats_per_token']:.4f} | {r.get('mc_standard_error', 0):.4f} | "
                      f"{'—' if se is None else f'{se:.4f}'} | {steps} |")
-    lines += ["", f"#### Samples and speed ({s['samples']} samples × {s['length']} characters; speed at batch 1 "
-              f"over {s['speed_samples']} samples, at batch {s['batch_size']} over the samples themselves)", "",
+    nucleus = f"; top-p {s['top_p']:g} for every row" if s.get("top_p", 1.0) < 1.0 else ""
+    bs, big = s["batch_size"], f"batch{s['batch_size']}"
+    timed = (f"{s['speed_batches']} batches taking turns" if "speed_batches" in s else "the samples themselves")
+    lines += ["", f"#### Samples and speed ({s['samples']} samples × {s['length']} characters{nucleus}; speed at "
+              f"batch 1 over {s['speed_samples']} samples, at batch {bs} over {timed})", "",
               "| model · sampler | real words % | MAUVE (whole text) | gen-PPL (AR twin) | gen-PPL (independent) | "
-              "entropy | self-BLEU | chars/s, batch 1 | × AR | chars/s, batch 32 | × AR | within reach |",
+              f"entropy | self-BLEU | chars/s, batch 1 | × AR | chars/s, batch {bs} | × AR | within reach |",
               "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     ref = report["reference"]
     words = percent(ref.get("real_word_rate"), ref.get("real_word_rate_se"))
@@ -173,10 +211,12 @@ def markdown(report: dict) -> str:
         if name == "AR twin":
             verdict = "—"
         words = percent(r.get("real_word_rate"), r.get("real_word_rate_se"))
+        if r.get("same_text_as"):
+            name += " (the same text)"
         lines.append(f"| {name} | {words} | {mauve_cell(r)} | {r['gen_ppl']:.2f} | "
                      f"{r.get('independent_gen_ppl') or 0:.1f} | {r['unigram_entropy']:.3f} | {r['self_bleu']:.3f} | "
                      f"{r['batch1_chars_per_s']:,.0f} | {r['speed_vs_ar_batch1']:.2f} | "
-                     f"{r['batch32_chars_per_s']:,.0f} | {r['speed_vs_ar_batch32']:.2f} | {verdict} |")
+                     f"{r[f'{big}_chars_per_s']:,.0f} | {r[f'speed_vs_ar_{big}']:.2f} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 
@@ -219,6 +259,7 @@ def main() -> int:
     parser.add_argument("--length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--speed-samples", type=int, default=4, help="single samples timed at batch 1")
+    parser.add_argument("--speed-batches", type=int, default=2, help="batches of --batch-size timed")
     parser.add_argument("--settings", help="';'-separated subset of the block samplers' setting names")
     parser.add_argument("--quality-blocks", type=int, nargs="*",
                         help="block sizes whose samples are judged (default: every bd3 run's)")
@@ -226,6 +267,8 @@ def main() -> int:
                         help="reuse this `dlm eval --json` file for RUN's likelihood")
     parser.add_argument("--independent-judge", default="smollm2", help="as in bench/default_sampler.py; 'none' skips")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0,
+                        help="nucleus sampling for every row, the AR twin's included (default 1: off)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
                         help="every model's inference precision (auto: dlm's default, fp32 on a CPU since 2026-12-05, "
                         "bf16 on CUDA; it was bf16 on CPUs with bf16 units before)")
@@ -297,12 +340,15 @@ def main() -> int:
         for setting, options in block_settings(pipe.diffusion_block, args.length, pipe.drafts_itself).items():
             if chosen is None or setting in chosen:
                 samplers[f"{name} · {setting}"] = (pipe, options)
+    judged: dict[tuple, dict] = {}
     for name, (pipe, options) in samplers.items():
-        report["rows"][name] = measure(name, pipe, dict(options), common(), args)
-    for name, speed in speeds_at_batch_1({name: (pipe, {"steps": args.length, **options})
-                                          for name, (pipe, options) in samplers.items()}, args).items():
-        report["rows"][name].update(speed)
-        print(name, f"{speed['batch1_chars_per_s']:.0f} chars/s at batch 1", flush=True)
+        report["rows"][name] = measure(name, pipe, dict(options), common(), args, judged)
+    nucleus = {"top_p": args.top_p} if args.top_p < 1.0 else {}
+    timed = {name: (pipe, {"steps": args.length, **options, **nucleus}) for name, (pipe, options) in samplers.items()}
+    for batch, repeats in ((1, args.speed_samples), (args.batch_size, args.speed_batches)):
+        for name, speed in speeds(timed, args, batch, repeats).items():
+            report["rows"][name].update(speed)
+            print(name, f"{speed[f'batch{batch}_chars_per_s']:.0f} chars/s at batch {batch}", flush=True)
     verdicts(report)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(args.json), report)

@@ -239,7 +239,7 @@ def test_the_exact_nelbo_of_blocks_of_one_is_the_next_token_nll() -> None:
                             block=16, progress=False, estimator="exact")
 
 
-def test_a_short_block_diffusion_run_learns_evaluates_and_samples(tmp_path: Path, corpus_file: Path) -> None:
+def test_a_short_block_diffusion_run_learns_evaluates_and_samples(tmp_path: Path, corpus_file: Path, bench) -> None:
     from test_learning import unigram_entropy, val_nelbo
 
     cfg = tiny()
@@ -283,10 +283,23 @@ def test_a_short_block_diffusion_run_learns_evaluates_and_samples(tmp_path: Path
     out = subprocess.run([sys.executable, "-m", "dlm", "sample", "--ckpt", str(run), "--speculative", "--length", "24",
                           "--prompt", "The"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("The"), out.stderr
-    # as many drafts a pass as the block holds (the default is one); more: one line naming the limit
+    # as many drafts a pass as the block holds; more: one line naming the limit
     block = pipe.diffusion_block
     most = pipe.sample(["The quick"], length=20, seed=1, speculative=True, drafts=block - 1)
     assert pipe.decode(most)[0].startswith("The quick") and most.forward_passes <= 1 + 20
+    # drafts are a speed setting: the same text for any number, and for the default (2 alone, 1 in a batch)
+    fewest = pipe.sample(["The quick"], length=20, seed=1, speculative=True, drafts=1)
+    assert torch.equal(fewest.tokens, most.tokens) and fewest.forward_passes >= most.forward_passes
+    assert pipe.decode(pipe.sample(["The quick"], length=20, seeds=[2], speculative=True))[0] == spoken[1]
+    # the block bench times a row that differs in its drafts only, checking its text against the judged row's
+    blocks = bench("block_diffusion")
+    common = {"num_samples": 3, "batch_size": 2, "length": 16, "seed": 0}
+    texts, _ = blocks.sample_texts(pipe, {"speculative": True, "drafts": 1}, 16, common)
+    judged = {"texts": texts, "name": "one draft", "real_word_rate": 0.5}
+    row = blocks.same_text_timed(pipe, {"speculative": True, "drafts": 3}, 16, judged, common)
+    assert row["same_text_as"] == "one draft" and row["real_word_rate"] == 0.5 and row["drafts"] == 3
+    with pytest.raises(SystemExit, match="the drafts changed the text"):
+        blocks.same_text_timed(pipe, {"speculative": True, "drafts": 3}, 16, {**judged, "texts": texts[::-1]}, common)
     bad = subprocess.run([sys.executable, "-m", "dlm", "sample", "--ckpt", str(run), "--drafts", str(block),
                           "--length", "8"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [

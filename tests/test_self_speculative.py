@@ -1,6 +1,6 @@
 """Self-speculative block decoding: whatever the drafts, the text follows the clean copy's next-token
-distribution (greedy: its argmax path; temperature 1: its marginals), a row does not depend on its
-batch, and the sampler refuses settings it cannot honour."""
+distribution (greedy: its argmax path; temperature 1: its marginals), the same text for any number of
+drafts, a row does not depend on its batch, and the sampler refuses settings it cannot honour."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dlm.errors import DlmError
 from dlm.model.transformer import Transformer
 from dlm.sampling.canvas import build_canvas
 from dlm.sampling.config import SamplerConfig
-from dlm.sampling.self_speculative import SelfSpeculativeDecoder
+from dlm.sampling.self_speculative import SelfSpeculativeDecoder, default_drafts
 
 BLOCK = 4
 BANNED = [MASK, SPECIAL.pad, SPECIAL.bos]
@@ -115,8 +115,9 @@ class EndsSoon(torch.nn.Module):
         return logits
 
 
+# drafts 0: the default, 2 alone and 1 in a batch (default_drafts)
 @pytest.mark.parametrize(("drafts", "ends", "block"), [(1, False, 4), (2, False, 4), (3, False, 4), (2, True, 4),
-                                                     (0, False, 1)])
+                                                     (0, False, 4), (0, True, 4), (0, False, 1)])
 def test_a_row_is_the_same_alone_or_in_a_batch(drafts: int, ends: bool, block: int,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Alone, a row takes the single-row pass (in-place cache, decisions in Python) for most of its passes;
@@ -138,6 +139,27 @@ def test_a_row_is_the_same_alone_or_in_a_batch(drafts: int, ends: bool, block: i
     assert len(single_row_passes) >= (4 if ends else 16)  # the single-row pass did most of the work
     if ends:
         assert all(row[-1] == SPECIAL.eos and len(row) < len(p) + length for row, p in zip(batch, prompts, strict=True))
+
+
+@pytest.mark.parametrize("options", [{"temperature": 1.0}, {"temperature": 0.8, "top_p": 0.9, "stop_at_eos": True}])
+def test_the_text_is_the_same_for_any_number_of_drafts(options: dict) -> None:
+    """Each column's token is the clean copy's draw for that column's noise; the drafts only decide how many
+    columns a pass writes. So K is a speed setting: more drafts, fewer passes, the same text."""
+    net = EndsSoon(peaked(seed=3), boost=0.5)
+    prompts, length = [[1, 2, 3], [4], []], 20
+    texts, passes = {}, {}
+    for drafts in (1, 2, 3):
+        decoder = decode(net, prompts, length, seed=11, drafts=drafts, **options)
+        texts[drafts], passes[drafts] = decoder.result().rows(), decoder.forward_passes
+    assert texts[1] == texts[2] == texts[3]
+    assert passes[3] < passes[1] <= 3 * length  # more drafts, fewer passes, each writing 1 to K + 1 tokens
+    assert texts[1] != decode(net, prompts, length, seed=12, drafts=1, **options).result().rows()  # not fixed
+
+
+def test_the_default_drafts_depend_on_the_batch() -> None:
+    assert [default_drafts(batch, 4) for batch in (1, 2, 32)] == [2, 1, 1]
+    assert default_drafts(1, 2) == 1 and default_drafts(1, 1) == 0  # at most B − 1
+    assert decode(peaked(), [[1]], 8).K == 2 and decode(peaked(), [[1], [2]], 8).K == 1
 
 
 def test_drafts_beyond_the_block_are_refused() -> None:

@@ -100,9 +100,9 @@ class SamplerConfig:
     clean copy's next-token distribution exactly (temperature, top-k, top-p); the drafts decide only how
     many tokens a pass commits (1 to the block size). Order, steps and threshold do not apply."""
     drafts: int = 0
-    """Self-speculative decoding: tokens drafted per pass, 1 to the block size − 1; 0 = 1 (the fastest on a
-    CPU overall, docs/block-diffusion.md). More drafts commit more tokens per pass but make every pass carry
-    more rows; the text's distribution is the same for any value."""
+    """Self-speculative decoding: tokens drafted per pass, 1 to the block size − 1; 0 = by the batch: 2 for a
+    single row, 1 for more (the fastest on a CPU, docs/block-diffusion.md). More drafts commit more tokens per
+    pass but make every pass carry more rows. A speed setting only: the text is the same for any value."""
     seed: int = 0
     """Row i draws from its own generator seeded with seed + i, so a row's sample does not depend
     on what else is in the batch."""

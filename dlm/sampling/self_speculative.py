@@ -4,20 +4,24 @@ A block-diffusion model trained with `model.clean_causal` and `diffusion.clean_a
 in two ways: its clean copy is a next-token (causal) model, and its noisy block fills B masked positions
 in parallel from the clean text before them. One forward pass does both jobs (TiDAR, Liu et al. 2025):
 
-* clean rows verify. The last committed token and the k ≤ K drafted tokens after it (K = `drafts`, 1 by
-  default, at most B − 1), read causally, give the next-token distribution p at each of k + 1 positions.
-  Draft i is accepted with probability min(1, p(dᵢ)/q(dᵢ)) (speculative sampling, Leviathan et al. 2023).
-  At the first rejection a token is drawn from the residual max(0, p − q); after k acceptances it is
-  drawn from p itself.
+* clean rows verify. The last committed token and the k ≤ K drafted tokens after it (K = `drafts`), read
+  causally, give the next-token distribution p at each of k + 1 positions. Every column c of a row has its
+  own exponential noise E_c (V values, drawn from the row's generator in column order), and the token
+  written at c is argmax p / E_c: a draw from p (the exponential race, i.e. the Gumbel-max trick). Drafts
+  are accepted while they equal those tokens; the first that does not is replaced by it.
 * noisy rows draft. For every possible number a of accepted drafts there is a group of K + 1 masks right
   after them (positions n+a … n+a+K), reading the clean text up to the accepted ones. The group of the
-  outcome that happened supplies the next K drafts: the positions after the token just drawn, which
-  the group saw as a mask. With K = B − 1 a group is a whole block; with fewer drafts it is the start of
-  one, and a pass carries (K + 1)(K + 2) rows instead of B(B + 1).
+  outcome that happened supplies the next K drafts, argmax q / E_c with the same noise: the positions
+  after the token just written, which the group saw as a mask. With K = B − 1 a group is a whole block;
+  with fewer drafts it is the start of one, and a pass carries (K + 1)(K + 2) rows instead of B(B + 1).
 
-So the committed text follows the clean copy's next-token distribution exactly (after temperature, top-k
-and top-p), whatever the drafts are. The drafts only decide how many tokens a forward pass commits: 1 to
-K + 1. Drafted blocks start wherever the text has got to, not at multiples of B. The model cannot tell the
+So the committed text is the clean copy's next-token sample for the row's noise (after temperature, top-k
+and top-p), whatever the drafts are: the same text for every K, alone or in a batch. The drafts decide
+only how many tokens a forward pass commits: 1 to K + 1. (Speculative sampling's accept-with-probability
+min(1, p/q) rule, Leviathan et al. 2023, accepts a little more often, 0.575 against 0.542 for one draft
+here, but what it writes depends on the drafts, and so on K; docs/block-diffusion.md.)
+
+Drafted blocks start wherever the text has got to, not at multiples of B. The model cannot tell the
 difference: its positions are relative (RoPE), its clean copy is token-causal, and it was trained on
 windows cut at random offsets.
 
@@ -35,18 +39,24 @@ from collections.abc import Iterator
 import torch
 
 from dlm.errors import DlmError
-from dlm.sampling.base import filter_logits, row_generators, row_uniforms
+from dlm.sampling.base import filter_logits, row_generators
 from dlm.sampling.canvas import Canvas
 from dlm.sampling.config import SamplerConfig
 from dlm.sampling.denoiser import DenoiseStep, GenerationResult
 from dlm.special_ids import SpecialIds
 
-DEFAULT_DRAFTS = 1
-"""Drafts per pass when `SamplerConfig.drafts` is 0. A pass of K drafts carries (K + 1)(K + 2) rows (6 for
-one draft, 12 for 2, 20 for 3) and commits up to K + 1 tokens. On a CPU one draft was the fastest at batch 32
-(1.14× the AR twin, against 0.72× for 2 and 0.54× for 3) and within 4 % of the fastest at batch 1
-(docs/block-diffusion.md, 2026-12-06). Not the batch's to choose: a row's text depends on K, and it must
-not depend on the batch."""
+
+def default_drafts(batch: int, block: int) -> int:
+    """Drafts per pass when `SamplerConfig.drafts` is 0. A pass of K drafts carries (K + 1)(K + 2) rows (6 for
+    one draft, 12 for 2, 20 for 3) and commits up to K + 1 tokens. On a CPU, 2 drafts were the fastest at
+    batch 1 and 1 draft at batch 32, where rows cost compute (docs/block-diffusion.md, 2026-12-06). The text
+    does not depend on K, so the batch may choose."""
+    return min(2 if batch == 1 else 1, block - 1)
+
+
+NOISE_CHUNK_VALUES = 1 << 16
+"""A row's noise is drawn ahead in chunks of about this many values (columns × vocabulary): few generator
+calls for a character vocabulary, one column at a time for a large one."""
 
 
 def check_drafts(drafts: int, block: int) -> None:
@@ -113,14 +123,14 @@ class SelfSpeculativeDecoder:
                  block: int, seeds: list[int] | None = None):
         self.model, self.cfg, self.special, self.block = model, config, special, block
         check_drafts(config.drafts, block)
+        B, W = canvas.tokens.shape
         # K drafts checked per pass; each drafting group is K + 1 masks (the token drawn in the pass, then
         # the next K drafts), fewer than the block's B when K < B − 1.
-        self.K = min(config.drafts or DEFAULT_DRAFTS, block - 1)
+        self.K = min(config.drafts or default_drafts(B, block), block - 1)
         self.S = self.K + 1
         self.canvas = canvas
         # The canvas and spare columns past its end: a pass writes its drafts (and resets them) at n … n+K
         # unconditionally, and what lies past the canvas lands in the spare columns, which nothing reads.
-        B, W = canvas.tokens.shape
         spare = torch.full((B, self.K + self.S), special.mask, dtype=canvas.tokens.dtype, device=canvas.tokens.device)
         self._padded = torch.cat((canvas.tokens, spare), 1)
         self.x = self._padded[:, :W]  # a view: the canvas proper
@@ -138,7 +148,16 @@ class SelfSpeculativeDecoder:
         self.done = torch.zeros(B, dtype=torch.bool, device=self.device)
         self.drafts = torch.zeros(B, self.K, dtype=torch.long, device=self.device)
         self.n_drafts = torch.zeros(B, dtype=torch.long, device=self.device)
-        self.q: torch.Tensor | None = None  # (B, K, V) the distributions the drafts were drawn from
+        # Each row's exponential noise, a ring of columns: a pass reads columns n … n+2K (its tokens, then the
+        # next drafts), and a row draws a chunk of columns ahead at a time, always in column order, so the noise
+        # of a column is the same whatever K is and whatever else is in the batch.
+        V = model.cfg.vocab_size
+        self._chunk = max(1, min(32, NOISE_CHUNK_VALUES // V))
+        self._ring = 2 * self.K + self._chunk
+        self._noise = torch.empty(B, self._ring, V, dtype=torch.float64, device=self.device)
+        self._drawn = [start] * B  # per row: the first column whose noise is not drawn yet
+        self._ring_index = torch.arange(2 * self._ring, device=self.device) % self._ring
+        self._pass_span = torch.arange(2 * self.K + 1, device=self.device)
         self.forward_passes = 0
         self.step_count = 0
         cfg = model.cfg
@@ -175,15 +194,33 @@ class SelfSpeculativeDecoder:
             logits = logits / self.cfg.temperature
         return logits.softmax(-1)
 
-    def _uniform(self, width: int) -> torch.Tensor:
-        return row_uniforms(self.generators, width, self.device)
+    def _draw_noise(self, last: list[int]) -> None:
+        """Draw row b's noise through column last[b] and a chunk beyond, if not drawn yet (−1: nothing)."""
+        L, V = self._ring, self._noise.shape[-1]
+        for b, end in enumerate(last):
+            drawn = self._drawn[b]
+            if end < drawn:
+                continue
+            m = end + self._chunk - drawn  # ≤ the ring: the row's next column n ≤ drawn, and end = n + 2K
+            g = self.generators[b]
+            fresh = torch.empty(m, V, dtype=torch.float64, device=g.device).exponential_(generator=g)
+            fresh = fresh.clamp_(min=1e-300).to(self.device)  # (a zero would make 0 / 0)
+            slot = (drawn - self.start) % L
+            head = min(m, L - slot)
+            self._noise[b, slot:slot + head] = fresh[:head]
+            self._noise[b, :m - head] = fresh[head:]
+            self._drawn[b] = drawn + m
+
+    def _noise_from(self, n: torch.Tensor) -> torch.Tensor:
+        """(B, 2K + 1, V): each row's noise at columns n … n+2K (drawn)."""
+        slots = (n[:, None] - self.start + self._pass_span) % self._ring
+        return self._noise.gather(1, slots[..., None].expand(-1, -1, self._noise.shape[-1]))
 
     @staticmethod
-    def _draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Inverse-CDF draws: probs (..., V), u (...) uniforms → ids (...)."""
-        cdf = probs.cumsum(-1)
-        ids = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1).contiguous()).squeeze(-1)
-        return ids.clamp(max=probs.shape[-1] - 1)
+    def _pick(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """argmax p / E over the vocabulary, E ~ Exp(1): a draw from p (the exponential race). probs and
+        noise (..., V) → ids (...)."""
+        return (probs / noise).argmax(-1)
 
     # --- one forward pass ----------------------------------------------------------------------
 
@@ -258,7 +295,7 @@ class SelfSpeculativeDecoder:
         self._row_offsets = torch.cat((self._span, 1 + self._group_offsets.reshape(-1)))
         # the rows whose distributions a pass uses: the clean ones, then rows 1 … K of every group
         self._row_used = torch.cat((self._span, C + (self._span[:, None] * S + 1 + self._span[:K]).reshape(-1)))
-        self._row_drafts = self._span[:K]
+        self._row_draft_noise = self._span[:, None] + 1 + self._span[:K]  # group a drafts n+a+1 … n+a+K
         self._row_bias: tuple[torch.Tensor, torch.Tensor] | None = None  # made by the first pass (`_row_mask`)
 
     def _row_mask(self, read: int) -> torch.Tensor:
@@ -301,29 +338,22 @@ class SelfSpeculativeDecoder:
         self.forward_passes += 1
         probs = self._probs(logits[0].index_select(0, self._row_used))
         p, q_groups = probs[:K + 1], probs[K + 1:].view(K + 1, K, probs.shape[-1])
-        u = torch.rand(2 * K + 1, dtype=torch.float64, generator=self.generators[0], device=self.device)
-        drafts, at = self.drafts[0], self._row_drafts
-        checks = torch.cat((p[at, drafts], self.q[0, at, drafts], u[:K])).tolist()
+        self._draw_noise([n + 2 * K])
+        slot = (n - self.start) % self._ring
+        noise = self._noise[0].index_select(0, self._ring_index[slot:slot + 2 * K + 1])  # columns n … n+2K
+        tokens = self._pick(p, noise[:K + 1])
+        drafts = self._pick(q_groups, noise[self._row_draft_noise])  # (K + 1, K): every outcome's next drafts
+        decided = torch.cat((tokens, self.drafts[0])).tolist()
         a = 0
-        while a < K and checks[2 * K + a] * checks[K + a] < checks[a]:  # u·q(d) < p(d): accepted
+        while a < K and decided[K + 1 + a] == decided[a]:  # a draft is accepted when it is the token
             a += 1
-        target = p[a:a + 1]
-        if a < K:  # after a rejection, the residual max(0, p − q) of that position
-            residual = (target - self.q[0, a:a + 1]).clamp(min=0)
-            mass = residual.sum(-1, keepdim=True)
-            if float(mass) > 1e-12:
-                target = residual / mass.clamp(min=1e-300)
-        token = self._draw(target, u[K:K + 1])
-        row[n + a:n + a + 1] = token
+        row[n:n + a + 1] = tokens[:a + 1]
         row[n + a + 1:n + K + 1] = self.special.mask
-        self.q = q_groups[a:a + 1]
-        self.drafts = self._draw(self.q, u[None, K + 1:])
+        self.drafts = drafts[a:a + 1]
         end = n + a + 1
-        if self.cfg.stop_at_eos:
-            written = row[n:end].tolist()
-            if self.special.eos in written:
-                self.x[0, n + written.index(self.special.eos) + 1:] = self.special.pad
-                end = W
+        if self.cfg.stop_at_eos and self.special.eos in decided[:a + 1]:
+            self.x[0, n + decided.index(self.special.eos) + 1:] = self.special.pad
+            end = W
         self.n.fill_(end)
         self.n_drafts.fill_(min(max(W - end, 0), K))
         if end >= W:
@@ -332,11 +362,9 @@ class SelfSpeculativeDecoder:
 
     # --- the loop ------------------------------------------------------------------------------
 
-    def _set_drafts(self, q: torch.Tensor, u: torch.Tensor) -> None:
-        """Draw the next drafts from q (B, B − 1, V), the distributions of a block's rows 1 … B−1 (row 0 is
-        the column just committed); u: (B, B − 1) uniforms."""
-        self.drafts = self._draw(q, u)
-        self.q = q
+    def _set_drafts(self, drafts: torch.Tensor) -> None:
+        """The next drafts (B, K), at columns n … n+K−1 of each row."""
+        self.drafts = drafts
         self.n_drafts = (self.width - self.n).clamp(0, self.K).masked_fill(self.done, 0)
 
     def _start(self) -> int:
@@ -356,12 +384,12 @@ class SelfSpeculativeDecoder:
         first_logits = group_logits[:, 0, 0]
         if S:
             first_logits = torch.where(has_prompt[:, None], clean_logits[:, -1], first_logits)
-        u = self._uniform(self.K + 1)
-        token = self._draw(self._probs(first_logits), u[:, 0])
-        self.x[:, S] = token
+        self._draw_noise([S + 2 * self.K] * B)
+        noise = self._noise_from(first)
+        self.x[:, S] = self._pick(self._probs(first_logits), noise[:, 0])
         self.n += 1
         self._end_rows_at_eos(first, torch.ones(B, 1, dtype=torch.bool, device=self.device))
-        self._set_drafts(self._probs(group_logits[:, 0, 1:self.K + 1]), u[:, 1:])
+        self._set_drafts(self._pick(self._probs(group_logits[:, 0, 1:self.K + 1]), noise[:, 1:self.K + 1]))
         return S
 
     def _step(self) -> int:
@@ -385,37 +413,27 @@ class SelfSpeculativeDecoder:
         V = clean_logits.shape[-1]
         probs = self._probs(torch.cat((clean_logits, group_logits[:, :, 1:K + 1].reshape(B, (K + 1) * K, V)), 1))
         p, q_groups = probs[:, :K + 1], probs[:, K + 1:].view(B, K + 1, K, V)
-        # Speculative sampling: accept draft i with probability min(1, p(d)/q(d)), in order.
-        u = self._uniform(2 * K + 1)  # K acceptance tests, one draw, K new drafts
+        # Each column's token is argmax p / E for its noise E; a draft is accepted when it is that token.
+        self._draw_noise(torch.where(live, n + 2 * K, -1).tolist())
+        noise = self._noise_from(n)  # columns n … n+2K
+        tokens = self._pick(p, noise[:, :K + 1])  # (B, K + 1)
         if K:
-            p_d = p[:, :K].gather(-1, self.drafts[..., None]).squeeze(-1)
-            q_d = self.q.gather(-1, self.drafts[..., None]).squeeze(-1)
-            accept = (u[:, :K] * q_d < p_d) & (self._span[None, :K] < k[:, None])
+            accept = (self.drafts == tokens[:, :K]) & (self._span[None, :K] < k[:, None])
             a = accept.long().cumprod(1).sum(1)  # drafts accepted, in order
         else:
             a = torch.zeros(B, dtype=torch.long, device=self.device)
-        at_a = a[:, None, None].expand(B, 1, V)
-        target = p.gather(1, at_a).squeeze(1)
-        if K:  # after a rejection, the residual max(0, p − q) of that position
-            rejected = a < k
-            q_a = self.q.gather(1, at_a.clamp(max=K - 1)).squeeze(1)
-            residual = (target - q_a).clamp(min=0)
-            mass = residual.sum(-1, keepdim=True)
-            use = rejected[:, None] & (mass > 1e-12)
-            target = torch.where(use, residual / mass.clamp(min=1e-300), target)
-        token = self._draw(target, u[:, K])
         room = live & (n + a < W)  # every draft up to the last column accepted: nothing to add
-        # One write over columns n … n+K: the accepted drafts stay, the drawn token goes at n + a, and [MASK]
-        # after it (the rejected drafts were written only to be read). Past the canvas: the spare columns.
+        # One write over columns n … n+K: the accepted drafts and the token after them (the tokens up to n + a),
+        # then [MASK] (the rejected drafts were written only to be read). Past the canvas: the spare columns.
         j, a_col = self._span[None], a[:, None]
-        kept = torch.cat((self.drafts, self.drafts[:, :1]), 1) if K else token[:, None]
-        values = torch.where(j < a_col, kept, torch.where(j == a_col, token[:, None], self.special.mask))
-        self._padded.scatter_(1, cols, values)
+        self._padded.scatter_(1, cols, torch.where(j <= a_col, tokens, self.special.mask))
         count = torch.where(live, a + room.long(), 0)
         first = n
         self.n = n + count
         self._end_rows_at_eos(first, j < count[:, None])
-        self._set_drafts(q_groups.gather(1, a[:, None, None, None].expand(B, 1, K, V)).squeeze(1), u[:, K + 1:])
+        q = q_groups.gather(1, a[:, None, None, None].expand(B, 1, K, V)).squeeze(1)  # the outcome's group
+        next_noise = noise.gather(1, (a_col + 1 + self._span[:K])[..., None].expand(B, K, V))
+        self._set_drafts(self._pick(q, next_noise))
         return int(first.min())
 
     def _end_rows_at_eos(self, first: torch.Tensor, written: torch.Tensor) -> None:
