@@ -88,6 +88,8 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         if queries is not None:
             q, cos_q, sin_q = q[:, :, :queries], cos[..., :queries, :], sin[..., :queries, :]
+            if isinstance(attn_mask, torch.Tensor) and attn_mask.shape[-2] == T:  # a mask row per query
+                attn_mask = attn_mask[..., :queries, :]
         else:
             cos_q, sin_q = cos, sin
         q, k = apply_rope(self.q_norm(q), cos_q, sin_q), apply_rope(self.k_norm(k), cos, sin)
@@ -120,7 +122,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
         else:  # flash / memory-efficient kernels
             y = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, dropout_p=dropout)
-        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+        return self.proj(y.transpose(1, 2).reshape(B, y.shape[2], D))
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -237,7 +239,8 @@ class Transformer(nn.Module):
 
     def forward(self, idx: torch.Tensor, t: torch.Tensor | None = None,
                 cache: KVCache | None = None, return_hidden: bool = False,
-                positions: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+                queries: int | None = None) -> torch.Tensor:
         """idx: (B, T) token ids; t: (B,) noise levels (used only with time conditioning).
 
         positions: (B, T) RoPE positions per row (default: consecutive, from the cache's write
@@ -245,6 +248,8 @@ class Transformer(nn.Module):
         attn_mask: bool, broadcastable to (B, H, T, Tk), True where a query may attend (on top of
         the causal mask of the AR twin); or a BlockDiffusionLayout, block diffusion's [noisy | clean]
         training input (dlm.model.block_attention), for which only the noisy half's rows come back.
+        queries: only the first `queries` rows' outputs are wanted: the last layer reads every row's key and
+        value (and stores them in the cache) but computes only those rows (self-speculative decoding).
         Returns logits (B, T, V), or the final normalised hidden states (B, T, D) with `return_hidden`.
         """
         B, T = idx.shape
@@ -269,7 +274,7 @@ class Transformer(nn.Module):
             cond = self.time_mlp(timestep_embedding(t, self.cfg.d_model).to(self.embed.weight.dtype))
         x = self.embed(idx)
         # Block diffusion: the last layer's clean rows feed nothing (no later layer reads their keys).
-        last_queries = None
+        last_queries = queries
         if isinstance(attn_mask, BlockDiffusionLayout):
             if attn_mask.clean_causal != self.cfg.clean_causal:
                 raise ValueError(f"this model reads finished blocks {'token' if self.cfg.clean_causal else 'block'}"

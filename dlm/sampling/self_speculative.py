@@ -225,22 +225,25 @@ class SelfSpeculativeDecoder:
     # --- one forward pass ----------------------------------------------------------------------
 
     def _forward(self, clean_cols: torch.Tensor, clean_ok: torch.Tensor, group_cols: torch.Tensor,
-                 group_ok: torch.Tensor, structure: torch.Tensor,
-                 cached: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                 group_ok: torch.Tensor, structure: torch.Tensor, cached: torch.Tensor,
+                 all_rows: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Clean rows at columns `clean_cols` (B, C), causal among themselves; noisy groups of masks at
         `group_cols` (B, G, S); `structure` (1, R, R), which new row reads which (`_structure`); all reading
         the stored columns below `cached` (B,). Columns may lie in the spare ones past the canvas. `*_ok`:
-        which rows are real. Returns the logits of the clean rows (B, C, V) and of the groups (B, G, S, V)."""
+        which rows are real. The rows go in as: the clean ones, every group's drafting rows 1 … S−1, then every
+        group's row 0, whose output only `_start` reads: without `all_rows` the last layer computes the rows
+        before them alone. Returns the logits of the clean rows (B, C, V), of the drafting rows (B, G, S − 1, V)
+        and, with `all_rows`, of the groups' rows 0 (B, G, V)."""
         B, C = clean_cols.shape
         _, G, S = group_cols.shape
-        R = C + G * S
+        R, drafting = C + G * S, G * (S - 1)
         device = self.device
         clean_tokens = self._padded.gather(1, clean_cols)
         masks = torch.full((B, G * S), self.special.mask, dtype=torch.long, device=device)
         tokens = torch.cat((clean_tokens, masks), 1)
-        cols = torch.cat((clean_cols, group_cols.reshape(B, G * S)), 1)
+        cols = torch.cat((clean_cols, group_cols[:, :, 1:].reshape(B, drafting), group_cols[:, :, 0]), 1)
         positions = (cols - self._left_pad).clamp(0, self.model.cfg.block_size - 1)
-        ok = torch.cat((clean_ok, group_ok.reshape(B, G * S)), 1)  # (B, R)
+        ok = torch.cat((clean_ok, group_ok[:, :, 1:].reshape(B, drafting), group_ok[:, :, 0]), 1)  # (B, R)
         reads = ok[:, :, None]
         new = (structure & ok[:, None, :] & reads) | self._eye(R)  # (B, R, R)
         first, last = int(cached.min()), int(cached.max())
@@ -253,9 +256,11 @@ class SelfSpeculativeDecoder:
             prefix = (rel < 0) & self._valid[:, :last + R]
             own = new.gather(2, rel.clamp(0, R - 1)[:, None, :].expand(B, R, last + R)) & (rel >= 0)[:, None, :]
             mask = ((prefix[:, None, :] & reads) | (own & (rel < R)[:, None, :]))[:, None]  # (B, 1, R, Tk)
-        logits = self.model(tokens, cache=self.cache, positions=positions, attn_mask=mask)
+        logits = self.model(tokens, cache=self.cache, positions=positions, attn_mask=mask,
+                            queries=None if all_rows else C + drafting)
         self.forward_passes += 1
-        return logits[:, :C], logits[:, C:].reshape(B, G, S, -1)
+        firsts = logits[:, C + drafting:] if all_rows else None
+        return logits[:, :C], logits[:, C:C + drafting].reshape(B, G, S - 1, logits.shape[-1]), firsts
 
     def _eye(self, R: int) -> torch.Tensor:
         key = ("eye", R)
@@ -264,19 +269,20 @@ class SelfSpeculativeDecoder:
         return self._structures[key]
 
     def _structure(self, C: int, G: int, S: int, sees: tuple[int, ...]) -> torch.Tensor:
-        """(1, R, R) which new row may read which: clean i reads clean j ≤ i; group g reads the clean rows
-        below sees[g] and its own rows. The same in every pass of `_step`: kept."""
+        """(1, R, R) which new row may read which, rows in `_forward`'s order: clean i reads clean j ≤ i; a
+        group's row reads the clean rows below sees[g] and its group's rows. The same in every pass of `_step`:
+        kept."""
         key = (C, G, S, sees)
         if key in self._structures:
             return self._structures[key]
         R, device = C + G * S, self.device
         idx = torch.arange(R, device=device)
         is_clean = idx < C
-        group_of = torch.where(is_clean, -1, (idx - C) // S)
+        rel, drafting = idx - C, G * (S - 1)  # after the clean rows: G × (S − 1) drafting rows, then G rows 0
+        group_of = torch.where(is_clean, -1, torch.where(rel < drafting, rel // max(S - 1, 1), rel - drafting))
         clean_reads = is_clean[:, None] & is_clean[None, :] & (idx[None, :] <= idx[:, None])
         same_group = ~is_clean[:, None] & (group_of[:, None] == group_of[None, :])
-        row_sees = torch.cat((torch.zeros(C, dtype=torch.long, device=device),
-                              torch.tensor(sees, dtype=torch.long, device=device).repeat_interleave(S)))  # (R,)
+        row_sees = torch.where(is_clean, 0, torch.tensor(sees, dtype=torch.long, device=device)[group_of.clamp(min=0)])
         group_reads = ~is_clean[:, None] & is_clean[None, :] & (idx[None, :] < row_sees[:, None])
         structure = (clean_reads | same_group | group_reads)[None]
         self._structures[key] = structure
@@ -291,10 +297,11 @@ class SelfSpeculativeDecoder:
         structure = self._structure(C, K + 1, S, tuple(range(1, K + 2)))
         self._row_new = structure[0] | self._eye(C + (K + 1) * S)[0]  # every row real: (R, R)
         self._row_masks = torch.full(((K + 1) * S,), self.special.mask, dtype=torch.long, device=device)
-        # columns of the pass relative to n − 1: the clean rows, then group a's masks at n + a … n + a + S − 1
-        self._row_offsets = torch.cat((self._span, 1 + self._group_offsets.reshape(-1)))
-        # the rows whose distributions a pass uses: the clean ones, then rows 1 … K of every group
-        self._row_used = torch.cat((self._span, C + (self._span[:, None] * S + 1 + self._span[:K]).reshape(-1)))
+        # columns of the pass relative to n − 1, in `_forward`'s order: the clean rows, then group a's masks at
+        # n + a + 1 … n + a + K (its drafting rows), then every group's first mask, at n + a
+        self._row_offsets = torch.cat((self._span, 1 + self._group_offsets[:, 1:].reshape(-1),
+                                       1 + self._group_offsets[:, 0]))
+        self._row_queries = C + (K + 1) * K  # the rows whose distributions a pass uses (the rest: rows 0)
         self._row_draft_noise = self._span[:, None] + 1 + self._span[:K]  # group a drafts n+a+1 … n+a+K
         self._row_bias: tuple[torch.Tensor, torch.Tensor] | None = None  # made by the first pass (`_row_mask`)
 
@@ -334,9 +341,9 @@ class SelfSpeculativeDecoder:
         positions = (self._row_offsets + (n - 1)).clamp(max=self.model.cfg.block_size - 1)[None]
         mask = self._row_mask(n - 1)
         self.cache.place(n - 1, self._row_new.shape[0])
-        logits = self.model(tokens, cache=self.cache, positions=positions, attn_mask=mask)
+        logits = self.model(tokens, cache=self.cache, positions=positions, attn_mask=mask, queries=self._row_queries)
         self.forward_passes += 1
-        probs = self._probs(logits[0].index_select(0, self._row_used))
+        probs = self._probs(logits[0])
         p, q_groups = probs[:K + 1], probs[K + 1:].view(K + 1, K, probs.shape[-1])
         self._draw_noise([n + 2 * K])
         slot = (n - self.start) % self._ring
@@ -378,10 +385,10 @@ class SelfSpeculativeDecoder:
         group_ok = group_cols < self.width
         cached = torch.zeros(B, dtype=torch.long, device=self.device)
         structure = self._structure(S, 1, self.S, (S,))
-        clean_logits, group_logits = self._forward(cols, ok, group_cols, group_ok, structure, cached)
+        clean_logits, drafting, firsts = self._forward(cols, ok, group_cols, group_ok, structure, cached, all_rows=True)
         # With a prompt, the first token comes from the clean copy (next-token); without, from the block.
         has_prompt = ok[:, -1] if S else torch.zeros(B, dtype=torch.bool, device=self.device)
-        first_logits = group_logits[:, 0, 0]
+        first_logits = firsts[:, 0]
         if S:
             first_logits = torch.where(has_prompt[:, None], clean_logits[:, -1], first_logits)
         self._draw_noise([S + 2 * self.K] * B)
@@ -389,7 +396,7 @@ class SelfSpeculativeDecoder:
         self.x[:, S] = self._pick(self._probs(first_logits), noise[:, 0])
         self.n += 1
         self._end_rows_at_eos(first, torch.ones(B, 1, dtype=torch.bool, device=self.device))
-        self._set_drafts(self._pick(self._probs(group_logits[:, 0, 1:self.K + 1]), noise[:, 1:self.K + 1]))
+        self._set_drafts(self._pick(self._probs(drafting[:, 0]), noise[:, 1:self.K + 1]))
         return S
 
     def _step(self) -> int:
@@ -404,14 +411,14 @@ class SelfSpeculativeDecoder:
         if K:
             self._padded.scatter_(1, cols[:, :K], self.drafts)
         clean_ok = (self._span[None] <= k[:, None]) & live[:, None]  # the last token, then the drafts
-        group_cols = n[:, None, None] + self._group_offsets  # (B, K + 1, B)
-        group_ok = (group_cols < W) & clean_ok[:, :, None]  # outcome a exists only when a ≤ k
+        group_cols = n[:, None, None] + self._group_offsets  # (B, K + 1, S): a group for every outcome a ≤ k
+        group_ok = (group_cols < W) & clean_ok[:, :, None]
         structure = self._structure(K + 1, K + 1, self.S, tuple(range(1, K + 2)))
-        clean_logits, group_logits = self._forward(cols - 1, clean_ok, group_cols, group_ok, structure, n - 1)
+        clean_logits, drafting, _ = self._forward(cols - 1, clean_ok, group_cols, group_ok, structure, n - 1)
         # Every distribution of the pass in one go: the next-token ones (B, K + 1, V) at columns n … n+K, and
-        # every group's drafting rows 1 … B−1 (B, K + 1, K, V), of which the outcome's group is kept below.
+        # every group's drafting rows (B, K + 1, K, V), of which the outcome's group is kept below.
         V = clean_logits.shape[-1]
-        probs = self._probs(torch.cat((clean_logits, group_logits[:, :, 1:K + 1].reshape(B, (K + 1) * K, V)), 1))
+        probs = self._probs(torch.cat((clean_logits, drafting.reshape(B, (K + 1) * K, V)), 1))
         p, q_groups = probs[:, :K + 1], probs[:, K + 1:].view(B, K + 1, K, V)
         # Each column's token is argmax p / E for its noise E; a draft is accepted when it is that token.
         self._draw_noise(torch.where(live, n + 2 * K, -1).tolist())
