@@ -7,7 +7,8 @@ in parallel from the clean text before them. One forward pass does both jobs (Ti
 * clean rows verify. The last committed token and the k ≤ K drafted tokens after it (K = `drafts`), read
   causally, give the next-token distribution p at each of k + 1 positions. Every column c of a row has its
   own exponential noise E_c (V values, drawn from the row's generator in column order), and the token
-  written at c is argmax p / E_c: a draw from p (the exponential race, i.e. the Gumbel-max trick). Drafts
+  written at c is argmax p / E_c: a draw from p (the exponential race, i.e. the Gumbel-max trick, computed
+  as argmax log p − log E_c, with no softmax). Drafts
   are accepted while they equal those tokens; the first that does not is replaced by it.
 * noisy rows draft. For every possible number a of accepted drafts there is a group of K + 1 masks right
   after them (positions n+a … n+a+K), reading the clean text up to the accepted ones. The group of the
@@ -148,7 +149,7 @@ class SelfSpeculativeDecoder:
         self.done = torch.zeros(B, dtype=torch.bool, device=self.device)
         self.drafts = torch.zeros(B, self.K, dtype=torch.long, device=self.device)
         self.n_drafts = torch.zeros(B, dtype=torch.long, device=self.device)
-        # Each row's exponential noise, a ring of columns: a pass reads columns n … n+2K (its tokens, then the
+        # Each row's noise (Gumbel, −log E), a ring of columns: a pass reads columns n … n+2K (its tokens, then the
         # next drafts), and a row draws a chunk of columns ahead at a time, always in column order, so the noise
         # of a column is the same whatever K is and whatever else is in the batch.
         V = model.cfg.vocab_size
@@ -181,18 +182,19 @@ class SelfSpeculativeDecoder:
 
     # --- distributions and draws ---------------------------------------------------------------
 
-    def _probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """The distribution tokens are drawn from: specials suppressed, then temperature, top-k, top-p.
-        Temperature 0 gives a one-hot distribution at the argmax (greedy)."""
+    def _scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """log p up to a constant per row, for the distribution tokens are drawn from: specials suppressed,
+        then temperature, top-k, top-p (−inf outside). Temperature 0: 0 at the argmax, −inf elsewhere
+        (greedy). No softmax: argmax (log p + Gumbel) does not need the normaliser."""
         logits = logits.double().index_fill_(-1, self._suppress, float("-inf"))
         if self.cfg.eos_penalty:
             logits[..., self.special.eos] -= self.cfg.eos_penalty
         logits = filter_logits(logits, self.cfg.top_k, self.cfg.top_p)
         if self.cfg.temperature <= 0:
-            return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+            return torch.full_like(logits, float("-inf")).scatter_(-1, logits.argmax(-1, keepdim=True), 0.0)
         if self.cfg.temperature != 1.0:  # (dividing by 1 changes nothing: skipped)
             logits = logits / self.cfg.temperature
-        return logits.softmax(-1)
+        return logits
 
     def _draw_noise(self, last: list[int]) -> None:
         """Draw row b's noise through column last[b] and a chunk beyond, if not drawn yet (−1: nothing)."""
@@ -204,7 +206,7 @@ class SelfSpeculativeDecoder:
             m = end + self._chunk - drawn  # ≤ the ring: the row's next column n ≤ drawn, and end = n + 2K
             g = self.generators[b]
             fresh = torch.empty(m, V, dtype=torch.float64, device=g.device).exponential_(generator=g)
-            fresh = fresh.clamp_(min=1e-300).to(self.device)  # (a zero would make 0 / 0)
+            fresh = fresh.clamp_(min=1e-300).log_().neg_().to(self.device)  # Gumbel −log E (E = 0 would be +inf)
             slot = (drawn - self.start) % L
             head = min(m, L - slot)
             self._noise[b, slot:slot + head] = fresh[:head]
@@ -217,10 +219,10 @@ class SelfSpeculativeDecoder:
         return self._noise.gather(1, slots[..., None].expand(-1, -1, self._noise.shape[-1]))
 
     @staticmethod
-    def _pick(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """argmax p / E over the vocabulary, E ~ Exp(1): a draw from p (the exponential race). probs and
-        noise (..., V) → ids (...)."""
-        return (probs / noise).argmax(-1)
+    def _pick(scores: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """argmax (log p − log E) = argmax p / E over the vocabulary, E ~ Exp(1): a draw from p (the Gumbel-max
+        trick). scores (`_scores`) and Gumbel noise −log E (..., V) → ids (...)."""
+        return (scores + noise).argmax(-1)
 
     # --- one forward pass ----------------------------------------------------------------------
 
@@ -343,8 +345,8 @@ class SelfSpeculativeDecoder:
         self.cache.place(n - 1, self._row_new.shape[0])
         logits = self.model(tokens, cache=self.cache, positions=positions, attn_mask=mask, queries=self._row_queries)
         self.forward_passes += 1
-        probs = self._probs(logits[0])
-        p, q_groups = probs[:K + 1], probs[K + 1:].view(K + 1, K, probs.shape[-1])
+        scores = self._scores(logits[0])
+        p, q_groups = scores[:K + 1], scores[K + 1:].view(K + 1, K, scores.shape[-1])
         self._draw_noise([n + 2 * K])
         slot = (n - self.start) % self._ring
         noise = self._noise[0].index_select(0, self._ring_index[slot:slot + 2 * K + 1])  # columns n … n+2K
@@ -393,10 +395,10 @@ class SelfSpeculativeDecoder:
             first_logits = torch.where(has_prompt[:, None], clean_logits[:, -1], first_logits)
         self._draw_noise([S + 2 * self.K] * B)
         noise = self._noise_from(first)
-        self.x[:, S] = self._pick(self._probs(first_logits), noise[:, 0])
+        self.x[:, S] = self._pick(self._scores(first_logits), noise[:, 0])
         self.n += 1
         self._end_rows_at_eos(first, torch.ones(B, 1, dtype=torch.bool, device=self.device))
-        self._set_drafts(self._pick(self._probs(drafting[:, 0]), noise[:, 1:self.K + 1]))
+        self._set_drafts(self._pick(self._scores(drafting[:, 0]), noise[:, 1:self.K + 1]))
         return S
 
     def _step(self) -> int:
@@ -418,8 +420,8 @@ class SelfSpeculativeDecoder:
         # Every distribution of the pass in one go: the next-token ones (B, K + 1, V) at columns n … n+K, and
         # every group's drafting rows (B, K + 1, K, V), of which the outcome's group is kept below.
         V = clean_logits.shape[-1]
-        probs = self._probs(torch.cat((clean_logits, drafting.reshape(B, (K + 1) * K, V)), 1))
-        p, q_groups = probs[:, :K + 1], probs[:, K + 1:].view(B, K + 1, K, V)
+        scores = self._scores(torch.cat((clean_logits, drafting.reshape(B, (K + 1) * K, V)), 1))
+        p, q_groups = scores[:, :K + 1], scores[:, K + 1:].view(B, K + 1, K, V)
         # Each column's token is argmax p / E for its noise E; a draft is accepted when it is that token.
         self._draw_noise(torch.where(live, n + 2 * K, -1).tolist())
         noise = self._noise_from(n)  # columns n … n+2K
