@@ -49,7 +49,7 @@ from within_reach import shortfalls
 
 from dlm.data.loader import eval_windows
 from dlm.data.shards import prepare_corpus
-from dlm.eval.generation_eval import evaluate_generation, run_word_list
+from dlm.eval.generation_eval import draw_samples, evaluate_generation, run_word_list, sample_texts
 from dlm.eval.likelihood import evaluate_likelihood
 from dlm.inference import load
 from dlm.io import atomic_write_json
@@ -128,24 +128,13 @@ def speeds(samplers: dict[str, tuple[object, dict]], args: argparse.Namespace, b
             for name, (wall, tokens) in spent.items()}
 
 
-def sample_texts(pipe, options: dict, steps: int, common: dict) -> tuple[list[str], float]:
-    """The texts of `common`'s samples (its batch size and seeds, as evaluate_generation draws them) and
-    the wall time of drawing them."""
-    started, texts = time.perf_counter(), []
-    n, batch = common["num_samples"], common["batch_size"]
-    special = set(pipe.tokenizer.special_ids) - {pipe.tokenizer.eos_id}
-    for first in range(0, n, batch):
-        result = pipe.sample("", length=common["length"], steps=steps, seed=common["seed"] + first,
-                             num_samples=min(batch, n - first), **options)
-        texts += [pipe.tokenizer.decode([i for i in row if i not in special]) for row in result.tokens.tolist()]
-    return texts, time.perf_counter() - started
-
-
 def same_text_timed(pipe, options: dict, steps: int, judged: dict, common: dict) -> dict:
     """A self-speculative row that differs from a judged one in its drafts only: its samples are the same
     text (drafts are a speed setting), so they are drawn, timed and checked against the judged row's
     texts, and the judgement is copied."""
-    texts, wall = sample_texts(pipe, options, steps, common)
+    samples, _, wall = draw_samples(pipe, common["num_samples"], common["length"], steps, common["batch_size"],
+                                    common["seed"], options)
+    texts = sample_texts(pipe, samples)
     if texts != judged["texts"]:
         raise SystemExit("block_diffusion: the drafts changed the text (they must not): a bug in the sampler")
     return {**judged, **options, "wall_s": wall, "tokens_per_s": len(texts) * common["length"] / wall,
@@ -280,6 +269,10 @@ def main() -> int:
                         help="with --from-json: add the --bd3 runs' likelihood rows (from --eval-json files or "
                         "computed) to that report, save it, then publish; no samples are drawn")
     args = parser.parse_args()
+    if not 0.0 < args.top_p <= 1.0:
+        parser.error(f"--top-p {args.top_p}: give a probability in (0, 1] (1 = off)")
+    if args.speed_samples < 1 or args.speed_batches < 1:
+        parser.error("--speed-samples and --speed-batches must be at least 1")
     if args.from_json:
         report = json.loads(Path(args.from_json).read_text())
         if args.add_likelihood:

@@ -294,7 +294,9 @@ def test_a_short_block_diffusion_run_learns_evaluates_and_samples(tmp_path: Path
     # the block bench times a row that differs in its drafts only, checking its text against the judged row's
     blocks = bench("block_diffusion")
     common = {"num_samples": 3, "batch_size": 2, "length": 16, "seed": 0}
-    texts, _ = blocks.sample_texts(pipe, {"speculative": True, "drafts": 1}, 16, common)
+    from dlm.eval.generation_eval import draw_samples, sample_texts
+
+    texts = sample_texts(pipe, draw_samples(pipe, 3, 16, 16, 2, 0, {"speculative": True, "drafts": 1})[0])
     judged = {"texts": texts, "name": "one draft", "real_word_rate": 0.5}
     row = blocks.same_text_timed(pipe, {"speculative": True, "drafts": 3}, 16, judged, common)
     assert row["same_text_as"] == "one draft" and row["real_word_rate"] == 0.5 and row["drafts"] == 3

@@ -64,6 +64,27 @@ def run_word_list(pipe: Pipeline, train_tokens: np.ndarray) -> frozenset[str]:
     return word_list_from_text(text)
 
 
+def draw_samples(pipe: Pipeline, num_samples: int, length: int, steps: int, batch_size: int, seed: int,
+                 options: dict) -> tuple[torch.Tensor, int, float]:
+    """The samples `evaluate_generation` judges: batches of `batch_size`, the batch starting at sample i
+    seeded seed + i. Returns their ids (num_samples, length) on the CPU, the forward passes and the wall time."""
+    batches, passes, start = [], 0, time.perf_counter()
+    for first in range(0, num_samples, batch_size):
+        count = min(batch_size, num_samples - first)
+        result = pipe.sample("", length=length, steps=steps, seed=seed + first, num_samples=count, **options)
+        batches.append(result.tokens)
+        passes += result.forward_passes  # real model calls: fewer than steps with caches, thresholds, reuse
+    if pipe.device.type == "cuda":
+        torch.cuda.synchronize()
+    return torch.cat(batches).cpu(), passes, time.perf_counter() - start
+
+
+def sample_texts(pipe: Pipeline, samples: torch.Tensor) -> list[str]:
+    """What is judged, as text: the special tokens dropped, except [EOS]."""
+    special = set(pipe.tokenizer.special_ids) - {pipe.tokenizer.eos_id}
+    return [pipe.tokenizer.decode([i for i in row if i not in special]) for row in samples.tolist()]
+
+
 def evaluate_generation(pipe: Pipeline, split_tokens: np.ndarray | None, *, num_samples: int, length: int = 0,
                         steps: int = 0, batch_size: int = 64, seed: int = 0, judge: str | None = None,
                         mauve: bool = False, sampler_options: dict | None = None,
@@ -97,29 +118,18 @@ def evaluate_generation(pipe: Pipeline, split_tokens: np.ndarray | None, *, num_
     second: Judge | None = load_judge(independent_judge, pipe) if independent_judge else None
     length = length or pipe.model.cfg.block_size
     steps = steps or length
-    batches, passes, start = [], 0, time.perf_counter()
     if pipe.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for first in range(0, num_samples, batch_size):
-        count = min(batch_size, num_samples - first)
-        result = pipe.sample("", length=length, steps=steps, seed=seed + first, num_samples=count, **options)
-        batches.append(result.tokens)
-        passes += result.forward_passes  # real model calls: fewer than steps with caches, thresholds, reuse
-    if pipe.device.type == "cuda":
-        torch.cuda.synchronize()
-    wall = time.perf_counter() - start
-    samples = torch.cat(batches).cpu()
-    special = set(pipe.tokenizer.special_ids) - {pipe.tokenizer.eos_id}  # what was judged, as text
+    samples, passes, wall = draw_samples(pipe, num_samples, length, steps, batch_size, seed, options)
     peak = (torch.cuda.max_memory_allocated() if pipe.device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
     quality = sample_quality(samples)
-    texts = [pipe.tokenizer.decode([i for i in row if i not in special]) for row in samples.tolist()]
+    texts = sample_texts(pipe, samples)
     # Held-out windows of the split, as many as samples, the same for every figure: the reference of
     # MAUVE and the real-word rate of real text, for scale.
     reference = (RandomWindows(split_tokens, length, seed=seed).next_batch(num_samples)
                  if split_tokens is not None else None)
-    reference_texts = (None if reference is None else
-                       [pipe.tokenizer.decode([i for i in row if i not in special]) for row in reference.tolist()])
+    reference_texts = None if reference is None else sample_texts(pipe, reference)
     if words is not None:
         quality.update(word_figures(texts, words))
         if reference_texts is not None:

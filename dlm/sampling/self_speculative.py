@@ -8,8 +8,8 @@ in parallel from the clean text before them. One forward pass does both jobs (Ti
   causally, give the next-token distribution p at each of k + 1 positions. Every column c of a row has its
   own exponential noise E_c (V values, drawn from the row's generator in column order), and the token
   written at c is argmax p / E_c: a draw from p (the exponential race, i.e. the Gumbel-max trick, computed
-  as argmax log p − log E_c, with no softmax). Drafts
-  are accepted while they equal those tokens; the first that does not is replaced by it.
+  as argmax log p − log E_c, with no softmax). Drafts are accepted while they equal those tokens; the first
+  that does not is replaced by it.
 * noisy rows draft. For every possible number a of accepted drafts there is a group of K + 1 masks right
   after them (positions n+a … n+a+K), reading the clean text up to the accepted ones. The group of the
   outcome that happened supplies the next K drafts, argmax q / E_c with the same noise: the positions
