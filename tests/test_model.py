@@ -200,3 +200,41 @@ def test_cpu_dropout_drops_its_share_and_keeps_the_mean(p: float) -> None:
     again = dropout(x, p, training=True)
     torch.manual_seed(5)
     assert torch.equal(again, dropout(x, p, training=True))  # the mask comes from torch's seeded generator
+
+
+def test_inference_linear_uses_a_transposed_copy_that_never_goes_stale() -> None:
+    from dlm.model.linear import Linear
+
+    torch.manual_seed(0)
+    layer = Linear(16, 48, bias=False)
+    x = torch.randn(1, 3, 16)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight), atol=1e-6)
+        assert layer._transposed is not None  # the copy was made and used
+        layer.weight.mul_(2)  # an in-place change (an optimizer step, a load) is seen
+        assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight), atol=1e-6)
+        layer.load_state_dict({"weight": torch.randn(48, 16)})
+        assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight), atol=1e-6)
+        layer.weight.data = torch.randn(48, 16)  # a new tensor behind the same parameter
+        assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight), atol=1e-6)
+    # With gradients the plain product runs, and they reach the weight; the state dict is unchanged.
+    layer(x).sum().backward()
+    assert layer.weight.grad is not None and set(layer.state_dict()) == {"weight"}
+    narrowing = Linear(48, 16, bias=False)
+    with torch.no_grad():
+        narrowing(torch.randn(1, 3, 48))
+    assert narrowing._transposed is None  # narrowing layers were measured faster as stored
+
+
+@torch.no_grad()
+def test_sampling_products_match_the_plain_ones(tiny_model_config: ModelConfig) -> None:
+    from dlm.model.linear import Linear
+
+    model = make(tiny_model_config, causal=True)
+    x = tokens(tiny_model_config, batch=1)[:, :8]
+    fast = model(x)
+    layers = [layer for layer in model.modules() if isinstance(layer, Linear)]
+    assert any(layer._transposed is not None for layer in layers)
+    for layer in layers:
+        layer._max_numel = 0  # the plain product everywhere
+    assert torch.allclose(fast, model(x), atol=1e-5)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from dlm.model.block_attention import BlockDiffusionLayout, block_diffusion_attention
 from dlm.model.config import ModelConfig
 from dlm.model.kv_cache import KVCache
+from dlm.model.linear import Linear
 from dlm.model.lora import add_lora
 
 
@@ -74,8 +75,8 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.head_dim, self.layer = cfg.n_head, cfg.d_model // cfg.n_head, layer
         self.causal, self.dropout = cfg.causal, cfg.dropout
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.qkv = Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = Linear(cfg.d_model, cfg.d_model, bias=False)
         # QK-norm keeps attention logits bounded, which makes bf16 and higher LRs safe.
         self.q_norm = RMSNorm(self.head_dim, eps=1e-6)
         self.k_norm = RMSNorm(self.head_dim, eps=1e-6)
@@ -149,11 +150,11 @@ class MLP(nn.Module):
         self.kind = cfg.mlp
         if cfg.mlp == "swiglu":
             hidden = int(8 * cfg.d_model / 3 + 63) // 64 * 64
-            self.up = nn.Linear(cfg.d_model, 2 * hidden, bias=False)
+            self.up = Linear(cfg.d_model, 2 * hidden, bias=False)
         else:
             hidden = 4 * cfg.d_model
-            self.up = nn.Linear(cfg.d_model, hidden, bias=False)
-        self.down = nn.Linear(hidden, cfg.d_model, bias=False)
+            self.up = Linear(cfg.d_model, hidden, bias=False)
+        self.down = Linear(hidden, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "swiglu":
@@ -207,7 +208,7 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model, eps=1e-6)
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.head.weight = self.embed.weight
         self.time_mlp = (nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.SiLU(),
