@@ -220,6 +220,14 @@ def test_inference_linear_uses_a_transposed_copy_that_never_goes_stale() -> None
     # With gradients the plain product runs, and they reach the weight; the state dict is unchanged.
     layer(x).sum().backward()
     assert layer.weight.grad is not None and set(layer.state_dict()) == {"weight"}
+    # Sampling under inference mode, then an optimizer step, then sampling again (a preview during training).
+    with torch.inference_mode():
+        before = layer(x)
+    torch.optim.SGD(layer.parameters(), lr=0.1).step()
+    with torch.inference_mode():
+        after = layer(x)
+    assert torch.allclose(after, torch.nn.functional.linear(x, layer.weight.detach()), atol=1e-6)
+    assert not torch.allclose(before, after)
     narrowing = Linear(48, 16, bias=False)
     with torch.no_grad():
         narrowing(torch.randn(1, 3, 48))
