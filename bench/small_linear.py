@@ -6,6 +6,7 @@ layout decides the kernel: `F.linear` with the (out, in) weight as stored, `x @ 
 transposed (in, out), and MKL's packed weight for that row count (`torch.ops.mkl._mkl_linear`, what
 the compiler's freezing uses on a CPU). Prints the median microseconds of each (fp32, one call at a
 time) for the Transformer's four shapes at `--d-model`, and writes JSON.
+Sampling on a CPU uses the transposed copy where this measured it faster (dlm/model/linear.py).
 
     python bench/small_linear.py --rows 1 6 12 20 32 --json bench/results/small_linear.json
 """
