@@ -159,6 +159,9 @@ def test_cpu_attention_paths_agree() -> None:
     allowed = torch.ones(17, 17, dtype=torch.bool).tril()[-5:]
     reference = torch.nn.functional.scaled_dot_product_attention(short_q, k, v, attn_mask=allowed)
     torch.testing.assert_close(explicit_attention(short_q, k, v, True, 0.0), reference, atol=1e-5, rtol=1e-5)
+    # A mask may also come as an additive bias (0 / −inf), as the speculative sampler makes it once a pass.
+    bias = torch.zeros(5, 17).masked_fill_(~allowed, float("-inf"))
+    torch.testing.assert_close(explicit_attention(short_q, k, v, False, 0.0, bias), reference, atol=1e-5, rtol=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16 = explicit_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), True, 0.0)
     reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -141,6 +141,20 @@ def test_a_row_is_the_same_alone_or_in_a_batch(drafts: int, ends: bool, block: i
         assert all(row[-1] == SPECIAL.eos and len(row) < len(p) + length for row, p in zip(batch, prompts, strict=True))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_batchs_additive_mask_writes_what_the_boolean_one_does(dtype: torch.dtype,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch's pass turns its boolean mask into an additive bias once, for every layer (SDPA in fp32, the
+    explicit matmuls in bf16 at batch > 1); rows at different columns write through the cache's row index."""
+    net = peaked(seed=4).to(dtype)
+    prompts, length = [[1, 2, 3, 4, 5], [2], []], 20
+    additive = decode(net, prompts, length, seed=5, drafts=2)
+    monkeypatch.setattr(SelfSpeculativeDecoder, "_additive", lambda self, mask: mask)
+    boolean = decode(net, prompts, length, seed=5, drafts=2)
+    assert additive.result().rows() == boolean.result().rows()
+    assert additive.forward_passes == boolean.forward_passes < 3 * length
+
+
 @pytest.mark.parametrize("options", [{"temperature": 1.0}, {"temperature": 0.8, "top_p": 0.9, "stop_at_eos": True}])
 def test_the_text_is_the_same_for_any_number_of_drafts(options: dict) -> None:
     """Each column's token is the clean copy's draw for that column's noise; the drafts only decide how many

@@ -86,8 +86,13 @@ class RowCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0  # read by the causal twin's guard only; this cache serves bidirectional models
         self.start = 0  # where every row's pass begins, when they begin at one column
-        self.index: torch.Tensor | None = None  # else each row's columns, as a scatter index (B, H, R, D)
+        # else where each of a pass's (row, head, position) vectors goes in a layer's cache seen as
+        # (B·H·columns, D): one row-wise index_copy_, about half the time of scatter_ over a (B, H, R, D) index
+        self.index: torch.Tensor | None = None
         self.end = 0
+        B, H, C = shape[1:4]
+        self._head_base = (torch.arange(B, device=device)[:, None, None] * H
+                           + torch.arange(H, device=device)[None, :, None]) * C  # (B, H, 1)
 
     def place(self, start: torch.Tensor | int, rows: int, last: int | None = None) -> None:
         """The next pass's rows go to columns start … start+rows−1 of each row: one int for every row, or
@@ -95,9 +100,8 @@ class RowCache:
         if isinstance(start, int):
             self.start, self.index, self.end = start, None, start + rows
             return
-        B, H, _, D = self.k.shape[1:]
         offsets = torch.arange(rows, device=start.device)
-        self.index = (start[:, None] + offsets)[:, None, :, None].expand(B, H, rows, D)
+        self.index = (self._head_base + (start[:, None] + offsets)[:, None, :]).view(-1)  # (B·H·R,)
         self.end = last + rows
 
     def span(self, n_tokens: int) -> tuple[int, int]:
@@ -109,8 +113,9 @@ class RowCache:
             self.k[layer, :, :, self.start:self.end] = k
             self.v[layer, :, :, self.start:self.end] = v
         else:
-            self.k[layer].scatter_(2, self.index, k)
-            self.v[layer].scatter_(2, self.index, v)
+            D = k.shape[-1]
+            self.k[layer].view(-1, D).index_copy_(0, self.index, k.reshape(-1, D))
+            self.v[layer].view(-1, D).index_copy_(0, self.index, v.reshape(-1, D))
         return self.k[layer, :, :, :self.end], self.v[layer, :, :, :self.end]
 
     def advance(self, n_tokens: int) -> None:
@@ -258,11 +263,19 @@ class SelfSpeculativeDecoder:
             prefix = (rel < 0) & self._valid[:, :last + R]
             own = new.gather(2, rel.clamp(0, R - 1)[:, None, :].expand(B, R, last + R)) & (rel >= 0)[:, None, :]
             mask = ((prefix[:, None, :] & reads) | (own & (rel < R)[:, None, :]))[:, None]  # (B, 1, R, Tk)
-        logits = self.model(tokens, cache=self.cache, positions=positions, attn_mask=mask,
+        logits = self.model(tokens, cache=self.cache, positions=positions, attn_mask=self._additive(mask),
                             queries=None if all_rows else C + drafting)
         self.forward_passes += 1
         firsts = logits[:, C + drafting:] if all_rows else None
         return logits[:, :C], logits[:, C:C + drafting].reshape(B, G, S - 1, logits.shape[-1]), firsts
+
+    def _additive(self, mask: torch.Tensor) -> torch.Tensor:
+        """A boolean attention mask as an additive bias in the network's precision, made once a pass (SDPA
+        would convert a boolean mask in every layer); boolean under autocast, whose precision is not known here."""
+        if torch.is_autocast_enabled(self.device.type):
+            return mask
+        dtype = next(self.model.parameters()).dtype
+        return torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill_(~mask, float("-inf"))
 
     def _eye(self, R: int) -> torch.Tensor:
         key = ("eye", R)
