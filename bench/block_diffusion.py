@@ -177,7 +177,7 @@ def verdicts(report: dict) -> None:
         row["shortfalls"] = missing or []
         for key in ("batch1", big):
             row[f"speed_vs_ar_{key}"] = row[f"{key}_chars_per_s"] / ar[f"{key}_chars_per_s"]
-            ratios = turn_ratios(row, ar, key)
+            ratios = turn_ratios(row, ar, key) if row is not ar else []
             if ratios:
                 row[f"speed_vs_ar_{key}_turns"] = {"median": statistics.median(ratios), "min": min(ratios),
                                                    "max": max(ratios), "turns": len(ratios)}

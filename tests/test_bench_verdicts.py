@@ -218,4 +218,27 @@ def test_block_diffusion_bench_keeps_each_turns_ratio(bench) -> None:
     assert spec["speed_vs_ar_batch2"] == pytest.approx(4.0 / 2.3)
     assert spec["speed_vs_ar_batch2_turns"] == pytest.approx({"median": 2.0, "min": 1.25, "max": 2.0, "turns": 3})
     assert "speed_vs_ar_batch1_turns" not in spec  # batch 1 was not timed turn by turn here
+    assert "speed_vs_ar_batch2_turns" not in rows["AR twin"]  # the twin against itself: no range to print
     assert bd.ratio_cell(spec, "batch2") == "1.74 (1.25–2.00)" and bd.ratio_cell(spec, "batch1") == "1.50"
+
+
+def test_draft_acceptance_counts_agreements_under_shared_noise(bench) -> None:
+    """The draft-acceptance bench's measure: a distribution always agrees with itself under the same noise and
+    never with one on other tokens; on a small clean-causal block model every figure is a rate, over one
+    position per block but the last."""
+    from test_block_diffusion import SPECIAL, model
+
+    da = bench("draft_acceptance")
+    generator = torch.Generator().manual_seed(0)
+    p = torch.randn(3, 5, 12).log_softmax(-1)
+    assert da.acceptance(p, p, 4, generator) == 1.0
+    only_first = torch.full_like(p, float("-inf"))
+    only_first[..., 0] = 0.0
+    only_last = torch.full_like(p, float("-inf"))
+    only_last[..., -1] = 0.0
+    assert da.acceptance(only_first, only_last, 4, generator) == 0.0
+    windows = torch.randint(0, 8, (2, 16))
+    figures = da.measure(model(L=16, seed=3, clean_causal=True), windows, SPECIAL, block=4, draws=3, seed=0)
+    assert figures["positions"] == 2 * 3
+    for key in ("acceptance_hole", "acceptance_true", "guess_right_rate", "acceptance_with_guess"):
+        assert 0.0 <= figures[key] <= 1.0, key
