@@ -219,8 +219,10 @@ def markdown(report: dict) -> str:
                      f"{r.get('independent_gen_ppl') or 0:.1f} | {r['unigram_entropy']:.3f} | {r['self_bleu']:.3f} | "
                      f"{r['batch1_chars_per_s']:,.0f} | {ratio_cell(r, 'batch1')} | "
                      f"{r[f'{big}_chars_per_s']:,.0f} | {ratio_cell(r, big)} | {verdict} |")
-    lines += ["", "× AR: characters a second over the AR twin's, all turns together; in brackets the lowest and "
-              "highest ratio of a single turn (the samplers take turns: a slow minute of the machine falls on both)."]
+    if any(f"speed_vs_ar_{key}_turns" in r for r in report["rows"].values() for key in ("batch1", big)):
+        lines += ["", "× AR: characters a second over the AR twin's, all turns together; in brackets the lowest and "
+                  "highest ratio of a single turn (the samplers take turns: a slow minute of the machine falls on "
+                  "both)."]
     return "\n".join(lines) + "\n"
 
 
