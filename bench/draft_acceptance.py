@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  column j guessed by the block's own draw:   right {figures['guess_right_rate']:.3f}, "
           f"accepted after a wrong guess {figures['acceptance_after_wrong_guess']:.3f}, "
           f"accepted overall {figures['acceptance_with_guess']:.3f}")
+    print(f"({report['machine']}, {args.dtype}, {report['date']})")
     if args.json:
         atomic_write_json(Path(args.json), report)
         print(f"written to {args.json}")
