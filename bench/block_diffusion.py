@@ -25,8 +25,8 @@ Three tables, each row measured here, on this machine, in one run of this script
    bench/default_sampler.py, and its speed as a multiple of the twin's at batch 1 and 32.
 
 `--dtype fp32` runs every model in fp32 (the twin is fastest so at batch 1 on some CPUs: run both).
-Self-speculative rows come with 1, 2 and 3 drafts a pass (`--drafts`) beside the default (by batch size):
-their samples are the same text, so they differ in speed only.
+Self-speculative rows come with no drafts (the clean copy writes alone) and 1, 2 and 3 drafts a pass
+(`--drafts`) beside the default (by batch size): their samples are the same text, so they differ in speed only.
 `--plot` draws the quality–speed frontier (real-word rate against characters per second at
 batch 1, every row a point) as a PNG.
 """
@@ -73,8 +73,9 @@ def block_settings(block: int, length: int, drafts_itself: bool = False) -> dict
             settings[f"{name}, temperature 1"] = {**steps, "temperature": 1.0}
     if block > 1 and drafts_itself:  # the clean copy's next-token distribution, drafted a block at a time
         settings["speculative"] = {"steps": length, "speculative": True, "temperature": 1.0}
-        for drafts in range(1, min(block, 4)):  # beside the default's (by batch size): the same text, other speeds
-            settings[f"speculative, {drafts} draft{'s' * (drafts > 1)}"] = {**settings["speculative"], "drafts": drafts}
+        for drafts in range(0, min(block, 4)):  # beside the default's (by batch size): the same text, other speeds
+            name = f"speculative, {drafts or 'no'} draft{'s' * (drafts != 1)}"
+            settings[name] = {**settings["speculative"], "drafts": drafts}
     if block > 1:
         for threshold in (0.9, 0.7):
             settings[f"threshold {threshold}"] = {"steps": length, "sampler": "confidence", "threshold": threshold}

@@ -12,7 +12,7 @@ from dlm.errors import DlmError
 from dlm.model.transformer import Transformer
 from dlm.sampling.canvas import build_canvas
 from dlm.sampling.config import SamplerConfig
-from dlm.sampling.self_speculative import SelfSpeculativeDecoder, default_drafts
+from dlm.sampling.self_speculative import DRAFTLESS_BATCH, SelfSpeculativeDecoder, default_drafts
 
 BLOCK = 4
 BANNED = [MASK, SPECIAL.pad, SPECIAL.bos]
@@ -162,18 +162,26 @@ def test_the_text_is_the_same_for_any_number_of_drafts(options: dict) -> None:
     net = EndsSoon(peaked(seed=3), boost=0.5)
     prompts, length = [[1, 2, 3], [4], []], 20
     texts, passes = {}, {}
-    for drafts in (1, 2, 3):
+    for drafts in (0, 1, 2, 3):
         decoder = decode(net, prompts, length, seed=11, drafts=drafts, **options)
         texts[drafts], passes[drafts] = decoder.result().rows(), decoder.forward_passes
-    assert texts[1] == texts[2] == texts[3]
-    assert passes[3] < passes[1] <= 3 * length  # more drafts, fewer passes, each writing 1 to K + 1 tokens
+    assert texts[0] == texts[1] == texts[2] == texts[3]
+    # more drafts, fewer passes, each writing 1 to K + 1 tokens; none: one token a pass, the clean row alone
+    assert passes[3] < passes[1] < passes[0] <= length
+    for drafts in (0, 2):  # one row alone takes the single-row pass: the same text as in the batch
+        alone = decode(net, prompts[:1], length, seed=11, drafts=drafts, **options)
+        assert alone.result().rows() == texts[1][:1]
+    assert alone.forward_passes < decode(net, prompts[:1], length, seed=11, drafts=0, **options).forward_passes
     assert texts[1] != decode(net, prompts, length, seed=12, drafts=1, **options).result().rows()  # not fixed
 
 
 def test_the_default_drafts_depend_on_the_batch() -> None:
-    assert [default_drafts(batch, 4) for batch in (1, 2, 32)] == [2, 1, 1]
+    # on a CPU rows cost compute: two drafts alone, one for a few rows, none for many (the same text)
+    assert [default_drafts(batch, 4) for batch in (1, 2, DRAFTLESS_BATCH - 1, DRAFTLESS_BATCH, 32)] == [2, 1, 1, 0, 0]
     assert default_drafts(1, 2) == 1 and default_drafts(1, 1) == 0  # at most B − 1
     assert decode(peaked(), [[1]], 8).K == 2 and decode(peaked(), [[1], [2]], 8).K == 1
+    many = decode(peaked(), [[1]] * DRAFTLESS_BATCH, 8)
+    assert many.K == 0 and many.forward_passes == 8  # a pass per token: the prompt's, then one for each of 7 more
 
 
 def test_drafts_beyond_the_block_are_refused() -> None:

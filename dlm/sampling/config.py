@@ -99,10 +99,11 @@ class SamplerConfig:
     drafted tokens with the clean copy and drafts the next block with the noisy one. The text follows the
     clean copy's next-token distribution exactly (temperature, top-k, top-p); the drafts decide only how
     many tokens a pass commits (1 to the block size). Order, steps and threshold do not apply."""
-    drafts: int = 0
-    """Self-speculative decoding: tokens drafted per pass, 1 to the block size − 1; 0 = by the batch: 2 for a
-    single row, 1 for more (the fastest on a CPU, docs/block-diffusion.md). More drafts commit more tokens per
-    pass but make every pass carry more rows. A speed setting only: the text is the same for any value."""
+    drafts: int | None = None
+    """Self-speculative decoding: tokens drafted per pass, 0 to the block size − 1; None = by the batch
+    (`default_drafts`: on a CPU 2 for a single row, 1 for a few, none for many rows, docs/block-diffusion.md).
+    More drafts commit more tokens per pass but make every pass carry more rows; 0 = the clean copy writes
+    alone, one token a pass. A speed setting only: the text is the same for any value."""
     seed: int = 0
     """Row i draws from its own generator seeded with seed + i, so a row's sample does not depend
     on what else is in the batch."""
@@ -141,8 +142,8 @@ class SamplerConfig:
             if clashes:
                 raise DlmError(f"speculative decoding samples the clean copy's next-token distribution exactly; "
                                f"it does not combine with {', '.join(clashes)} (leave them at their defaults)")
-        if self.drafts < 0:
-            raise DlmError(f"drafts={self.drafts} must be ≥ 0 (0 = the default)")
+        if self.drafts is not None and self.drafts < 0:
+            raise DlmError(f"drafts={self.drafts} must be ≥ 0 (0 = none; leave it unset for the default)")
         if self.sampler == "ancestral" and self.threshold:
             raise DlmError("threshold decoding ranks positions by confidence; use it with sampler=confidence")
         return self

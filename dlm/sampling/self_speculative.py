@@ -48,21 +48,25 @@ from dlm.special_ids import SpecialIds
 
 
 def default_drafts(batch: int, block: int) -> int:
-    """Drafts per pass when `SamplerConfig.drafts` is 0. A pass of K drafts carries (K + 1)(K + 2) rows (6 for
-    one draft, 12 for 2, 20 for 3) and commits up to K + 1 tokens. On a CPU, 2 drafts were the fastest at
-    batch 1 and 1 draft at batch 32, where rows cost compute (docs/block-diffusion.md, 2026-12-06). The text
-    does not depend on K, so the batch may choose."""
-    return min(2 if batch == 1 else 1, block - 1)
+    """Drafts per pass when `SamplerConfig.drafts` is None. A pass of K drafts carries (K + 1)(K + 2) rows (6
+    for one draft, 12 for 2, 20 for 3) and commits up to K + 1 tokens; with none it is the clean copy's one
+    row and one token. On a CPU, 2 drafts were the fastest at batch 1; rows cost compute, and from a batch of
+    DRAFTLESS_BATCH on no drafts were (docs/block-diffusion.md, 2026-12-06, fifth session), as servers turn
+    speculative decoding off for large batches. The text does not depend on K, so the batch may choose."""
+    return min(2 if batch == 1 else 1 if batch < DRAFTLESS_BATCH else 0, block - 1)
 
+
+DRAFTLESS_BATCH = 4
+"""From this many rows on, the default drafts nothing (`default_drafts`)."""
 
 NOISE_CHUNK_VALUES = 1 << 16
 """A row's noise is drawn ahead in chunks of about this many values (columns × vocabulary): few generator
 calls for a character vocabulary, one column at a time for a large one."""
 
 
-def check_drafts(drafts: int, block: int) -> None:
-    """A block of B drafts at most B − 1 tokens a pass (0: the default)."""
-    if drafts > block - 1:
+def check_drafts(drafts: int | None, block: int) -> None:
+    """A block of B drafts at most B − 1 tokens a pass (None: the default)."""
+    if drafts is not None and drafts > block - 1:
         raise DlmError(f"drafts={drafts}: a block of {block} drafts at most {block - 1} tokens a pass")
 
 
@@ -132,8 +136,9 @@ class SelfSpeculativeDecoder:
         B, W = canvas.tokens.shape
         # K drafts checked per pass; each drafting group is K + 1 masks (the token drawn in the pass, then
         # the next K drafts), fewer than the block's B when K < B − 1.
-        self.K = min(config.drafts or default_drafts(B, block), block - 1)
+        self.K = min(default_drafts(B, block) if config.drafts is None else config.drafts, block - 1)
         self.S = self.K + 1
+        self.G = self.K + 1 if self.K else 0  # a group per outcome; with no drafts a pass is the clean row alone
         self.canvas = canvas
         # The canvas and spare columns past its end: a pass writes its drafts (and resets them) at n … n+K
         # unconditionally, and what lies past the canvas lands in the spare columns, which nothing reads.
@@ -297,7 +302,8 @@ class SelfSpeculativeDecoder:
         group_of = torch.where(is_clean, -1, torch.where(rel < drafting, rel // max(S - 1, 1), rel - drafting))
         clean_reads = is_clean[:, None] & is_clean[None, :] & (idx[None, :] <= idx[:, None])
         same_group = ~is_clean[:, None] & (group_of[:, None] == group_of[None, :])
-        row_sees = torch.where(is_clean, 0, torch.tensor(sees, dtype=torch.long, device=device)[group_of.clamp(min=0)])
+        sees_of = torch.tensor(sees or (0,), dtype=torch.long, device=device)
+        row_sees = torch.where(is_clean, 0, sees_of[group_of.clamp(min=0)])
         group_reads = ~is_clean[:, None] & is_clean[None, :] & (idx[None, :] < row_sees[:, None])
         structure = (clean_reads | same_group | group_reads)[None]
         self._structures[key] = structure
@@ -307,16 +313,16 @@ class SelfSpeculativeDecoder:
 
     def _single_row_constants(self) -> None:
         """What `_step_single_row` reuses: a pass's layout relative to its first column n − 1."""
-        K, S, device = self.K, self.S, self.device
+        K, S, G, device = self.K, self.S, self.G, self.device
         C = K + 1
-        structure = self._structure(C, K + 1, S, tuple(range(1, K + 2)))
-        self._row_new = structure[0] | self._eye(C + (K + 1) * S)[0]  # every row real: (R, R)
-        self._row_masks = torch.full(((K + 1) * S,), self.special.mask, dtype=torch.long, device=device)
+        structure = self._structure(C, G, S, tuple(range(1, G + 1)))
+        self._row_new = structure[0] | self._eye(C + G * S)[0]  # every row real: (R, R)
+        self._row_masks = torch.full((G * S,), self.special.mask, dtype=torch.long, device=device)
         # columns of the pass relative to n − 1, in `_forward`'s order: the clean rows, then group a's masks at
         # n + a + 1 … n + a + K (its drafting rows), then every group's first mask, at n + a
-        self._row_offsets = torch.cat((self._span, 1 + self._group_offsets[:, 1:].reshape(-1),
-                                       1 + self._group_offsets[:, 0]))
-        self._row_queries = C + (K + 1) * K  # the rows whose distributions a pass uses (the rest: rows 0)
+        self._row_offsets = torch.cat((self._span, 1 + self._group_offsets[:G, 1:].reshape(-1),
+                                       1 + self._group_offsets[:G, 0]))
+        self._row_queries = C + G * K  # the rows whose distributions a pass uses (the rest: rows 0)
         self._row_draft_noise = self._span[:, None] + 1 + self._span[:K]  # group a drafts n+a+1 … n+a+K
         self._row_bias: tuple[torch.Tensor, torch.Tensor] | None = None  # made by the first pass (`_row_mask`)
 
@@ -364,14 +370,15 @@ class SelfSpeculativeDecoder:
         slot = (n - self.start) % self._ring
         noise = self._noise[0].index_select(0, self._ring_index[slot:slot + 2 * K + 1])  # columns n … n+2K
         tokens = self._pick(p, noise[:K + 1])
-        drafts = self._pick(q_groups, noise[self._row_draft_noise])  # (K + 1, K): every outcome's next drafts
         decided = torch.cat((tokens, self.drafts[0])).tolist()
         a = 0
         while a < K and decided[K + 1 + a] == decided[a]:  # a draft is accepted when it is the token
             a += 1
         row[n:n + a + 1] = tokens[:a + 1]
-        row[n + a + 1:n + K + 1] = self.special.mask
-        self.drafts = drafts[a:a + 1]
+        if K:
+            row[n + a + 1:n + K + 1] = self.special.mask
+            drafts = self._pick(q_groups[a], noise[self._row_draft_noise[a]])  # the outcome's group's drafts
+            self.drafts = drafts[None]
         end = n + a + 1
         if self.cfg.stop_at_eos and self.special.eos in decided[:a + 1]:
             self.x[0, n + decided.index(self.special.eos) + 1:] = self.special.pad
@@ -426,9 +433,10 @@ class SelfSpeculativeDecoder:
         if K:
             self._padded.scatter_(1, cols[:, :K], self.drafts)
         clean_ok = (self._span[None] <= k[:, None]) & live[:, None]  # the last token, then the drafts
-        group_cols = n[:, None, None] + self._group_offsets  # (B, K + 1, S): a group for every outcome a ≤ k
-        group_ok = (group_cols < W) & clean_ok[:, :, None]
-        structure = self._structure(K + 1, K + 1, self.S, tuple(range(1, K + 2)))
+        G = self.G
+        group_cols = n[:, None, None] + self._group_offsets[:G]  # (B, G, S): a group for every outcome a ≤ k
+        group_ok = (group_cols < W) & clean_ok[:, :G, None]
+        structure = self._structure(K + 1, G, self.S, tuple(range(1, G + 1)))
         clean_logits, drafting, _ = self._forward(cols - 1, clean_ok, group_cols, group_ok, structure, n - 1)
         # Every distribution of the pass in one go: the next-token ones (B, K + 1, V) at columns n … n+K, and
         # every group's drafting rows (B, K + 1, K, V), of which the outcome's group is kept below.
