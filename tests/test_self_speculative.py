@@ -179,6 +179,7 @@ def test_the_default_drafts_depend_on_the_batch() -> None:
     # on a CPU rows cost compute: two drafts alone, one for a few rows, none for many (the same text)
     assert [default_drafts(batch, 4) for batch in (1, 2, DRAFTLESS_BATCH - 1, DRAFTLESS_BATCH, 32)] == [2, 1, 1, 0, 0]
     assert default_drafts(1, 2) == 1 and default_drafts(1, 1) == 0  # at most B − 1
+    assert default_drafts(32, 4, device="cuda") == 1  # where rows are cheap, a batch keeps drafting
     assert decode(peaked(), [[1]], 8).K == 2 and decode(peaked(), [[1], [2]], 8).K == 1
     many = decode(peaked(), [[1]] * DRAFTLESS_BATCH, 8)
     assert many.K == 0 and many.forward_passes == 8  # a pass per token: the prompt's, then one for each of 7 more

@@ -47,13 +47,16 @@ from dlm.sampling.denoiser import DenoiseStep, GenerationResult
 from dlm.special_ids import SpecialIds
 
 
-def default_drafts(batch: int, block: int) -> int:
+def default_drafts(batch: int, block: int, device: str = "cpu") -> int:
     """Drafts per pass when `SamplerConfig.drafts` is None. A pass of K drafts carries (K + 1)(K + 2) rows (6
     for one draft, 12 for 2, 20 for 3) and commits up to K + 1 tokens; with none it is the clean copy's one
-    row and one token. On a CPU, 2 drafts were the fastest at batch 1; rows cost compute, and from a batch of
-    DRAFTLESS_BATCH on no drafts were (docs/block-diffusion.md, 2026-12-06, fifth session), as servers turn
-    speculative decoding off for large batches. The text does not depend on K, so the batch may choose."""
-    return min(2 if batch == 1 else 1 if batch < DRAFTLESS_BATCH else 0, block - 1)
+    row and one token. On a CPU, 2 drafts were the fastest at batch 1; rows cost compute there, and from a
+    batch of DRAFTLESS_BATCH on no drafts were (docs/block-diffusion.md, 2026-12-06, fifth session), as
+    servers turn speculative decoding off for large batches. An accelerator, where a few more rows cost
+    little, keeps one draft for a batch (not measured yet). The text does not depend on K, so the batch may
+    choose."""
+    many = batch >= DRAFTLESS_BATCH and device == "cpu"
+    return min(2 if batch == 1 else 0 if many else 1, block - 1)
 
 
 DRAFTLESS_BATCH = 4
@@ -136,7 +139,8 @@ class SelfSpeculativeDecoder:
         B, W = canvas.tokens.shape
         # K drafts checked per pass; each drafting group is K + 1 masks (the token drawn in the pass, then
         # the next K drafts), fewer than the block's B when K < B − 1.
-        self.K = min(default_drafts(B, block) if config.drafts is None else config.drafts, block - 1)
+        self.K = min(default_drafts(B, block, canvas.tokens.device.type) if config.drafts is None else config.drafts,
+                     block - 1)
         self.S = self.K + 1
         self.G = self.K + 1 if self.K else 0  # a group per outcome; with no drafts a pass is the clean row alone
         self.canvas = canvas
