@@ -115,21 +115,23 @@ class EndsSoon(torch.nn.Module):
         return logits
 
 
-# drafts 0: the default, 2 alone and 1 in a batch (default_drafts)
+# drafts None: the default (default_drafts): 2 alone, none in this batch of 4; 0: none, alone too
 @pytest.mark.parametrize(("drafts", "ends", "block"), [(1, False, 4), (2, False, 4), (3, False, 4), (2, True, 4),
-                                                     (0, False, 4), (0, True, 4), (0, False, 1)])
-def test_a_row_is_the_same_alone_or_in_a_batch(drafts: int, ends: bool, block: int,
+                                                     (None, False, 4), (None, True, 4), (None, False, 1),
+                                                     (0, False, 4), (0, True, 4)])
+def test_a_row_is_the_same_alone_or_in_a_batch(drafts: int | None, ends: bool, block: int,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Alone, a row takes the single-row pass (in-place cache, decisions in Python) for most of its passes;
-    in a batch, the batched one. Both must write the same text, to the [EOS] and the padding after it."""
+    """Alone, a row takes the single-row pass (in-place cache, decisions in Python) for most of its passes, or
+    with no drafts the draftless one; in a batch, the batched one (with no drafts the draftless one too). All
+    must write the same text, to the [EOS] and the padding after it."""
     net = EndsSoon(peaked(seed=2), boost=1.0) if ends else peaked(seed=1)
     prompts, length = [[1, 2, 3, 4, 5, 6, 7], [3], [], [5, 5]], 24
     options = {"temperature": 1.0, "drafts": drafts, "stop_at_eos": ends}
     batch = decode(net, prompts, length, block=block, seed=7, **options).result().rows()
     single_row_passes = []
-    step = SelfSpeculativeDecoder._step_single_row
-    monkeypatch.setattr(SelfSpeculativeDecoder, "_step_single_row",
-                        lambda self: single_row_passes.append(1) or step(self))
+    lean = "_step_draftless" if drafts == 0 or block == 1 else "_step_single_row"
+    step = getattr(SelfSpeculativeDecoder, lean)
+    monkeypatch.setattr(SelfSpeculativeDecoder, lean, lambda self: single_row_passes.append(1) or step(self))
     for i, prompt in enumerate(prompts):
         canvas = build_canvas([[*prompt, *([None] * length)]], SPECIAL)
         alone = SelfSpeculativeDecoder(net, canvas, SamplerConfig(speculative=True, **options), SPECIAL,
@@ -176,11 +178,11 @@ def test_the_text_is_the_same_for_any_number_of_drafts(options: dict) -> None:
 
 
 def test_the_default_drafts_depend_on_the_batch() -> None:
-    # on a CPU rows cost compute: two drafts alone, one for a few rows, none for many (the same text)
-    assert [default_drafts(batch, 4) for batch in (1, 2, DRAFTLESS_BATCH - 1, DRAFTLESS_BATCH, 32)] == [2, 1, 1, 0, 0]
+    # on a CPU rows cost compute: two drafts alone, none for a batch (the same text)
+    assert DRAFTLESS_BATCH == 2 and [default_drafts(batch, 4) for batch in (1, 2, 32)] == [2, 0, 0]
     assert default_drafts(1, 2) == 1 and default_drafts(1, 1) == 0  # at most B − 1
     assert default_drafts(32, 4, device="cuda") == 1  # where rows are cheap, a batch keeps drafting
-    assert decode(peaked(), [[1]], 8).K == 2 and decode(peaked(), [[1], [2]], 8).K == 1
+    assert decode(peaked(), [[1]], 8).K == 2 and decode(peaked(), [[1], [2]], 8).K == 0
     many = decode(peaked(), [[1]] * DRAFTLESS_BATCH, 8)
     assert many.K == 0 and many.forward_passes == 8  # a pass per token: the prompt's, then one for each of 7 more
 

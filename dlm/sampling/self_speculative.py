@@ -50,16 +50,16 @@ from dlm.special_ids import SpecialIds
 def default_drafts(batch: int, block: int, device: str = "cpu") -> int:
     """Drafts per pass when `SamplerConfig.drafts` is None. A pass of K drafts carries (K + 1)(K + 2) rows (6
     for one draft, 12 for 2, 20 for 3) and commits up to K + 1 tokens; with none it is the clean copy's one
-    row and one token. On a CPU, 2 drafts were the fastest at batch 1; rows cost compute there, and from a
-    batch of DRAFTLESS_BATCH on no drafts were (docs/block-diffusion.md, 2026-12-06, fifth session), as
-    servers turn speculative decoding off for large batches. An accelerator, where a few more rows cost
-    little, keeps one draft for a batch (not measured yet). The text does not depend on K, so the batch may
-    choose."""
+    row and one token (`_step_draftless`, a lean pass). On a CPU, 2 drafts were the fastest at batch 1; rows
+    cost compute there, and from a batch of DRAFTLESS_BATCH on no drafts were (bench/drafts_by_batch.py;
+    docs/block-diffusion.md, 2026-12-06, fifth session), as servers turn speculative decoding off for large
+    batches. An accelerator, where a few more rows cost little, keeps one draft for a batch (not measured
+    yet). The text does not depend on K, so the batch may choose."""
     many = batch >= DRAFTLESS_BATCH and device == "cpu"
     return min(2 if batch == 1 else 0 if many else 1, block - 1)
 
 
-DRAFTLESS_BATCH = 4
+DRAFTLESS_BATCH = 2
 """From this many rows on, the default drafts nothing (`default_drafts`)."""
 
 NOISE_CHUNK_VALUES = 1 << 16
@@ -193,6 +193,8 @@ class SelfSpeculativeDecoder:
         self._left_pad = (~canvas.valid).sum(1, keepdim=True)  # each row counts positions from its first token
         if self._one_row:
             self._single_row_constants()
+        self._draftless_mask: torch.Tensor | None = None  # made by the first `_step_draftless`
+        self._column = start + 1  # with no drafts, the column every live row writes next
 
     # --- distributions and draws ---------------------------------------------------------------
 
@@ -393,6 +395,30 @@ class SelfSpeculativeDecoder:
             self.done.fill_(True)
         return n
 
+    # --- no drafts: the clean copy writes alone --------------------------------------------------
+
+    def _step_draftless(self) -> int:
+        """`_step` with no drafts (K = 0): the same pass, the same draws, in a dozen tensor operations instead of
+        about sixty (at small batches the sampler's own work is a large share of a pass). Every row writes one
+        token a pass, so the live rows all stand at one column. Returns it."""
+        if self._draftless_mask is None:  # made inside the sampling's autocast context, as `_additive` needs
+            self._draftless_mask = self._additive(self._valid[:, None, None, :self.width])
+            bound = self.model.cfg.block_size - 1
+            self._draftless_positions = (self._columns[:self.width] - self._left_pad).clamp(0, bound)
+        n, live = self._column, ~self.done
+        self.cache.place(n - 1, 1)  # the column written last goes to the cache; the pass reads every column before it
+        logits = self.model(self.x[:, n - 1:n], cache=self.cache, positions=self._draftless_positions[:, n - 1:n],
+                            attn_mask=self._draftless_mask[..., :n])
+        self.forward_passes += 1
+        self._draw_noise([n] * self.x.shape[0])  # a finished row draws too: nothing of it is read again
+        token = self._pick(self._scores(logits[:, 0]), self._noise[:, (n - self.start) % self._ring])
+        self.x[:, n] = torch.where(live, token, self.x[:, n])
+        first = self.n
+        self.n = self.n + live
+        self._column = n + 1
+        self._end_rows_at_eos(first, live[:, None])
+        return n
+
     # --- the loop ------------------------------------------------------------------------------
 
     def _set_drafts(self, drafts: torch.Tensor) -> None:
@@ -494,7 +520,10 @@ class SelfSpeculativeDecoder:
             if bool(self.done.all()):
                 break
             before = self.x.clone()
-            first = self._step_single_row() if self._single_row_ready() else self._step()
+            if not self.K:
+                first = self._step_draftless()
+            else:
+                first = self._step_single_row() if self._single_row_ready() else self._step()
         gen = ~self.canvas.fixed & self.canvas.valid
         assert not bool(((self.x == self.special.mask) & gen).any()), "sampler left a [MASK]"
 
