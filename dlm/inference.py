@@ -210,9 +210,10 @@ class Pipeline:
             return merge_results(parts, [m for members, _ in groups for m in members], num_samples)
         decoder = self.decoder(prompt, length, num_samples, template, **options)
         with autocast(self.device, self.dtype):
+            if on_step is None:  # nothing watches: no frame per step
+                return decoder.run()
             for state in decoder.steps():
-                if on_step is not None:
-                    on_step(state)
+                on_step(state)
         return decoder.result()
 
     def _beyond_context(self, prompt: str | list[str], length: int) -> bool:

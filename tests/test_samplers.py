@@ -11,6 +11,7 @@ from dlm.model import ModelConfig, Transformer
 from dlm.objectives import ar_loss, mdlm_loss
 from dlm.sampling import (
     ORDERS,
+    ARDecoder,
     Denoiser,
     SamplerConfig,
     SpecialIds,
@@ -272,6 +273,24 @@ def test_ar_stops_at_eos() -> None:
 
     result = ar_generate(EosAtThree(), [[1]], 8, SamplerConfig(stop_at_eos=True), SPECIAL)
     assert result.rows()[0] == [1, 2, 2, SPECIAL.eos]
+
+
+def test_ar_running_writes_what_the_steps_show_and_penalises_the_end_token() -> None:
+    """`run` skips the frames: the same text and counts as `steps`; eos_penalty lowers [EOS] before each draw."""
+    model = tiny_model(causal=True, seed=3)
+    with torch.no_grad():
+        model.head.weight[SPECIAL.eos] = model.head.weight[2] * 8  # [EOS] likely
+    config = SamplerConfig(seed=2, stop_at_eos=True)
+    with torch.no_grad():
+        ran = ARDecoder(model, MIXED_PROMPTS, 10, config, SPECIAL).run()
+    stepped = ARDecoder(model, MIXED_PROMPTS, 10, config, SPECIAL)
+    with torch.no_grad():
+        frames = list(stepped.steps())
+    assert ran.rows() == stepped.result().rows() and any(SPECIAL.eos in row for row in ran.rows())
+    assert (ran.forward_passes, ran.steps) == (stepped.forward_passes, len(frames))
+    penalised = ar_generate(model, MIXED_PROMPTS, 10, SamplerConfig(seed=2, stop_at_eos=True, eos_penalty=100.0),
+                            SPECIAL).rows()
+    assert not any(SPECIAL.eos in row for row in penalised)
 
 
 def test_guidance_extrapolates_from_the_unconditional_prediction() -> None:

@@ -187,6 +187,34 @@ def test_the_default_drafts_depend_on_the_batch() -> None:
     assert many.K == 0 and many.forward_passes == 8  # a pass per token: the prompt's, then one for each of 7 more
 
 
+@pytest.mark.parametrize(("prompts", "drafts"), [([[1, 2, 3]], None), ([[1, 2], [3], []], None), ([[1]], 0)])
+def test_running_writes_what_the_steps_show(prompts: list[list[int]], drafts: int | None) -> None:
+    """`run` (what `sample` takes when nothing watches) skips the frames, and with them reads of the decoder's
+    tensors that a single-row pass keeps as Python numbers: the same text, passes and step count as `steps`,
+    whose last frame is that text."""
+    net, length = EndsSoon(peaked(seed=4), boost=0.5), 18
+    options = {"seed": 3, "temperature": 1.0, "stop_at_eos": True, "drafts": drafts}
+    ran = decode(net, prompts, length, **options)
+    canvas = build_canvas([[*p, *([None] * length)] for p in prompts], SPECIAL)
+    stepped = SelfSpeculativeDecoder(net, canvas, SamplerConfig(speculative=True, **options).validate(), SPECIAL,
+                                     BLOCK)
+    with torch.no_grad():
+        frames = list(stepped.steps())
+    assert ran.result().rows() == stepped.result().rows()
+    assert (ran.forward_passes, ran.step_count) == (stepped.forward_passes, stepped.step_count) == \
+        (frames[-1].forward_passes, len(frames))
+    assert torch.equal(frames[-1].tokens, stepped.result().tokens)
+
+
+def test_the_end_token_penalty_is_applied() -> None:
+    """eos_penalty lowers [EOS]'s logit before every draw: a model that ends soon writes on with a large one."""
+    net = EndsSoon(peaked(seed=2), boost=3.0)
+    ended = decode(net, [[1], [2]], 16, temperature=1.0, seed=1).result().rows()
+    penalised = decode(net, [[1], [2]], 16, temperature=1.0, seed=1, eos_penalty=100.0).result().rows()
+    assert all(SPECIAL.eos in row for row in ended)
+    assert all(SPECIAL.eos not in row for row in penalised)
+
+
 def test_drafts_beyond_the_block_are_refused() -> None:
     with pytest.raises(DlmError, match="drafts=4: a block of 4 drafts at most 3"):
         decode(peaked(), [[1]], 4, drafts=4)

@@ -181,7 +181,11 @@ class SelfSpeculativeDecoder:
         rows = max((self.K + 1) * (1 + self.S), self.S)  # a pass's rows (a prompt's start at column 0 fits)
         self.cache = RowCache(cfg.n_layer, B, cfg.n_head, W, cfg.d_model // cfg.n_head,
                               self.device, next(model.parameters()).dtype, scratch=rows)
-        self._suppress = torch.tensor([special.mask, special.pad, special.bos], device=self.device)
+        # Added to the logits (and promoting them to float64) in one operation: −inf for the ids never drawn, −the
+        # [EOS] penalty for [EOS], 0 elsewhere (x + 0 and x − p are exact as before, in float64).
+        self._score_bias = torch.zeros(V, dtype=torch.float64, device=self.device)
+        self._score_bias[[special.mask, special.pad, special.bos]] = float("-inf")
+        self._score_bias[special.eos] -= config.eos_penalty
         self._structures: dict[tuple, torch.Tensor] = {}
         # Constants of every pass, made once: a pass is a few rows, and on a CPU each small tensor op costs
         # microseconds (bench/decode_breakdown.py splits a pass's time between the network and this code).
@@ -195,6 +199,7 @@ class SelfSpeculativeDecoder:
             self._single_row_constants()
         self._draftless_mask: torch.Tensor | None = None  # made by the first `_step_draftless`
         self._column = start + 1  # with no drafts, the column every live row writes next
+        self._row_next: int | None = None  # after a single-row pass, the row's next column (else None)
 
     # --- distributions and draws ---------------------------------------------------------------
 
@@ -202,10 +207,7 @@ class SelfSpeculativeDecoder:
         """log p up to a constant per row, for the distribution tokens are drawn from: specials suppressed,
         then temperature, top-k, top-p (−inf outside). Temperature 0: 0 at the argmax, −inf elsewhere
         (greedy). No softmax: argmax (log p + Gumbel) does not need the normaliser."""
-        logits = logits.double().index_fill_(-1, self._suppress, float("-inf"))
-        if self.cfg.eos_penalty:
-            logits[..., self.special.eos] -= self.cfg.eos_penalty
-        logits = filter_logits(logits, self.cfg.top_k, self.cfg.top_p)
+        logits = filter_logits(self._score_bias + logits, self.cfg.top_k, self.cfg.top_p)
         if self.cfg.temperature <= 0:
             return torch.full_like(logits, float("-inf")).scatter_(-1, logits.argmax(-1, keepdim=True), 0.0)
         if self.cfg.temperature != 1.0:  # (dividing by 1 changes nothing: skipped)
@@ -354,6 +356,8 @@ class SelfSpeculativeDecoder:
         columns inside it. `_step_single_row` then does exactly what `_step` does, with Python numbers for
         the decisions and about a quarter of the tensor operations (a pass is a few milliseconds on a CPU,
         and each small operation costs microseconds)."""
+        if self._row_next is not None:  # the last pass was a single-row one: it left n as a Python number
+            return self._row_next + 2 * self.K < self.width
         return (self._one_row and not bool(self.done[0]) and int(self.n_drafts[0]) == self.K
                 and int(self.n[0]) + 2 * self.K < self.width)
 
@@ -361,7 +365,7 @@ class SelfSpeculativeDecoder:
         """`_step` for one row (see `_single_row_ready`): the same pass, the same draws. Returns the first
         column written."""
         K, W = self.K, self.width
-        n = int(self.n[0])
+        n = int(self.n[0]) if self._row_next is None else self._row_next
         row = self._padded[0]
         row[n:n + K] = self.drafts[0]
         tokens = torch.cat((row[n - 1:n + K], self._row_masks))[None]
@@ -393,6 +397,7 @@ class SelfSpeculativeDecoder:
         self.n_drafts.fill_(min(max(W - end, 0), K))
         if end >= W:
             self.done.fill_(True)
+        self._row_next = end  # n, n_drafts and done follow from it: the next pass need not read them back
         return n
 
     # --- no drafts: the clean copy writes alone --------------------------------------------------
@@ -454,6 +459,7 @@ class SelfSpeculativeDecoder:
     def _step(self) -> int:
         """Verify the drafts, commit the accepted ones and one drawn token, draw new drafts.
         Returns the first column any row wrote."""
+        self._row_next = None  # n moves here as a tensor
         B, K, W = self.x.shape[0], self.K, self.width
         n, k = self.n, self.n_drafts  # k ≤ K drafts at columns n … n+k−1
         live = ~self.done
@@ -507,6 +513,21 @@ class SelfSpeculativeDecoder:
                 self.n[b] = self.width
         self.done |= self.n >= self.width
 
+    def _advance(self) -> int:
+        """One forward pass and what it commits. Returns the first column written."""
+        if not self.K:
+            return self._step_draftless()
+        return self._step_single_row() if self._single_row_ready() else self._step()
+
+    def _finished(self) -> bool:
+        if self._row_next is not None:  # after a single-row pass: a Python number, no tensor read
+            return self._row_next >= self.width
+        return bool(self.done.all())
+
+    def _check_complete(self) -> None:
+        gen = ~self.canvas.fixed & self.canvas.valid
+        assert not bool(((self.x == self.special.mask) & gen).any()), "sampler left a [MASK]"
+
     def steps(self) -> Iterator[DenoiseStep]:
         """Run the sampler, yielding the canvas after every forward pass (what it committed)."""
         before = self.x.clone()
@@ -517,19 +538,21 @@ class SelfSpeculativeDecoder:
             nothing = torch.zeros_like(changed)
             yield DenoiseStep(self.step_count, self.x.clone(), changed, nothing, nothing, (first, int(self.n.max())),
                               self.forward_passes)
-            if bool(self.done.all()):
+            if self._finished():
                 break
             before = self.x.clone()
-            if not self.K:
-                first = self._step_draftless()
-            else:
-                first = self._step_single_row() if self._single_row_ready() else self._step()
-        gen = ~self.canvas.fixed & self.canvas.valid
-        assert not bool(((self.x == self.special.mask) & gen).any()), "sampler left a [MASK]"
+            first = self._advance()
+        self._check_complete()
 
     def run(self) -> GenerationResult:
-        for _ in self.steps():
-            pass
+        """`steps` without the frames (a copy of the canvas and two masks a pass: a noticeable share of a pass at
+        batch 1 on a CPU); `sample` takes it when nothing watches the steps."""
+        self._start()
+        self.step_count = 1
+        while not self._finished():
+            self._advance()
+            self.step_count += 1
+        self._check_complete()
         return self.result()
 
     def result(self) -> GenerationResult:
