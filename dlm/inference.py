@@ -226,10 +226,11 @@ class Pipeline:
         """Block diffusion past the context: decode a window, then slide it by half a context (the
         last half, a whole number of blocks, becomes the next window's prompt, encoded again) until
         `length` tokens are written or every row has ended at [EOS]. Row i of round r draws from
-        seed + i + r·rows. Steps are shared among rounds in proportion to the tokens each writes."""
+        seed + i + r·rows. Steps are shared among rounds in proportion to the tokens each writes.
+        Blocks as long as the context keep half of it all the same: the prompt then ends inside the block."""
         context = self.model.cfg.block_size
         block = options.get("block_length") or self.diffusion_block
-        keep = max(block, context // 2 // block * block)
+        keep = context // 2 // block * block or context // 2
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if any(len(self.tokenizer.encode(p)) >= context if p else False for p in prompts):
             raise DlmError(f"a prompt fills the model's context of {context} tokens; shorten it")

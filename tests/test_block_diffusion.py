@@ -219,6 +219,41 @@ def test_block_noise_is_checked() -> None:
         apply_overrides(RunConfig(), ["diffusion.block_noise=often"]).validate()
 
 
+def test_evaluating_one_block_is_evaluating_mdlm() -> None:
+    """`dlm eval` of blocks as long as the window (B = L, Monte Carlo) gives MDLM's estimate of the same weights
+    with the same noise: one noise level per window either way."""
+    from dlm.eval.likelihood import evaluate_likelihood
+
+    net, x = model(), data()
+    options = {"causal": False, "device": torch.device("cpu"), "dtype": torch.float32, "progress": False,
+               "min_passes": 3, "max_passes": 3}
+    one_block = evaluate_likelihood(net, x, SPECIAL, block=x.shape[1], **options)
+    mdlm = evaluate_likelihood(net, x, SPECIAL, **options)
+    assert one_block["estimator"] == "monte_carlo" and one_block["passes"] == 3
+    assert one_block["nats_per_token"] == pytest.approx(mdlm["nats_per_token"], abs=1e-5)
+
+
+@pytest.mark.parametrize("speculative", [True, False])
+def test_blocks_as_long_as_the_context_write_past_it(corpus_text: str, speculative: bool) -> None:
+    """Past the context the window slides by half a context; when one block fills the context (B = L, MDLM
+    trained as block diffusion), the kept half ends inside the next window's block."""
+    from dlm.config import RunConfig
+    from dlm.inference import Pipeline
+    from dlm.tokenizers import CharTokenizer
+
+    tokenizer = CharTokenizer.from_text(corpus_text)
+    config = RunConfig()
+    config.train.objective, config.diffusion.block_size = "bd3", 16
+    config.model.block_size, config.model.vocab_size = 16, tokenizer.vocab_size
+    config.model.n_layer, config.model.d_model, config.model.n_head = 1, 32, 2
+    config.model.clean_causal, config.diffusion.clean_ar_weight = True, 1.0
+    net = Transformer(config.model).eval()
+    pipe = Pipeline(net, tokenizer, config, Path("."), torch.device("cpu"), torch.float32)
+    result = pipe.sample("The", length=40, seed=0, speculative=speculative, steps=40)
+    text = pipe.decode(result)[0]
+    assert int(result.generated.sum()) == 40 and text.startswith("The") and "[MASK]" not in text
+
+
 def test_the_exact_nelbo_of_blocks_of_one_is_the_next_token_nll() -> None:
     from dlm.eval.likelihood import evaluate_likelihood, exact_block_nelbo
 

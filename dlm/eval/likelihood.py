@@ -68,7 +68,8 @@ def mask_patterns(block: int) -> list[list[bool]]:
 @torch.no_grad()
 def block_pattern_nll(model: torch.nn.Module, windows: torch.Tensor, special: SpecialIds, *, block: int,
                       device: torch.device, dtype: torch.dtype, batch_size: int = 64,
-                      progress: bool = True, patterns: list[list[bool]] | None = None) -> np.ndarray:
+                      progress: bool = True, patterns: list[list[bool]] | None = None,
+                      desc: str = "exact NELBO") -> np.ndarray:
     """(N, 2^B − 1, B) float64 (or (N, len(patterns), B) for the `patterns` given): for each window,
     mask pattern (`mask_patterns`) and position inside a block, −log p_θ(x_i | x_<b clean, x_b with the
     pattern masked) summed over the window's blocks (0 where the pattern leaves i visible).
@@ -90,7 +91,7 @@ def block_pattern_nll(model: torch.nn.Module, windows: torch.Tensor, special: Sp
     masks = [torch.tensor(patterns[first:first + chunk], device=device).repeat(1, L // block)  # (c, L) each
              for first in range(0, P, chunk)]
     table = np.zeros((N, P, block))
-    bar = Progress(total=N * P, enabled=progress, desc="exact NELBO", unit="pattern", leave=False)
+    bar = Progress(total=N * P, enabled=progress, desc=desc, unit="pattern", leave=False)
     for i in range(0, N, step):
         x = windows[i:i + step].to(device)  # (b, L)
         b = len(x)
@@ -155,7 +156,7 @@ def block_left_to_right_nll(model: torch.nn.Module, windows: torch.Tensor, speci
     N, L = windows.shape
     patterns = [[j >= i for j in range(block)] for i in range(block)]  # pattern i masks positions i … B−1
     table = block_pattern_nll(model, windows, special, block=block, device=device, dtype=dtype,
-                              batch_size=batch_size, progress=progress, patterns=patterns)
+                              batch_size=batch_size, progress=progress, patterns=patterns, desc="left-to-right NLL")
     per_token = table[:, range(block), range(block)].sum(1) / L
     nats = float(per_token.mean())
     return {"kind": "block_left_to_right_nll", "nats_per_token": nats, "bits_per_token": nats / math.log(2),
@@ -235,7 +236,8 @@ def evaluate_likelihood(model: torch.nn.Module, windows: torch.Tensor, special: 
         bar = Progress(total=min(min_passes, max_passes), enabled=progress, desc="eval passes", unit="pass",
                        leave=False)
         while True:
-            estimate = one_pass(_stratified_t(N * n_blocks, generator).view(N, n_blocks).squeeze(1))
+            t_all = _stratified_t(N * n_blocks, generator).view(N, n_blocks)  # a level per block
+            estimate = one_pass(t_all if block else t_all[:, 0])  # MDLM: one per window
             window_sums += estimate
             passes.append(estimate.mean())
             if len(passes) >= 2:  # an s.e. needs two passes; the total is then re-estimated from it
