@@ -41,10 +41,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from default_sampler import held_out
 from labels import mauve_cell, percent
-from machine import describe_cpu  # noqa: E402 (bench/ is on the path when run)
+from machine import run_header  # noqa: E402 (bench/ is on the path when run)
 from markers import write_between_markers
 from within_reach import shortfalls
 
@@ -333,9 +332,7 @@ def main() -> int:
         models["MDLM"] = (args.mdlm, load(args.mdlm, dtype=args.dtype))
     models["AR twin"] = (args.ar, ar)
 
-    report: dict = {"settings": vars(args), "date": time.strftime("%Y-%m-%d"),
-                    "command": "python bench/block_diffusion.py " + shlex.join(sys.argv[1:]),
-                    "machine": f"{describe_cpu()}, torch {torch.__version__}", "likelihood": {}, "rows": {}}
+    report: dict = {"settings": vars(args), **run_header("block_diffusion.py"), "likelihood": {}, "rows": {}}
     for name, (run, pipe) in models.items():
         report["likelihood"][name] = {**likelihood(run, pipe, reuse, args), "run": run,
                                       "training_steps": training_steps(run)}

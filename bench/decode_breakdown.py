@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
-from machine import describe_cpu  # noqa: E402 (bench/ is on the path when run)
+from machine import run_header  # noqa: E402 (bench/ is on the path when run)
 
 from dlm.errors import DlmError
 from dlm.inference import load
@@ -93,9 +92,7 @@ def main() -> int:
         print(f"| {label} | {row['chars_per_s']:,.0f} | {row['passes']:,} | {row['chars_per_pass']:.2f} | "
               f"{row['rows_per_pass']:.1f} | {row['network_ms_per_pass']:.3f} | {row['rest_ms_per_pass']:.3f} |",
               flush=True)
-    report = {"command": "python bench/decode_breakdown.py " + shlex.join(sys.argv[1:]),
-              "machine": f"{describe_cpu()}, torch {torch.__version__}", "date": time.strftime("%Y-%m-%d"),
-              "rows": rows}
+    report = {**run_header("decode_breakdown.py"), "rows": rows}
     atomic_write_json(Path(args.json), report)
     print(f"{report['machine']}; written to {args.json}")
     return 0

@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-from machine import describe_cpu  # noqa: E402 (bench/ is on the path when run)
+from machine import run_header  # noqa: E402 (bench/ is on the path when run)
 
 from dlm.errors import DlmError
 from dlm.inference import load
@@ -95,9 +92,8 @@ def main() -> int:
             cell = f"**{cell}**" if k == row["fastest_drafts"] else cell
             cells.append(cell + (" (default)" if k == row["default_drafts"] else ""))
         print(f"| {batch} | {row['twin_chars_per_s']:,.0f} | " + " | ".join(cells) + " |", flush=True)
-    report = {"command": "python bench/drafts_by_batch.py " + shlex.join(sys.argv[1:]),
-              "machine": f"{describe_cpu()}, torch {torch.__version__}", "date": time.strftime("%Y-%m-%d"),
-              "dtype": str(block.dtype).removeprefix("torch."), "length": args.length, "top_p": args.top_p,
+    report = {**run_header("drafts_by_batch.py"), "dtype": str(block.dtype).removeprefix("torch."),
+              "length": args.length, "top_p": args.top_p,
               "rows": rows}
     atomic_write_json(Path(args.json), report)
     print(f"bold: the fastest. {report['machine']}, {report['dtype']}; written to {args.json}")

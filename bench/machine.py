@@ -47,3 +47,15 @@ def describe_cpu() -> str:
     import os
 
     return f"{cpu_model()}, {cpu_class()}, {os.cpu_count()} vCPUs"
+
+
+def run_header(script: str) -> dict:
+    """What every bench's JSON opens with: the command that wrote it, the machine (CPU class and torch), the date."""
+    import shlex
+    import sys
+    import time
+
+    import torch
+
+    return {"command": f"python bench/{script} " + shlex.join(sys.argv[1:]),
+            "machine": f"{describe_cpu()}, torch {torch.__version__}", "date": time.strftime("%Y-%m-%d")}
