@@ -23,6 +23,9 @@ Three tables, each row measured here, on this machine, in one run of this script
    machine between stretches then showed up as a difference between samplers.)
 3. **The verdict**: each row against the AR twin by the "within reach" rule of
    bench/default_sampler.py, and its speed as a multiple of the twin's at batch 1 and 32.
+   `--more-ar LABEL=RUN` adds another AR run (say the twin's recipe with fewer layers): sampled, judged and
+   timed in the same turns, its row says whether it is within reach of the twin, and a line under the table
+   gives every other row's speed against it, so a faster AR model of the same quality is not left out.
 
 `--dtype fp32` runs every model in fp32 (the twin is fastest so at batch 1 on some CPUs: run both).
 Self-speculative rows come with no drafts (the clean copy writes alone) and 1, 2 and 3 drafts a pass
@@ -169,9 +172,21 @@ def measure(name: str, pipe, options: dict, common: dict, args: argparse.Namespa
     return row
 
 
+def other_ar_name(label: str) -> str:
+    """The row of an AR run given with --more-ar."""
+    return f"AR ({label})"
+
+
+def other_ars(report: dict) -> list[str]:
+    """The rows of the --more-ar runs, in the order given."""
+    names = [other_ar_name(item.rpartition("=")[0]) for item in report["settings"].get("more_ar") or []]
+    return [name for name in names if name in report["rows"]]
+
+
 def verdicts(report: dict) -> None:
     ar, big = report["rows"]["AR twin"], f"batch{report['settings']['batch_size']}"
-    for row in report["rows"].values():
+    others = other_ars(report)
+    for name, row in report["rows"].items():
         missing = shortfalls(row, ar)
         row["within_reach"] = missing is not None and not missing
         row["shortfalls"] = missing or []
@@ -181,6 +196,10 @@ def verdicts(report: dict) -> None:
             if ratios:
                 row[f"speed_vs_ar_{key}_turns"] = {"median": statistics.median(ratios), "min": min(ratios),
                                                    "max": max(ratios), "turns": len(ratios)}
+        if others and row is not ar and name not in others:  # timed in the same turns as theirs
+            row["speed_vs_other_ar"] = {
+                other: {key: row[f"{key}_chars_per_s"] / report["rows"][other][f"{key}_chars_per_s"]
+                        for key in ("batch1", big)} for other in others}
 
 
 def markdown(report: dict) -> str:
@@ -223,6 +242,12 @@ def markdown(report: dict) -> str:
         lines += ["", "× AR: characters a second over the AR twin's, all turns together; in brackets the lowest and "
                   "highest ratio of a single turn (the samplers take turns: a slow minute of the machine falls on "
                   "both)."]
+    for other in other_ars(report):
+        against = [f"{name} {r['speed_vs_other_ar'][other]['batch1']:.2f}× at batch 1, "
+                   f"{r['speed_vs_other_ar'][other][big]:.2f}× at batch {bs}"
+                   for name, r in report["rows"].items() if other in r.get("speed_vs_other_ar", {})]
+        lines += ["", f"Against {other} (characters a second over its own, all turns together): " + "; ".join(against)
+                  + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -267,6 +292,10 @@ def main() -> int:
                         help="block-diffusion runs (any block sizes); LABEL tells two runs of one block size apart")
     parser.add_argument("--mdlm", help="the MDLM run (the B = context endpoint)")
     parser.add_argument("--ar", help="the AR twin (the B = 1 endpoint with its KV cache; required)")
+    parser.add_argument("--more-ar", action="append", default=[], metavar="LABEL=RUN",
+                        help="another AR run, sampled, judged and timed beside the twin (for example the twin's recipe "
+                        "at another size): its row says whether it is within reach of the twin, and the table says "
+                        "how fast every block row is against it too")
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -331,6 +360,14 @@ def main() -> int:
     if args.mdlm:
         models["MDLM"] = (args.mdlm, load(args.mdlm, dtype=args.dtype))
     models["AR twin"] = (args.ar, ar)
+    for item in args.more_ar:
+        label, _, run = item.rpartition("=")
+        if not label:
+            parser.error(f"--more-ar {item}: give LABEL=RUN (the label names its row)")
+        pipe = load(run, dtype=args.dtype)
+        if not pipe.is_autoregressive:
+            parser.error(f"--more-ar {item}: {run} is not an AR run (train.objective=ar)")
+        models[other_ar_name(label)] = (run, pipe)
 
     report: dict = {"settings": vars(args), **run_header("block_diffusion.py"), "likelihood": {}, "rows": {}}
     for name, (run, pipe) in models.items():
@@ -345,6 +382,7 @@ def main() -> int:
 
     report["reference"] = held_out(ar, split, words, args, independent)
     samplers = {"AR twin": (ar, {})}
+    samplers.update({name: (pipe, {}) for name, (_, pipe) in models.items() if name.startswith("AR (")})
     if args.mdlm:
         samplers["MDLM · default sampler"] = (models["MDLM"][1], {})
     chosen = [n.strip() for n in args.settings.split(";")] if args.settings else None

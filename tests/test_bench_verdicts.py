@@ -222,6 +222,30 @@ def test_block_diffusion_bench_keeps_each_turns_ratio(bench, monkeypatch: pytest
     assert bd.ratio_cell(spec, "batch2") == "1.74 (1.25–2.00)" and bd.ratio_cell(spec, "batch1") == "1.50"
 
 
+def test_block_diffusion_bench_compares_every_row_with_another_ar_run(bench) -> None:
+    """--more-ar: a second AR run is judged against the twin like any row, and every other row's speed is also
+    given against it (a smaller AR model of the same quality must not be left out of the comparison)."""
+    bd = bench("block_diffusion")
+    timed = {"AR twin": (100.0, 1000.0), "AR (2 layers)": (200.0, 2000.0), "block 4 · speculative": (190.0, 1900.0)}
+    rows = {name: {**row(), "batch1_chars_per_s": one, "batch32_chars_per_s": many}
+            for name, (one, many) in timed.items()}
+    rows["AR (2 layers)"]["mauve"] = 0.5  # not within reach of the twin
+    report = {"rows": rows, "settings": {"batch_size": 32, "more_ar": ["2 layers=runs/ar-2x192"], "samples": 64,
+                                         "length": 256, "speed_samples": 4, "speed_batches": 2},
+              "likelihood": {}, "reference": row(0.95, 0.97, 3.1, 0.6, gen_ppl=7.5), "command": "python bench/x",
+              "date": "2026-12-06", "machine": "test"}
+    bd.verdicts(report)
+    spec = rows["block 4 · speculative"]
+    assert spec["speed_vs_ar_batch1"] == pytest.approx(1.9)
+    assert spec["speed_vs_other_ar"] == {"AR (2 layers)": pytest.approx({"batch1": 0.95, "batch32": 0.95})}
+    assert "speed_vs_other_ar" not in rows["AR twin"] and "speed_vs_other_ar" not in rows["AR (2 layers)"]
+    assert rows["AR (2 layers)"]["shortfalls"] == ["MAUVE"]
+    table = bd.markdown(report)
+    assert "| AR (2 layers) | 90.0 ± 1.0 |" in table and "| no (MAUVE) |" in table
+    assert ("Against AR (2 layers) (characters a second over its own, all turns together): block 4 · speculative "
+            "0.95× at batch 1, 0.95× at batch 32.") in table
+
+
 def test_draft_acceptance_counts_agreements_under_shared_noise(bench) -> None:
     """The draft-acceptance bench's measure: a distribution always agrees with itself under the same noise and
     never with one on other tokens; on a small clean-causal block model every figure is a rate, over one
