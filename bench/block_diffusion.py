@@ -52,6 +52,7 @@ from within_reach import shortfalls
 
 from dlm.data.loader import eval_windows
 from dlm.data.shards import prepare_corpus
+from dlm.errors import DlmError
 from dlm.eval.generation_eval import draw_samples, evaluate_generation, run_word_list, sample_texts
 from dlm.eval.likelihood import evaluate_likelihood
 from dlm.inference import load
@@ -325,13 +326,20 @@ def main() -> int:
         parser.error(f"--top-p {args.top_p}: give a probability in (0, 1] (1 = off)")
     if args.speed_samples < 1 or args.speed_batches < 1:
         parser.error("--speed-samples and --speed-batches must be at least 1")
+
+    def open_run(run: str):
+        """The run's pipeline, or a one-line error naming what is wrong with it (a missing folder, a bad checkpoint)."""
+        try:
+            return load(run, dtype=args.dtype)
+        except DlmError as e:
+            parser.error(str(e))
     if args.from_json:
         report = json.loads(Path(args.from_json).read_text())
         if args.add_likelihood:
             reuse = dict(item.split("=", 1) for item in args.eval_json)
             for item in args.bd3:
                 label, _, run = item.rpartition("=")
-                pipe = load(run, dtype=args.dtype)
+                pipe = open_run(run)
                 name = f"block {pipe.diffusion_block}" + (f" ({label})" if label else "")
                 report["likelihood"][name] = {**likelihood(run, pipe, reuse, args), "run": run,
                                               "training_steps": training_steps(run)}
@@ -345,7 +353,7 @@ def main() -> int:
     if not args.ar:
         parser.error("--ar is required (the twin every row is compared with)")
     reuse = dict(item.split("=", 1) for item in args.eval_json)
-    ar = load(args.ar, dtype=args.dtype)
+    ar = open_run(args.ar)
     corpus = prepare_corpus(ar.config.data, tokenizer=ar.tokenizer)
     split, words = corpus.split("val"), run_word_list(ar, corpus.split("train"))
     independent = None if args.independent_judge == "none" else args.independent_judge
@@ -353,18 +361,18 @@ def main() -> int:
     models: dict[str, tuple[str, object]] = {}
     for item in args.bd3:
         label, _, run = item.rpartition("=")
-        pipe = load(run, dtype=args.dtype)
+        pipe = open_run(run)
         if not pipe.diffusion_block:
             parser.error(f"{run} is not a block-diffusion run (train.objective=bd3)")
         models[f"block {pipe.diffusion_block}" + (f" ({label})" if label else "")] = (run, pipe)
     if args.mdlm:
-        models["MDLM"] = (args.mdlm, load(args.mdlm, dtype=args.dtype))
+        models["MDLM"] = (args.mdlm, open_run(args.mdlm))
     models["AR twin"] = (args.ar, ar)
     for item in args.more_ar:
         label, _, run = item.rpartition("=")
         if not label:
             parser.error(f"--more-ar {item}: give LABEL=RUN (the label names its row)")
-        pipe = load(run, dtype=args.dtype)
+        pipe = open_run(run)
         if not pipe.is_autoregressive:
             parser.error(f"--more-ar {item}: {run} is not an AR run (train.objective=ar)")
         models[other_ar_name(label)] = (run, pipe)
