@@ -265,7 +265,7 @@ def plot(report: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, r in report["rows"].items():
         model = name.split(" · ")[0]
-        marker = {"AR twin": "s", "MDLM": "^"}.get(model, "o")
+        marker = "s" if model.startswith("AR ") else {"MDLM": "^"}.get(model, "o")  # AR runs: squares
         ax.scatter(r["batch1_chars_per_s"], 100 * r["real_word_rate"], marker=marker, label=name, s=28)
     ax.axhline(100 * report["reference"]["real_word_rate"], color="grey", linestyle=":", label="held-out text")
     ax.set_xscale("log")
