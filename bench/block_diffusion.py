@@ -178,10 +178,10 @@ def other_ar_name(label: str) -> str:
     return f"AR ({label})"
 
 
-def other_ars(report: dict) -> list[str]:
-    """The rows of the --more-ar runs, in the order given."""
+def other_ars(report: dict, present: dict | None = None) -> list[str]:
+    """The rows of the --more-ar runs, in the order given, that are in `present` (default: the report's rows)."""
     names = [other_ar_name(item.rpartition("=")[0]) for item in report["settings"].get("more_ar") or []]
-    return [name for name in names if name in report["rows"]]
+    return [name for name in names if name in (report["rows"] if present is None else present)]
 
 
 def verdicts(report: dict) -> None:
@@ -333,6 +333,7 @@ def main() -> int:
             return load(run, dtype=args.dtype)
         except DlmError as e:
             parser.error(str(e))
+
     if args.from_json:
         report = json.loads(Path(args.from_json).read_text())
         if args.add_likelihood:
@@ -390,7 +391,7 @@ def main() -> int:
 
     report["reference"] = held_out(ar, split, words, args, independent)
     samplers = {"AR twin": (ar, {})}
-    samplers.update({name: (pipe, {}) for name, (_, pipe) in models.items() if name.startswith("AR (")})
+    samplers.update({name: (models[name][1], {}) for name in other_ars(report, models)})
     if args.mdlm:
         samplers["MDLM · default sampler"] = (models["MDLM"][1], {})
     chosen = [n.strip() for n in args.settings.split(";")] if args.settings else None
