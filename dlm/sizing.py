@@ -39,6 +39,12 @@ AR_EXTRA: dict[str, list[str]] = {"4x192": ["train.ar_input_mask=0.15", "train.w
 # "Size for the budget (equal tokens)"):
 # fp32 probe 4,024 tokens/s against ~5,600 trained; bf16 5,987 against ~11,000.
 PROBE_EFFICIENCY = {"float32": 1.4, "bfloat16": 1.85}
+# The probe times MDLM steps. A block-diffusion (bd3) step reads a noisy and a clean copy of each window and
+# costs about twice as much (1.8–2.3× in compiled bf16 steps of the 4 × 192 model, AMD EPYC, 2026-12-06), so
+# the same budget trains it on about half the tokens, and the table is read at that count: on a machine where
+# that falls below the 4 × 192 row, 3 × 192 reached the lower bound in 10 minutes (docs/block-diffusion.md,
+# "eighth session").
+STEP_COST = {"bd3": 2.0}
 # The fields SIZE_TABLE sets (model.n_layer, model.d_model): when key=value sets all of them, the
 # probe's answer would be discarded, so it does not run.
 SIZE_FIELDS = tuple(dict.fromkeys(item.split("=")[0] for _, _, row in SIZE_TABLE for item in row))
@@ -52,15 +58,21 @@ class SizeChoice:
     budget_s: float
     probe_s: float
     dtype: str = "float32"
+    objective: str = "mdlm"
 
     @property
     def tokens(self) -> float:
-        return self.tokens_per_s * self.budget_s * PROBE_EFFICIENCY.get(self.dtype, 1.0)
+        """Tokens of the 4 × 256 model the budget trains with this objective."""
+        efficiency = PROBE_EFFICIENCY.get(self.dtype, 1.0) / STEP_COST.get(self.objective, 1.0)
+        return self.tokens_per_s * self.budget_s * efficiency
 
     def reason(self, dtype: str) -> str:
         settings = " ".join(self.overrides) or "the preset as it is"
+        cost = STEP_COST.get(self.objective)
+        steps = f" (a {self.objective} step costs ~{cost:g}× the probe's)" if cost else ""
         return (f"budget probe: {self.tokens_per_s:,.0f} tokens/s ({dtype}, measured in {self.probe_s:.1f} s) → "
-                f"~{self.tokens / 1e6:.1f}M tokens of the 4×256 model in {self.budget_s:,.0f} s → size {self.name} "
+                f"~{self.tokens / 1e6:.1f}M tokens of the 4×256 model in {self.budget_s:,.0f} s{steps} → "
+                f"size {self.name} "
                 f"({settings}), the best measured for such a budget (docs/study.md, 'Size for the budget "
                 "(equal tokens)')")
 
@@ -68,7 +80,7 @@ class SizeChoice:
 def choose_size(tokens_per_s: float, budget_s: float, dtype: str = "float32", objective: str = "mdlm") -> SizeChoice:
     """The SIZE_TABLE row for the tokens a budget buys at a measured speed (a pure function); the AR
     twin gets the same network plus its row's AR_EXTRA."""
-    choice = SizeChoice(SIZE_TABLE[0][1], list(SIZE_TABLE[0][2]), tokens_per_s, budget_s, 0.0, dtype)
+    choice = SizeChoice(SIZE_TABLE[0][1], list(SIZE_TABLE[0][2]), tokens_per_s, budget_s, 0.0, dtype, objective)
     for fewest, row_name, row_overrides in SIZE_TABLE:
         if choice.tokens >= fewest:
             choice.name, choice.overrides = row_name, list(row_overrides)
@@ -97,7 +109,8 @@ def probe_tokens_per_second(cfg: RunConfig, steps: int = 3, dtype: str | None = 
         torch.manual_seed(0)
         model = Transformer(model_cfg).to(device)
         optimizer = build_optimizer(cfg.train.optimizer, model, 1e-4, 0.0, (0.9, 0.95), ns_dtype=dtype)
-        # Always the diffusion objective: a run and its AR twin on one machine get the same size.
+        # Always MDLM's steps: a run and its AR twin on one machine get the same size (choose_size scales
+        # the tokens by STEP_COST for objectives whose step costs more).
         objective = make_objective("mdlm", "linear", tokenizer)
         batch = cfg.train.batch_size // cfg.train.grad_accum
         x = torch.randint(0, tokenizer.n_real_tokens, (batch, model_cfg.block_size), device=device)

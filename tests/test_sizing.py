@@ -42,6 +42,17 @@ def test_the_choice_follows_the_tokens_a_budget_buys() -> None:
         assert dataclasses.replace(changed.model, dropout=0.0, resid_dropout=0.0) == base.model
 
 
+def test_a_block_diffusion_run_is_sized_for_the_fewer_tokens_its_steps_buy() -> None:
+    (high, high_name, _), below = sizing.SIZE_TABLE[-1], sizing.SIZE_TABLE[-2][1]
+    speed = high * 1.5 / 600 / sizing.PROBE_EFFICIENCY["float32"]  # MDLM: half as many again as the top row needs
+    mdlm, bd3 = sizing.choose_size(speed, 600), sizing.choose_size(speed, 600, objective="bd3")
+    assert mdlm.name == high_name and bd3.name == below
+    assert bd3.tokens == pytest.approx(mdlm.tokens / sizing.STEP_COST["bd3"])
+    assert sizing.choose_size(2 * speed, 600, objective="bd3").name == high_name
+    assert "bd3 step costs ~2× the probe's" in bd3.reason("float32")
+    assert "step costs" not in mdlm.reason("float32")
+
+
 def test_train_without_a_preset_probes_and_records_why(tmp_path: Path, corpus_file: Path, monkeypatch,
                                                        capsys: pytest.CaptureFixture) -> None:
     low = sizing.SIZE_TABLE[0]
