@@ -69,9 +69,9 @@ class SizeChoice:
     def reason(self, dtype: str) -> str:
         settings = " ".join(self.overrides) or "the preset as it is"
         cost = STEP_COST.get(self.objective)
-        steps = f" (a {self.objective} step costs ~{cost:g}× the probe's)" if cost else ""
+        cost_note = f" (a {self.objective} step costs ~{cost:g}× the probe's)" if cost else ""
         return (f"budget probe: {self.tokens_per_s:,.0f} tokens/s ({dtype}, measured in {self.probe_s:.1f} s) → "
-                f"~{self.tokens / 1e6:.1f}M tokens of the 4×256 model in {self.budget_s:,.0f} s{steps} → "
+                f"~{self.tokens / 1e6:.1f}M tokens of the 4×256 model in {self.budget_s:,.0f} s{cost_note} → "
                 f"size {self.name} "
                 f"({settings}), the best measured for such a budget (docs/study.md, 'Size for the budget "
                 "(equal tokens)')")
