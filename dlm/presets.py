@@ -46,7 +46,7 @@ def shakespeare_char_cpu() -> RunConfig:
     cfg.model.clean_causal, cfg.diffusion.clean_ar_weight = True, 1.0
     # Its noisy half trained on the bound itself: k of each block's 4 tokens masked, k uniform, weight 4 / k,
     # an unbiased estimate of the exact block bound. In three pairs of 10-minute runs on one machine it came
-    # out 0.003–0.005 below the clipped noise range each time (docs/block-diffusion.md, 2026-12-06).
+    # out 0.003–0.005 below the clipped noise range each time (docs/block-diffusion-notebook.md, 2026-12-06).
     cfg.diffusion.block_noise = "count"
     return cfg
 

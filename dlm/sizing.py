@@ -42,7 +42,7 @@ PROBE_EFFICIENCY = {"float32": 1.4, "bfloat16": 1.85}
 # The probe times MDLM steps. A block-diffusion (bd3) step reads a noisy and a clean copy of each window and
 # costs about twice as much (1.8–2.3× in compiled bf16 steps of the 4 × 192 model, AMD EPYC, 2026-12-06), so
 # the same budget trains it on about half the tokens, and the table is read at that count: on a machine where
-# that falls below the 4 × 192 row, 3 × 192 reached the lower bound in 10 minutes (docs/block-diffusion.md,
+# that falls below the 4 × 192 row, 3 × 192 reached the lower bound in 10 minutes (docs/block-diffusion-notebook.md,
 # "eighth session").
 STEP_COST = {"bd3": 2.0}
 # The fields SIZE_TABLE sets (model.n_layer, model.d_model): when key=value sets all of them, the

@@ -52,7 +52,7 @@ def default_drafts(batch: int, block: int, device: str = "cpu") -> int:
     for one draft, 12 for 2, 20 for 3) and commits up to K + 1 tokens; with none it is the clean copy's one
     row and one token (`_step_draftless`, a lean pass). On a CPU, 2 drafts were the fastest at batch 1; rows
     cost compute there, and from a batch of DRAFTLESS_BATCH on no drafts were (bench/drafts_by_batch.py;
-    docs/block-diffusion.md, 2026-12-06, fifth session), as servers turn speculative decoding off for large
+    docs/block-diffusion-notebook.md, 2026-12-06, fifth session), as servers turn speculative decoding off for large
     batches. An accelerator, where a few more rows cost little, keeps one draft for a batch (not measured
     yet). The text does not depend on K, so the batch may choose."""
     many = batch >= DRAFTLESS_BATCH and device == "cpu"
