@@ -9,8 +9,8 @@ comment) and as a table, and the README's table is drawn from the same data, so 
 
 `add` reads steps, tokens and mean tokens/s from the run's log.jsonl, the size and objective from its
 config.json, and the figure from a `dlm eval --json` file; a run measured elsewhere is added from flags.
-The machine defaults to this one (bench/machine.py). A row with the same machine, objective, dtype and
-date is replaced.
+The machine defaults to this one (bench/machine.py). A row with the same machine, objective, dtype,
+date and tokenizer is replaced.
 """
 
 from __future__ import annotations
@@ -59,15 +59,21 @@ def results_table(rows: list[dict]) -> str:
         lines.append(f"| {r['cpu_class']} | {r['machine']} ({r['source']}) | {r['date']} | {r['dtype']} | {r['size']} "
                      f"| {model} | {count(r['steps'])} | {count(r.get('tokens'), 1e6, 'M')} "
                      f"| {count(r.get('tokens_per_s'))} | **{number(r['value'])}** | {number(r.get('mc_se'))} "
-                     f"| {number(r.get('window_se'))} | {r.get('note', '')} |")
+                     f"| {number(r.get('window_se'))} | {note(r)} |")
     return head + "\n".join(lines) + "\n"
+
+
+def note(row: dict) -> str:
+    """The row's note, its tokenizer first when it is not the character one."""
+    parts = [f"{row['tokenizer']} tokens"] if row.get("tokenizer") else []
+    return ", ".join(parts + ([row["note"]] if row.get("note") else []))
 
 
 def readme_table(rows: list[dict]) -> str:
     """One line per machine and day: the two twins side by side."""
     machines: dict[tuple, dict] = {}
     for r in rows:
-        key = (r["cpu_class"], r["machine"], r["date"], r["dtype"], r["source"])
+        key = (r["cpu_class"], r["machine"], r["date"], r["dtype"], r["source"], r.get("tokenizer", "char"))
         machines.setdefault(key, {})[r["objective"]] = r
     blocks = sorted({r.get("block") for r in rows if r["objective"] == "bd3"})
     block = blocks[0] if len(blocks) == 1 else None  # one block size in the README's table
@@ -76,13 +82,14 @@ def readme_table(rows: list[dict]) -> str:
             + (f"block diffusion, blocks of {block}, NELBO (steps) | " if block else "")
             + "AR twin NLL (steps) |\n|---|---|---|" + "---:|" * len(objectives) + "\n")
     lines = []
-    for (cls, machine, date, dtype, source), pair in machines.items():
+    for (cls, machine, date, dtype, source, tokenizer), pair in machines.items():
         cells = []
         for objective in objectives:
             r = pair.get(objective)
             cells.append("–" if r is None else f"{r['value']:.3f} ({r['steps']:,})")
         size = " / ".join(dict.fromkeys(r["size"] for r in pair.values()))
-        lines.append(f"| {cls} | {machine} ({source}, {date}) | {size}, {dtype} | {' | '.join(cells)} |")
+        tokens = "" if tokenizer == "char" else f", {tokenizer} tokens"
+        lines.append(f"| {cls} | {machine} ({source}, {date}) | {size}, {dtype}{tokens} | {' | '.join(cells)} |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -115,13 +122,31 @@ def row_from_run(args: argparse.Namespace) -> dict:
     if t["objective"] == "ar" and not note:
         extras = [f"input mask {t['ar_input_mask']:g}"] if t.get("ar_input_mask") else []
         note = ", ".join(extras + [f"weight decay {t['weight_decay']:g}"])
+    data = config["data"]  # a BPE run's figure is per character all the same (dlm eval's nats/char)
+    tokenizer = "char" if data["tokenizer"] == "char" else f"{data['tokenizer'].upper()} {data['vocab_size']}"
     return {"cpu_class": args.cpu_class or cpu_class(), "machine": args.machine or describe_cpu(),
             "source": args.source, "date": args.date, "dtype": dtype, "size": f"{m['n_layer']} × {m['d_model']}",
             "objective": t["objective"], **({"block": config["diffusion"]["block_size"]}
                                             if t["objective"] == "bd3" else {}),
-            "steps": last["step"], "tokens": tokens,
-            "tokens_per_s": tokens / last["elapsed_s"], "value": result["nats_per_token"],
-            "mc_se": result["mc_standard_error"], "window_se": result["window_standard_error"], "note": note}
+            **({"tokenizer": tokenizer} if tokenizer != "char" else {}), "steps": last["step"], "tokens": tokens,
+            "tokens_per_s": tokens / last["elapsed_s"], **per_char(result), "note": note}
+
+
+def replace_row(rows: list[dict], row: dict) -> list[dict]:
+    """rows with `row` added, in place of the one of the same machine, objective, dtype, date, source and
+    tokenizer (a character run and a BPE run of the same day are two rows)."""
+    key = ("machine", "objective", "dtype", "date", "source", "tokenizer")
+    return [r for r in rows if any(r.get(k) != row.get(k) for k in key)] + [row]
+
+
+def per_char(result: dict) -> dict:
+    """The eval's figure and standard errors in nats/char (per token for results written before dlm eval
+    reported characters: every run then was character-level)."""
+    if "nats_per_char" not in result:
+        return {"value": result["nats_per_token"], "mc_se": result["mc_standard_error"],
+                "window_se": result["window_standard_error"]}
+    return {"value": result["nats_per_char"], "mc_se": result.get("mc_standard_error_per_char"),
+            "window_se": result.get("window_standard_error_per_char")}
 
 
 def sample_lines(run: str, lines: int, seed: int) -> tuple[str, list[str]]:
@@ -191,8 +216,7 @@ def main() -> None:
                    "dtype": args.dtype, "size": args.size, "objective": args.objective, "steps": args.steps,
                    "value": args.value, "tokens": args.tokens, "tokens_per_s": args.tokens_per_s,
                    "mc_se": args.mc_se, "window_se": args.window_se, "note": args.note}
-        key = ("machine", "objective", "dtype", "date", "source")
-        rows = [r for r in rows if any(r[k] != row[k] for k in key)] + [row]
+        rows = replace_row(rows, row)
     render(rows)
     print(readme_table(rows))
 

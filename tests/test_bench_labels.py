@@ -3,8 +3,13 @@ from text typed beside them: fake results in, the labels those results imply out
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 
+import pytest
+
+from dlm.eval.characters import add_per_char
 from dlm.presets import get_preset
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -106,3 +111,32 @@ def test_the_mauve_labels_say_which_features_ran(bench) -> None:
     assert labels.mauve_cell(whole) == "0.800 [0.700, 0.900]"
     assert labels.mauve_cell({"mauve": 0.95}) == "0.950 (last-token)" and labels.mauve_cell({}) == "—"
     assert labels.percent(0.912, 0.008) == "91.2 ± 0.8" and labels.percent(None) == "—"
+
+
+def test_ten_minutes_rows_of_a_bpe_run_are_per_character_and_say_their_tokenizer(bench, tmp_path: Path) -> None:
+    ten = bench("ten_minutes")
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = get_preset("shakespeare-char-cpu").to_dict()
+    cfg["data"].update(tokenizer="bpe", vocab_size=1024)
+    (run / "config.json").write_text(json.dumps(cfg))
+    (run / "log.jsonl").write_text(json.dumps({"step": 800, "val_loss": 7.0, "elapsed_s": 600.0}) + "\n")
+    result = {"nats_per_token": 3.6, "mc_standard_error": 0.0, "window_standard_error": 0.03}
+    (tmp_path / "eval.json").write_text(json.dumps(add_per_char(dict(result, tokens=1000), 2400)))
+    args = argparse.Namespace(run=str(run), eval=str(tmp_path / "eval.json"), dtype="bf16", note="", cpu_class="X",
+                              machine="m", source="s", date="2026-12-07")
+    r = ten.row_from_run(args)
+    assert r["value"] == pytest.approx(1.5) and r["window_se"] == pytest.approx(0.0125)
+    assert r["tokenizer"] == "BPE 1024" and ten.note(r) == "BPE 1024 tokens"
+    char_row = dict(r, tokenizer=None, value=1.6)
+    del char_row["tokenizer"]
+    assert ten.replace_row([r], char_row) == [r, char_row]  # the same day's character run is its own row
+    assert ten.replace_row([r, char_row], dict(r, value=1.4)) == [char_row, dict(r, value=1.4)]
+    table = ten.readme_table([r, char_row])
+    assert "bf16, BPE 1024 tokens | – | 1.500 (800) |" in table and "bf16 | – | 1.600 (800) |" in table
+    # results written before dlm eval counted characters were all character runs: per token is per char
+    (tmp_path / "eval.json").write_text(json.dumps(dict(result, tokens=1000)))
+    cfg["data"].update(tokenizer="char")
+    (run / "config.json").write_text(json.dumps(cfg))
+    old = ten.row_from_run(args)
+    assert old["value"] == 3.6 and "tokenizer" not in old

@@ -224,3 +224,18 @@ def test_a_verified_local_copy_is_cached_for_offline_use(shakespeare: Path, monk
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     cached = tinyshakespeare_path()
     assert cached.parent.parent == isolated_cache and cached.read_bytes() == shakespeare.read_bytes()
+
+
+def test_a_bpe_tokenizer_learns_nothing_from_the_validation_text(tmp_path: Path) -> None:
+    # A word that only the tail (the val split) holds, repeated so often that BPE on the whole text would make
+    # it one token; learnt from the text before the tail it stays in pieces, and the splits still round-trip.
+    train_part = "the cat sat on the mat and the dog lay on the log.\n" * 400
+    tail = "zqxjv " * 300
+    path = tmp_path / "corpus.txt"
+    path.write_text(train_part + tail, encoding="utf-8")
+    corpus = prepare_corpus(DataConfig(source=str(path), tokenizer="bpe", vocab_size=400), root=tmp_path / "c")
+    tok = corpus.tokenizer
+    assert len(tok.encode(" zqxjv")) > 1  # not learnt
+    assert len(tok.encode(" the cat")) <= 2  # learnt from the training text
+    assert tok.decode(all_tokens(corpus)) == train_part + tail
+    assert "zqxjv" in tok.decode(np.asarray(corpus.split("val")))  # the tail is in the val split

@@ -11,7 +11,7 @@ import pytest
 
 from dlm.data.config import DataConfig
 from dlm.data.corpus import read_documents
-from dlm.data.shards import prepare_corpus, tokenize_documents
+from dlm.data.shards import HELD_OUT_MARGIN, prepare_corpus, tokenize_documents
 from dlm.errors import DlmError
 from dlm.tokenizers import BPETokenizer
 
@@ -45,7 +45,9 @@ def test_streamed_bpe_tokenizer_matches_one_trained_in_memory(tmp_path: Path, co
     write_corpus(tmp_path / "corpus", [corpus_text])
     data = DataConfig(source=str(tmp_path / "corpus"), tokenizer="bpe", vocab_size=300)
     streamed = prepare_corpus(data, chunk_chars=1000).tokenizer
-    in_memory = BPETokenizer.train([corpus_text], vocab_size=300)
+    # both learn from the text before the validation tail (and its margin) only
+    before_val = corpus_text[:int(len(corpus_text) * (1 - HELD_OUT_MARGIN * data.val_fraction))]
+    in_memory = BPETokenizer.train([before_val], vocab_size=300)
     sample = corpus_text[:2000]
     assert streamed.encode(sample) == in_memory.encode(sample)
 

@@ -50,6 +50,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from dlm.data.loader import eval_windows
     from dlm.data.shards import prepare_corpus
+    from dlm.eval.characters import add_per_char, window_characters
     from dlm.eval.likelihood import evaluate_likelihood, use_exact
     from dlm.inference import load
     from dlm.io import atomic_write_json
@@ -83,7 +84,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise DlmError(str(e)) from None
     data = dataclasses.replace(cfg.data, source=args.data) if args.data else cfg.data
     corpus = prepare_corpus(data, tokenizer=pipe.tokenizer)
-    windows = eval_windows(corpus.split(args.split), cfg.model.block_size)
+    windows = eval_windows(corpus.split(args.split), _window_length(args.window, cfg.model.block_size,
+                                                                   pipe.diffusion_block))
     dtype = pick_dtype(args.dtype, pipe.device)
     tok = pipe.tokenizer
     result = evaluate_likelihood(pipe.model, windows, tok.special, causal=pipe.is_autoregressive, device=pipe.device,
@@ -96,6 +98,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                    "tokenizer": tok.kind, "dtype": str(dtype).removeprefix("torch."),
                    "objective": pipe.objective})
     unit = "char" if tok.kind == "char" else "token"
+    characters = window_characters(windows, tok)
+    add_per_char(result, characters)
     label = ("NLL (exact)" if pipe.is_autoregressive else
              f"block-diffusion NELBO, blocks of {pipe.diffusion_block} (upper bound on NLL)" if pipe.diffusion_block
              else "NELBO (upper bound on NLL)")
@@ -110,26 +114,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"{passes})")
     print(f"  = {result['bits_per_token']:.4f} bits/{unit}; perplexity"
           f"{'' if pipe.is_autoregressive else ' bound'} {math.exp(result['nats_per_token']):.3f}")
+    if unit == "token":
+        print(f"  = {result['nats_per_char']:.4f} nats/char ({result['bits_per_char']:.4f} bits/char) over the "
+              f"{characters:,} characters the windows spell: comparable with runs of any tokenizer")
     if args.l2r and pipe.diffusion_block:
         from dlm.eval.likelihood import block_left_to_right_nll
 
         l2r = block_left_to_right_nll(pipe.model, windows, tok.special, block=pipe.diffusion_block,
                                       device=pipe.device, dtype=dtype, batch_size=args.batch_size,
                                       progress=not args.quiet)
-        result["left_to_right"] = l2r
+        result["left_to_right"] = add_per_char(l2r, characters)
         se = l2r["window_standard_error"]
         print(f"  left to right inside each block (one token a step): exact NLL {l2r['nats_per_token']:.4f} "
-              f"nats/{unit} (s.e. over windows {'n/a' if se is None else f'{se:.4f}'}; the network decoding "
-              "that way, not the bound)")
+              f"nats/{unit}{_per_char(l2r, unit)} (s.e. over windows {'n/a' if se is None else f'{se:.4f}'}; "
+              "the network decoding that way, not the bound)")
     if args.l2r and pipe.diffusion_block and pipe.config.model.clean_causal and pipe.config.diffusion.clean_ar_weight:
         from dlm.eval.likelihood import clean_copy_nll
 
         clean = clean_copy_nll(pipe.model, windows, tok.special, device=pipe.device, dtype=dtype,
                                batch_size=args.batch_size)
-        result["clean_copy"] = clean
+        result["clean_copy"] = add_per_char(clean, window_characters(windows, tok, start=1))
         se = clean["window_standard_error"]
         print(f"  its clean copy read as a next-token model (what --speculative samples): exact NLL "
-              f"{clean['nats_per_token']:.4f} nats/{unit} (s.e. over windows {'n/a' if se is None else f'{se:.4f}'}; "
+              f"{clean['nats_per_token']:.4f} nats/{unit}{_per_char(clean, unit)} (s.e. over windows "
+              f"{'n/a' if se is None else f'{se:.4f}'}; "
               f"tokens 2…{windows.shape[1]} of each window; not the block model's bound)")
     elif args.l2r and not pipe.is_autoregressive and not pipe.diffusion_block:
         from dlm.eval.likelihood import evaluate_left_to_right
@@ -146,10 +154,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                        max_passes=args.max_passes, progress=not args.quiet)
             l2r["nelbo_same_windows"] = same["nats_per_token"]
             l2r["nelbo_same_windows_mc_standard_error"] = same["mc_standard_error"]
-        result["left_to_right"] = l2r
+        result["left_to_right"] = add_per_char(l2r, window_characters(scored, tok))
         se = l2r["window_standard_error"]
         print(f"  left-to-right NLL (exact, the model decoding left to right): {l2r['nats_per_token']:.4f} "
-              f"nats/{unit} (s.e. over windows {'n/a' if se is None else f'{se:.4f}'}; {l2r['windows']} windows, "
+              f"nats/{unit}{_per_char(l2r, unit)} (s.e. over windows {'n/a' if se is None else f'{se:.4f}'}; "
+              f"{l2r['windows']} windows, "
               f"{l2r['sequences_scored']:,} sequences scored in {l2r['seconds']:.0f} s, against "
               f"{result['passes'] * result['windows']:,} for the NELBO)")
         if "nelbo_same_windows" in l2r:
@@ -178,6 +187,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
         atomic_write_json(Path(args.json), result)
         print(f"  written to {args.json}")
     return 0
+
+
+def _window_length(window: int, context: int, block: int) -> int:
+    """--window, checked: at most the context, a whole number of blocks for block runs (0: the context)."""
+    if not window:
+        return context
+    if not 1 <= window <= context:
+        raise DlmError(f"--window {window} must be between 1 and the run's context, {context} tokens")
+    if block and window % block:
+        raise DlmError(f"--window {window} must be a multiple of the run's block size {block} "
+                       f"(e.g. {window - window % block or block})")
+    return window
+
+
+def _per_char(result: dict, unit: str) -> str:
+    return f" = {result['nats_per_char']:.4f} nats/char" if unit == "token" else ""
 
 
 def l2r_plan(scored: int, available: int, length: int, seconds_per_sequence: float) -> str:
@@ -229,6 +254,10 @@ def register(sub) -> None:
     p.add_argument("--data", help="corpus to score (default: the run's); encoded with the run's tokenizer")
     p.add_argument("--split", default="val", choices=("val", "train"))
     p.add_argument("--json", help="also write the figures and settings to this JSON file")
+    p.add_argument("--window", type=int, default=0, metavar="TOKENS",
+                   help="score windows of this many tokens instead of the run's context (a multiple of a block "
+                   "run's block size): each window is scored alone, so its first tokens have little to go on; "
+                   "to compare runs of different tokenizers on windows of about as many characters")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target-se", type=float, default=0.01,

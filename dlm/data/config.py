@@ -10,7 +10,7 @@ class DataConfig:
     source: str = "tinyshakespeare"
     """Corpus: 'tinyshakespeare' (downloaded once, cached), a file, a folder, a glob, or hf:NAME[:CONFIG]."""
     tokenizer: str = "char"
-    """'char' (one id per character) or 'bpe' (byte-level BPE trained on the corpus)."""
+    """'char' (one id per character) or 'bpe' (byte-level BPE learnt from the corpus before its validation tail)."""
     vocab_size: int = 8192
     """BPE vocabulary size, special tokens included (ignored for 'char')."""
     val_fraction: float = 0.1

@@ -33,7 +33,12 @@ from dlm.io import atomic_write_json
 from dlm.progress import Progress
 from dlm.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: a BPE tokenizer learns from the text before the validation tail only
+# A BPE tokenizer's merges come from the text before the validation tail, so that the tokenizer scoring
+# the val split knows nothing of it (its names and phrases would otherwise be whole tokens). The tail is
+# val_fraction of the tokens; holding back a quarter more of the characters covers a tail that packs up to
+# a quarter more characters into a token than the rest.
+HELD_OUT_MARGIN = 1.25
 
 
 @dataclass
@@ -59,6 +64,18 @@ def _corpus_key(spec: str, tokenizer: str, vocab_size: int, val_fraction: float)
         else:
             digest.update(f"|{source}".encode())
     return digest.hexdigest()[:16]
+
+
+def text_before_val(spec: str, chunk_chars: int, val_fraction: float) -> Iterator[Chunk]:
+    """The corpus's chunks up to where its validation tail may begin (see HELD_OUT_MARGIN): two passes
+    over the source, one to count its characters."""
+    total = sum(len(chunk.text) for chunk in corpus_chunks(spec, chunk_chars))
+    left = int(total * (1 - HELD_OUT_MARGIN * val_fraction))
+    for chunk in corpus_chunks(spec, chunk_chars):
+        if left <= 0:
+            return
+        yield Chunk(chunk.doc, chunk.text[:left])
+        left -= len(chunk.text)
 
 
 def build_tokenizer(chunks: Iterator[Chunk], kind: str, vocab_size: int) -> Tokenizer:
@@ -138,7 +155,10 @@ def prepare_corpus(data: DataConfig, *, tokenizer: Tokenizer | None = None, root
         tok = tokenizer or load_tokenizer(folder / "tokenizer.json")
         return PreparedCorpus(folder, tok, meta)
 
-    tok = tokenizer or build_tokenizer(corpus_chunks(spec, chunk_chars), data.tokenizer, data.vocab_size)
+    if tokenizer is None:  # characters: the alphabet of the whole corpus, so that val has no unknown one
+        text = corpus_chunks(spec, chunk_chars) if data.tokenizer == "char" else \
+            text_before_val(spec, chunk_chars, val_fraction)
+    tok = tokenizer or build_tokenizer(text, data.tokenizer, data.vocab_size)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= np.iinfo(np.uint16).max else np.uint32)
     work = folder.with_name(f".tmp-{key}-{os.getpid()}")  # renamed into place when complete
     shutil.rmtree(work, ignore_errors=True)
