@@ -155,10 +155,12 @@ def prepare_corpus(data: DataConfig, *, tokenizer: Tokenizer | None = None, root
         tok = tokenizer or load_tokenizer(folder / "tokenizer.json")
         return PreparedCorpus(folder, tok, meta)
 
-    if tokenizer is None:  # characters: the alphabet of the whole corpus, so that val has no unknown one
-        text = corpus_chunks(spec, chunk_chars) if data.tokenizer == "char" else \
-            text_before_val(spec, chunk_chars, val_fraction)
-    tok = tokenizer or build_tokenizer(text, data.tokenizer, data.vocab_size)
+    if tokenizer is not None:
+        tok = tokenizer
+    elif data.tokenizer == "char":  # the alphabet of the whole corpus, so that val has no unknown character
+        tok = build_tokenizer(corpus_chunks(spec, chunk_chars), "char", data.vocab_size)
+    else:
+        tok = build_tokenizer(text_before_val(spec, chunk_chars, val_fraction), data.tokenizer, data.vocab_size)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= np.iinfo(np.uint16).max else np.uint32)
     work = folder.with_name(f".tmp-{key}-{os.getpid()}")  # renamed into place when complete
     shutil.rmtree(work, ignore_errors=True)
