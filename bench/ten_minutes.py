@@ -10,7 +10,8 @@ comment) and as a table, and the README's table is drawn from the same data, so 
 `add` reads steps, tokens and mean tokens/s from the run's log.jsonl, the size and objective from its
 config.json, and the figure from a `dlm eval --json` file; a run measured elsewhere is added from flags.
 The machine defaults to this one (bench/machine.py). A row with the same machine, objective, dtype,
-date and tokenizer is replaced.
+date, tokenizer and recipe (a diffusion run's departures from its preset: tied embeddings, the clean copy's
+input mask, weight decay) is replaced.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_class, describe_cpu  # noqa: E402
 
 from dlm.io import atomic_write_text  # noqa: E402
+from dlm.presets import get_preset  # noqa: E402
 from dlm.runtime import cpu_has_bf16  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,16 +66,33 @@ def results_table(rows: list[dict]) -> str:
 
 
 def note(row: dict) -> str:
-    """The row's note, its tokenizer first when it is not the character one."""
+    """The row's note, its tokenizer first when it is not the character one, then its recipe."""
     parts = [f"{row['tokenizer']} tokens"] if row.get("tokenizer") else []
-    return ", ".join(parts + ([row["note"]] if row.get("note") else []))
+    return ", ".join(parts + [row[k] for k in ("recipe", "note") if row.get(k)])
+
+
+RECIPE = {("model", "tie_weights"): lambda tied: "tied embeddings" if tied else "untied embeddings",
+          ("train", "ar_input_mask"): "clean-copy input mask {:g}".format,
+          ("train", "weight_decay"): "weight decay {:g}".format}
+
+
+def recipe(config: dict) -> str:
+    """A diffusion run's departures from its preset in the settings that told its runs apart (an AR run's
+    regulariser is in its note)."""
+    if not config.get("preset"):
+        return ""
+    preset = get_preset(config["preset"]).to_dict()
+    return ", ".join(label(config[part][key]) for (part, key), label in RECIPE.items()
+                     if key in config[part] and config[part][key] != preset[part][key])
 
 
 def readme_table(rows: list[dict]) -> str:
-    """One line per machine and day: the two twins side by side."""
+    """One line per machine and day: the two twins side by side (rows marked `"readme": false`, runs another
+    row supersedes, stay in results.md only)."""
     machines: dict[tuple, dict] = {}
-    for r in rows:
-        key = (r["cpu_class"], r["machine"], r["date"], r["dtype"], r["source"], r.get("tokenizer", "char"))
+    for r in (r for r in rows if r.get("readme", True)):
+        key = (r["cpu_class"], r["machine"], r["date"], r["dtype"], r["source"], r.get("tokenizer", "char"),
+               r.get("recipe", ""))
         machines.setdefault(key, {})[r["objective"]] = r
     blocks = sorted({r.get("block") for r in rows if r["objective"] == "bd3"})
     block = blocks[0] if len(blocks) == 1 else None  # one block size in the README's table
@@ -82,13 +101,13 @@ def readme_table(rows: list[dict]) -> str:
             + (f"block diffusion, blocks of {block}, NELBO (steps) | " if block else "")
             + "AR twin NLL (steps) |\n|---|---|---|" + "---:|" * len(objectives) + "\n")
     lines = []
-    for (cls, machine, date, dtype, source, tokenizer), pair in machines.items():
+    for (cls, machine, date, dtype, source, tokenizer, how), pair in machines.items():
         cells = []
         for objective in objectives:
             r = pair.get(objective)
             cells.append("–" if r is None else f"{r['value']:.3f} ({r['steps']:,})")
         size = " / ".join(dict.fromkeys(r["size"] for r in pair.values()))
-        tokens = "" if tokenizer == "char" else f", {tokenizer} tokens"
+        tokens = ("" if tokenizer == "char" else f", {tokenizer} tokens") + (f", {how}" if how else "")
         lines.append(f"| {cls} | {machine} ({source}, {date}) | {size}, {dtype}{tokens} | {' | '.join(cells)} |")
     return head + "\n".join(lines) + "\n"
 
@@ -124,18 +143,20 @@ def row_from_run(args: argparse.Namespace) -> dict:
         note = ", ".join(extras + [f"weight decay {t['weight_decay']:g}"])
     data = config["data"]  # a BPE run's figure is per character all the same (dlm eval's nats/char)
     tokenizer = "char" if data["tokenizer"] == "char" else f"{data['tokenizer'].upper()} {data['vocab_size']}"
+    how = recipe(config) if t["objective"] != "ar" else ""
     return {"cpu_class": args.cpu_class or cpu_class(), "machine": args.machine or describe_cpu(),
             "source": args.source, "date": args.date, "dtype": dtype, "size": f"{m['n_layer']} × {m['d_model']}",
             "objective": t["objective"], **({"block": config["diffusion"]["block_size"]}
                                             if t["objective"] == "bd3" else {}),
-            **({"tokenizer": tokenizer} if tokenizer != "char" else {}), "steps": last["step"], "tokens": tokens,
+            **({"tokenizer": tokenizer} if tokenizer != "char" else {}), **({"recipe": how} if how else {}),
+            "steps": last["step"], "tokens": tokens,
             "tokens_per_s": tokens / last["elapsed_s"], **per_char(result), "note": note}
 
 
 def replace_row(rows: list[dict], row: dict) -> list[dict]:
-    """rows with `row` added, in place of the one of the same machine, objective, dtype, date, source and
-    tokenizer (a character run and a BPE run of the same day are two rows)."""
-    key = ("machine", "objective", "dtype", "date", "source", "tokenizer")
+    """rows with `row` added, in place of the one of the same machine, objective, dtype, date, source,
+    tokenizer and recipe (a character run and a BPE run of the same day are two rows, and so are two recipes)."""
+    key = ("machine", "objective", "dtype", "date", "source", "tokenizer", "recipe")
     return [r for r in rows if any(r.get(k) != row.get(k) for k in key)] + [row]
 
 
@@ -183,6 +204,8 @@ def main() -> None:
     add.add_argument("--cpu-class", help="default: this machine's class")
     add.add_argument("--source", default="dlm's developers", help="who measured it")
     add.add_argument("--note", default="")
+    add.add_argument("--not-in-readme", action="store_true",
+                     help="list the row in results.md only (a run that another of the README's rows supersedes)")
     for flag in ("--objective", "--dtype", "--size"):
         add.add_argument(flag, help="for a run measured elsewhere (no --run)")
     add.add_argument("--steps", type=int)
@@ -216,6 +239,8 @@ def main() -> None:
                    "dtype": args.dtype, "size": args.size, "objective": args.objective, "steps": args.steps,
                    "value": args.value, "tokens": args.tokens, "tokens_per_s": args.tokens_per_s,
                    "mc_se": args.mc_se, "window_se": args.window_se, "note": args.note}
+        if args.not_in_readme:
+            row["readme"] = False
         rows = replace_row(rows, row)
     render(rows)
     print(readme_table(rows))

@@ -134,6 +134,16 @@ def test_ten_minutes_rows_of_a_bpe_run_are_per_character_and_say_their_tokenizer
     assert ten.replace_row([r, char_row], dict(r, value=1.4)) == [char_row, dict(r, value=1.4)]
     table = ten.readme_table([r, char_row])
     assert "bf16, BPE 1024 tokens | – | 1.500 (800) |" in table and "bf16 | – | 1.600 (800) |" in table
+    # a recipe of its own (tied embeddings, the clean copy regularised) is a row of its own
+    cfg["model"]["tie_weights"], cfg["train"]["ar_input_mask"] = True, 0.15
+    (run / "config.json").write_text(json.dumps(cfg))
+    tied = ten.row_from_run(args)
+    assert tied["recipe"] == "tied embeddings, clean-copy input mask 0.15" and "recipe" not in r
+    assert ten.replace_row([r], tied) == [r, tied]
+    label = "bf16, BPE 1024 tokens, tied embeddings, clean-copy input mask 0.15 | – | 1.500 (800) |"
+    assert label in ten.readme_table([r, tied])
+    assert label not in ten.readme_table([r, dict(tied, readme=False)])  # superseded: results.md only
+    cfg["model"]["tie_weights"], cfg["train"]["ar_input_mask"] = False, 0.0
     # results written before dlm eval counted characters were all character runs: per token is per char
     (tmp_path / "eval.json").write_text(json.dumps(dict(result, tokens=1000)))
     cfg["data"].update(tokenizer="char")

@@ -533,6 +533,27 @@ def test_the_clean_next_token_loss_adds_to_the_bound_only_in_training() -> None:
         bd3_loss(model(), x, Linear(), MASK, 4, t=t, clean_ar_weight=0.5)
 
 
+
+def test_the_next_token_clean_copy_trains_inside_ddp_and_compile_wrappers(tmp_path: Path) -> None:
+    # torchrun wraps the model in DDP (and dlm compiles it): neither passes `cfg` on, and the CPU preset's
+    # recipe (a token-causal clean copy with a next-token loss) once failed under torchrun for that.
+    import torch.distributed as dist
+
+    net, x = model(clean_causal=True), data()
+    t = torch.full((3, 4), 0.5)
+    def loss(m: torch.nn.Module) -> torch.Tensor:
+        return bd3_loss(m, x, Linear(), MASK, 4, t=t, generator=torch.Generator().manual_seed(0),
+                        clean_ar_weight=0.5).per_sequence
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = torch.nn.parallel.DistributedDataParallel(net)
+        with torch.no_grad():
+            plain, through_ddp = loss(net), loss(wrapped)
+            through_both = loss(torch.compile(wrapped, backend="eager"))
+    finally:
+        dist.destroy_process_group()
+    assert torch.allclose(through_ddp, plain) and torch.allclose(through_both, plain)
+
 def test_clean_causal_settings_name_the_fix() -> None:
     cfg = tiny()
     cfg.train.objective, cfg.diffusion.block_size, cfg.diffusion.clean_ar_weight = "bd3", 4, 0.5

@@ -217,6 +217,23 @@ def test_two_processes_match_single_process_and_resume_in_one(corpus_file: Path,
         assert resumed[step] == pytest.approx(plain[step], abs=1e-4)
 
 
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+                    reason="torchrun not on PATH")
+def test_two_processes_train_the_cpu_presets_block_recipe(corpus_file: Path, tmp_path: Path) -> None:
+    # The README's default objective: blocks of 4, a token-causal clean copy with a next-token loss.
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    run = tmp_path / "bd3"
+    subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29735", "-m", "dlm", "train",
+                    "--out", str(run), "--preset", "tiny", "--data", str(corpus_file), "--quiet", "--max-steps", "4",
+                    "--objective", "bd3", "dtype=fp32", "model.clean_causal=true", "diffusion.clean_ar_weight=1",
+                    "log_interval=2", "ckpt_interval=4"],
+                   env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO_ROOT, check=True, capture_output=True)
+    logged = losses(run)
+    assert set(logged) >= {2, 4} and all(math.isfinite(v) for v in logged.values())
+    assert (RunFolder(run).latest_checkpoint() / "model.safetensors").is_file()
+
+
 @pytest.mark.parametrize("preset, params_millions", [  # full-size models: ~10 s each on 2 cores
     ("owt-124m", 123.55), pytest.param("fineweb-124m", 123.55, marks=pytest.mark.slow),
     pytest.param("joey-170m", 167.80, marks=pytest.mark.slow)])

@@ -46,7 +46,10 @@ from dlm.objectives.output import LossOutput
 
 
 def reads_clean_causally(model: nn.Module) -> bool:
-    """Whether the model reads finished blocks token-causally (ModelConfig.clean_causal)."""
+    """Whether the model reads finished blocks token-causally (ModelConfig.clean_causal), looking through
+    the wrappers training puts around it (torch.compile's, DDP's): they do not pass `cfg` on."""
+    while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch._dynamo.eval_frame.OptimizedModule)):
+        model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model._orig_mod
     return bool(getattr(getattr(model, "cfg", None), "clean_causal", False))
 
 
