@@ -10,8 +10,8 @@ Three tables, each row measured here, on this machine, in one run of this script
    block NELBO for bd3 runs, the NELBO for MDLM, the exact NLL for the AR twin), its Monte-Carlo and
    over-windows standard errors, and the run's training steps. `--eval-json RUN=FILE` reuses a
    `dlm eval --json` file of that run instead of computing the figure again.
-2. **Samples and speed**: `--samples` unconditional samples of `--length` characters from each
-   sampler setting of each model (block models: tokens committed per step, threshold decoding, and
+2. **Samples and speed**: `--samples` unconditional samples of `--length` tokens (characters, for a character
+   run) from each sampler setting of each model (block models: tokens committed per step, threshold decoding, and
    self-speculative decoding for models with a next-token clean copy; MDLM: its default sampler;
    the AR twin with its KV cache), judged as in
    bench/default_sampler.py: real-word rate, whole-text MAUVE with its interval, gen-PPL under the
@@ -53,6 +53,7 @@ from within_reach import shortfalls
 from dlm.data.loader import eval_windows
 from dlm.data.shards import prepare_corpus
 from dlm.errors import DlmError
+from dlm.eval.characters import add_per_char, window_characters, written_characters
 from dlm.eval.generation_eval import draw_samples, evaluate_generation, run_word_list, sample_texts
 from dlm.eval.likelihood import evaluate_likelihood
 from dlm.inference import load
@@ -107,7 +108,13 @@ def likelihood(run: str, pipe, reuse: dict[str, str], args: argparse.Namespace) 
     figures = evaluate_likelihood(pipe.model, windows, pipe.tokenizer.special, causal=pipe.is_autoregressive,
                                   block=pipe.diffusion_block, device=pipe.device, dtype=pipe.dtype,
                                   seed=0, progress=False)
+    add_per_char(figures, window_characters(windows, pipe.tokenizer))  # what BPE and character runs share
     return {**figures, "source": "computed here (dlm eval's estimator, seed 0)"}
+
+
+def per_char(figures: dict, key: str) -> float:
+    """A likelihood figure in nats/char: a BPE run's per-character key, a character run's per-token one."""
+    return figures.get(f"{key}_per_char" if key != "nats_per_token" else "nats_per_char", figures.get(key, 0.0))
 
 
 def likelihood_order(name: str) -> tuple[int, str]:
@@ -126,7 +133,8 @@ def speeds(samplers: dict[str, tuple[object, dict]], args: argparse.Namespace, b
         for name, (pipe, options) in samplers.items():
             started = time.perf_counter()
             result = pipe.sample("", length=args.length, seed=turn * batch, num_samples=batch, **options)
-            turns[name].append((time.perf_counter() - started, int(result.generated.sum())))
+            turns[name].append((time.perf_counter() - started,
+                                 written_characters(pipe.tokenizer, result.tokens, result.generated)))
     key = f"batch{batch}"
     return {name: {f"{key}_chars_per_s": sum(t for _, t in timed) / sum(w for w, _ in timed),
                    f"{key}_wall_s": sum(w for w, _ in timed), f"{key}_samples": repeats * batch,
@@ -151,6 +159,7 @@ def same_text_timed(pipe, options: dict, steps: int, judged: dict, common: dict)
     if texts != judged["texts"]:
         raise SystemExit("block_diffusion: the drafts changed the text (they must not): a bug in the sampler")
     return {**judged, **options, "wall_s": wall, "tokens_per_s": len(texts) * common["length"] / wall,
+            "chars_per_s": sum(map(len, texts)) / wall,
             "same_text_as": judged["name"]}
 
 
@@ -166,10 +175,11 @@ def measure(name: str, pipe, options: dict, common: dict, args: argparse.Namespa
     else:
         row = evaluate_generation(pipe, common.pop("split"), steps=steps, sampler_options=options, **common)
         row["name"] = name
+        row["chars_per_s"] = sum(map(len, row["texts"])) / row["wall_s"]
         judged.setdefault(key, row)
     row["options"] = {"steps": steps, **options}
     shown = {k: round(row[k], 3) for k in METRICS if row.get(k) is not None}
-    print(name, shown, f"{row['tokens_per_s']:.0f} chars/s at batch {args.batch_size} (judged run)", flush=True)
+    print(name, shown, f"{row['chars_per_s']:.0f} chars/s at batch {args.batch_size} (judged run)", flush=True)
     return row
 
 
@@ -213,12 +223,13 @@ def markdown(report: dict) -> str:
         kind = {"exact_nll": "exact NLL", "nelbo_bound": "NELBO (bound)"}[r["kind"]]
         se = r.get("window_standard_error")
         steps = f"{r['training_steps']:,}" if r.get("training_steps") else "—"
-        lines.append(f"| {name} | {kind} | {r['nats_per_token']:.4f} | {r.get('mc_standard_error', 0):.4f} | "
-                     f"{'—' if se is None else f'{se:.4f}'} | {steps} |")
+        se = None if se is None else per_char(r, "window_standard_error")
+        lines.append(f"| {name} | {kind} | {per_char(r, 'nats_per_token'):.4f} | "
+                     f"{per_char(r, 'mc_standard_error'):.4f} | {'—' if se is None else f'{se:.4f}'} | {steps} |")
     nucleus = f"; top-p {s['top_p']:g} for every row" if s.get("top_p", 1.0) < 1.0 else ""
     bs, big = s["batch_size"], f"batch{s['batch_size']}"
     timed = (f"{s['speed_batches']} batches taking turns" if "speed_batches" in s else "the samples themselves")
-    lines += ["", f"#### Samples and speed ({s['samples']} samples × {s['length']} characters{nucleus}; speed at "
+    lines += ["", f"#### Samples and speed ({s['samples']} samples × {s['length']} tokens{nucleus}; speed at "
               f"batch 1 over {s['speed_samples']} samples, at batch {bs} over {timed})", "",
               "| model · sampler | real words % | MAUVE (whole text) | gen-PPL (AR twin) | gen-PPL (independent) | "
               f"entropy | self-BLEU | chars/s, batch 1 | × AR | chars/s, batch {bs} | × AR | within reach |",
@@ -382,7 +393,7 @@ def main() -> int:
     for name, (run, pipe) in models.items():
         report["likelihood"][name] = {**likelihood(run, pipe, reuse, args), "run": run,
                                       "training_steps": training_steps(run)}
-        print(name, f"{report['likelihood'][name]['nats_per_token']:.4f} nats/char", flush=True)
+        print(name, f"{per_char(report['likelihood'][name], 'nats_per_token'):.4f} nats/char", flush=True)
 
     def common() -> dict:
         return {"split": split, "num_samples": args.samples, "length": args.length, "batch_size": args.batch_size,

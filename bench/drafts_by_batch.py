@@ -24,6 +24,7 @@ from pathlib import Path
 from machine import run_header  # noqa: E402 (bench/ is on the path when run)
 
 from dlm.errors import DlmError
+from dlm.eval.characters import written_characters
 from dlm.inference import load
 from dlm.io import atomic_write_json
 from dlm.sampling.self_speculative import default_drafts
@@ -42,7 +43,7 @@ def time_batch(twin, block, batch: int, drafts: list[int], turns: int, length: i
             started = clock()
             result = pipe.sample([""] * batch, length=length, seed=1000 * turn, **options, **extra)
             spent[name][0] += clock() - started
-            spent[name][1] += int(result.generated.sum())
+            spent[name][1] += written_characters(pipe.tokenizer, result.tokens, result.generated)
             if name != "twin":
                 texts[name] = result.tokens.tolist()
         if len({json.dumps(t) for t in texts.values()}) > 1:
@@ -53,7 +54,8 @@ def time_batch(twin, block, batch: int, drafts: list[int], turns: int, length: i
             "chars_per_s": {str(k): v for k, v in by_drafts.items()},
             "speed_vs_ar": {str(k): v / speed["twin"] for k, v in by_drafts.items()},
             "fastest_drafts": max(by_drafts, key=by_drafts.get),
-            "default_drafts": default_drafts(batch, block.diffusion_block, block.device.type)}
+            "default_drafts": default_drafts(batch, block.diffusion_block, block.device.type,
+                                              block.model.cfg.vocab_size)}
 
 
 def main() -> int:

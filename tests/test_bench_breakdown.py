@@ -29,6 +29,8 @@ class FakePipe:
     def __init__(self, clock: list[float], seconds: dict, text_follows_drafts: bool = False):
         self.clock, self.seconds, self.text_follows_drafts = clock, seconds, text_follows_drafts
         self.diffusion_block, self.device = 4, torch.device("cpu")
+        self.tokenizer = SimpleNamespace(reserved_ids=[], decode=lambda ids: "c" * len(ids))  # a character a token
+        self.model = SimpleNamespace(cfg=SimpleNamespace(vocab_size=69))
 
     def sample(self, prompts: list[str], length: int, seed: int, drafts: int | None = None, **options):
         self.clock[0] += self.seconds[drafts]

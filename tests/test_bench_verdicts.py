@@ -198,12 +198,15 @@ def test_block_diffusion_bench_keeps_each_turns_ratio(bench, monkeypatch: pytest
         now = 0.0
 
     class Pipe:
+        tokenizer = types.SimpleNamespace(reserved_ids=[0], decode=lambda ids: "c" * len(ids))  # a character each
+
         def __init__(self, durations: list[float]):
             self.durations = iter(durations)
 
         def sample(self, prompt, *, length, seed, num_samples, **options):
             Clock.now += next(self.durations)
-            return types.SimpleNamespace(generated=torch.ones(num_samples, length, dtype=torch.bool))
+            return types.SimpleNamespace(tokens=torch.ones(num_samples, length, dtype=torch.long),
+                                         generated=torch.ones(num_samples, length, dtype=torch.bool))
 
     monkeypatch.setattr(bd.time, "perf_counter", lambda: Clock.now)  # undone after the test
     args = types.SimpleNamespace(length=10)
@@ -266,3 +269,12 @@ def test_draft_acceptance_counts_agreements_under_shared_noise(bench) -> None:
     assert figures["positions"] == 2 * 3
     for key in ("acceptance_hole", "acceptance_true", "guess_right_rate", "acceptance_with_guess"):
         assert 0.0 <= figures[key] <= 1.0, key
+
+
+def test_block_diffusion_bench_states_likelihoods_per_character(bench) -> None:
+    """A BPE run's likelihood is read from its per-character keys, a character run's from its per-token ones."""
+    bd = bench("block_diffusion")
+    bpe = {"nats_per_token": 3.85, "nats_per_char": 1.52, "window_standard_error": 0.042,
+           "window_standard_error_per_char": 0.0167}
+    assert bd.per_char(bpe, "nats_per_token") == 1.52 and bd.per_char(bpe, "window_standard_error") == 0.0167
+    assert bd.per_char({"nats_per_token": 1.61}, "nats_per_token") == 1.61  # a character run from before

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dlm.cli import main
-from dlm.eval.characters import add_per_char, window_characters
+from dlm.eval.characters import add_per_char, window_characters, written_characters
 from dlm.tokenizers import BPETokenizer, CharTokenizer
 
 
@@ -67,3 +67,15 @@ def test_eval_of_a_bpe_block_run_reports_nats_per_char(corpus_file: Path, tmp_pa
         assert main(["eval", "--ckpt", str(run), "--window", bad, "--quiet"]) == 2
         err = capsys.readouterr().err.strip()
         assert says in err and len(err.splitlines()) == 1
+
+
+def test_written_characters_count_what_the_samples_spell(corpus_text: str) -> None:
+    """A sampler's speed is in characters: a BPE token spells several, a prompt or a reserved token none."""
+    tok = BPETokenizer.train([corpus_text], vocab_size=320)
+    prompt, reply = tok.encode(corpus_text[:40]), tok.encode(corpus_text[40:120])
+    tokens = torch.tensor([prompt + reply + [tok.eos_id]])
+    generated = torch.tensor([[False] * len(prompt) + [True] * (len(reply) + 1)])
+    assert written_characters(tok, tokens, generated) == len(tok.decode(reply)) > len(reply)
+    chars = CharTokenizer.from_text(corpus_text)
+    ids = torch.tensor([chars.encode(corpus_text[:30])])
+    assert written_characters(chars, ids, torch.ones_like(ids, dtype=torch.bool)) == 30

@@ -8,11 +8,12 @@ import pytest
 import torch
 from test_block_diffusion import MASK, SPECIAL, model
 
+from dlm.config import ModelConfig
 from dlm.errors import DlmError
 from dlm.model.transformer import Transformer
 from dlm.sampling.canvas import build_canvas
 from dlm.sampling.config import SamplerConfig
-from dlm.sampling.self_speculative import DRAFTLESS_BATCH, SelfSpeculativeDecoder, default_drafts
+from dlm.sampling.self_speculative import DRAFTING_VOCAB, DRAFTLESS_BATCH, SelfSpeculativeDecoder, default_drafts
 
 BLOCK = 4
 BANNED = [MASK, SPECIAL.pad, SPECIAL.bos]
@@ -182,6 +183,13 @@ def test_the_default_drafts_depend_on_the_batch() -> None:
     assert DRAFTLESS_BATCH == 2 and [default_drafts(batch, 4) for batch in (1, 2, 32)] == [2, 0, 0]
     assert default_drafts(1, 2) == 1 and default_drafts(1, 1) == 0  # at most B − 1
     assert default_drafts(32, 4, device="cuda") == 1  # where rows are cheap, a batch keeps drafting
+    # a BPE vocabulary drafts nothing on a CPU (drafts of its tokens are seldom right), whatever the batch
+    assert DRAFTING_VOCAB == 256 and default_drafts(1, 4, vocab_size=DRAFTING_VOCAB) == 2
+    assert default_drafts(1, 4, vocab_size=2048) == 0 and default_drafts(1, 4, "cuda", vocab_size=2048) == 2
+    torch.manual_seed(0)
+    wide = Transformer(ModelConfig(vocab_size=DRAFTING_VOCAB + 1, n_layer=1, n_head=2, d_model=16, block_size=24,
+                                   clean_causal=True)).eval()
+    assert decode(wide, [[1]], 8).K == 0 and decode(wide, [[1]], 8, drafts=2).K == 2  # asked for, it drafts
     assert decode(peaked(), [[1]], 8).K == 2 and decode(peaked(), [[1], [2]], 8).K == 0
     many = decode(peaked(), [[1]] * DRAFTLESS_BATCH, 8)
     assert many.K == 0 and many.forward_passes == 8  # a pass per token: the prompt's, then one for each of 7 more

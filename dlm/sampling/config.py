@@ -101,7 +101,7 @@ class SamplerConfig:
     many tokens a pass commits (1 to the block size). Order, steps and threshold do not apply."""
     drafts: int | None = None
     """Self-speculative decoding: tokens drafted per pass, 0 to the block size − 1; None = by the batch
-    (`default_drafts`: on a CPU 2 for a single row, none for a batch, docs/block-diffusion.md).
+    (`default_drafts`: on a CPU 2 for a single row, none for a batch or a BPE vocabulary, docs/block-diffusion.md).
     More drafts commit more tokens per pass but make every pass carry more rows; 0 = the clean copy writes
     alone, one token a pass. A speed setting only: the text is the same for any value."""
     seed: int = 0

@@ -47,20 +47,31 @@ from dlm.sampling.denoiser import DenoiseStep, GenerationResult
 from dlm.special_ids import SpecialIds
 
 
-def default_drafts(batch: int, block: int, device: str = "cpu") -> int:
+def default_drafts(batch: int, block: int, device: str = "cpu", vocab_size: int = 0) -> int:
     """Drafts per pass when `SamplerConfig.drafts` is None. A pass of K drafts carries (K + 1)(K + 2) rows (6
     for one draft, 12 for 2, 20 for 3) and commits up to K + 1 tokens; with none it is the clean copy's one
     row and one token (`_step_draftless`, a lean pass). On a CPU, 2 drafts were the fastest at batch 1; rows
     cost compute there, and from a batch of DRAFTLESS_BATCH on no drafts were (bench/drafts_by_batch.py;
     docs/block-diffusion-notebook.md, 2026-12-06, fifth session), as servers turn speculative decoding off for large
     batches. An accelerator, where a few more rows cost little, keeps one draft for a batch (not measured
-    yet). The text does not depend on K, so the batch may choose."""
+    yet). The text does not depend on K, so the batch may choose.
+
+    A vocabulary above DRAFTING_VOCAB (a BPE's) drafts nothing on a CPU: a BPE token carries about 3.7 nats where
+    a character carries 1.5, so drafts of the tokens after the next are seldom right, and each extra row's head is
+    wider. With 2,048 BPE tokens no drafts were fastest at every batch, 0.99× the twin's characters a second at
+    batch 1 against 0.58× with two (docs/block-diffusion-notebook.md, 2026-12-07, third session)."""
+    if device == "cpu" and vocab_size > DRAFTING_VOCAB:
+        return 0
     many = batch >= DRAFTLESS_BATCH and device == "cpu"
     return min(2 if batch == 1 else 0 if many else 1, block - 1)
 
 
 DRAFTLESS_BATCH = 2
 """From this many rows on, the default drafts nothing (`default_drafts`)."""
+
+DRAFTING_VOCAB = 256
+"""The largest vocabulary whose runs draft by default on a CPU: characters (69 for Tiny Shakespeare) draft, a
+byte-level BPE (256 bytes and its merges) does not (`default_drafts`)."""
 
 NOISE_CHUNK_VALUES = 1 << 16
 """A row's noise is drawn ahead in chunks of about this many values (columns × vocabulary): few generator
@@ -139,8 +150,9 @@ class SelfSpeculativeDecoder:
         B, W = canvas.tokens.shape
         # K drafts checked per pass; each drafting group is K + 1 masks (the token drawn in the pass, then
         # the next K drafts), fewer than the block's B when K < B − 1.
-        self.K = min(default_drafts(B, block, canvas.tokens.device.type) if config.drafts is None else config.drafts,
-                     block - 1)
+        vocab = getattr(getattr(model, "cfg", None), "vocab_size", 0)
+        self.K = min(default_drafts(B, block, canvas.tokens.device.type, vocab) if config.drafts is None
+                     else config.drafts, block - 1)
         self.S = self.K + 1
         self.G = self.K + 1 if self.K else 0  # a group per outcome; with no drafts a pass is the clean row alone
         self.canvas = canvas
