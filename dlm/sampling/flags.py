@@ -61,8 +61,8 @@ def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
                    "--sampler or --threshold is given (docs/block-diffusion.md)")
     g.add_argument("--drafts", type=int, default=None,
                    help="with --speculative: tokens drafted per pass, 0 to the block size − 1 (0: none, the clean copy "
-                   "writes alone; default by the batch, the fastest on a CPU: 2 for one sample, 0 for a batch); a "
-                   "speed setting, the text does not depend on it")
+                   "writes alone; default the fastest on a CPU: 2 for one sample, 0 for a batch or a BPE vocabulary); "
+                   "a speed setting, the text does not depend on it")
     g.add_argument("--stop-at-eos", action="store_true",
                    help="variable length: end a sample at its first [EOS] (the rest becomes [PAD])")
 

@@ -59,7 +59,8 @@ def default_drafts(batch: int, block: int, device: str = "cpu", vocab_size: int 
     A vocabulary above DRAFTING_VOCAB (a BPE's) drafts nothing on a CPU: a BPE token carries about 3.7 nats where
     a character carries 1.5, so drafts of the tokens after the next are seldom right, and each extra row's head is
     wider. With 2,048 BPE tokens no drafts were fastest at every batch, 0.99× the twin's characters a second at
-    batch 1 against 0.58× with two (docs/block-diffusion-notebook.md, 2026-12-07, third session)."""
+    batch 1 against 0.58× with two (AMD EPYC, AVX512-BF16 class, float32; docs/block-diffusion-notebook.md,
+    2026-12-07, third session)."""
     if device == "cpu" and vocab_size > DRAFTING_VOCAB:
         return 0
     many = batch >= DRAFTLESS_BATCH and device == "cpu"
