@@ -10,9 +10,11 @@ Rows, each `--samples` texts of `--length` characters:
   - the AR twin's and the diffusion model's samples, with their default samplers.
 Figures: the real-word rate (the training split's words), MAUVE on whole-text features (the packaged
 MiniLM encoder, with a bootstrap interval) and on the AR twin's last-token features (the older
-convention), gen-PPL under SmolLM2 (per judge token) and under the AR twin (per character), unigram
-entropy. MAUVE's reference is another set of held-out windows. A figure can judge samples only if it
-ranks every damaged row clearly below the held-out text.
+convention), gen-PPL under SmolLM2 (per judge token) and under the AR twin (per character, per token with
+BPE), unigram entropy. MAUVE's reference is another set of held-out windows. With a BPE run every text is
+still `--length` characters; the figures that read dlm tokens (the twin's, entropy) read each text's first
+T tokens, T the shortest text's. A figure can judge samples only if it ranks every damaged row clearly
+below the held-out text.
 """
 
 from __future__ import annotations
@@ -64,6 +66,14 @@ def windows_of(text: str, count: int, length: int, seed: int) -> list[str]:
     return [text[s:s + length] for s in starts]
 
 
+def same_length(rows: dict[str, list[list[int]]]) -> dict[str, torch.Tensor]:
+    """Each row's token lists cut to one length, the shortest text's: the judges read (N, T) tensors.
+    Characters spell one token each, so they are cut nowhere; a BPE text of `length` characters is a few
+    tokens more or fewer than another."""
+    tokens = min(len(ids) for texts in rows.values() for ids in texts)
+    return {name: torch.tensor([ids[:tokens] for ids in texts]) for name, texts in rows.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ar", required=True, help="the AR twin run (judge, word list, and one sample row)")
@@ -88,15 +98,17 @@ def main() -> None:
     def decode(ids: torch.Tensor) -> list[str]:
         return [tok.decode([i for i in row if i not in special]) for row in ids.tolist()]
 
-    def encode(texts: list[str]) -> torch.Tensor:
-        # Every row is exactly `length` characters the tokenizer knows (other characters become spaces).
+    def encode(texts: list[str]) -> list[list[int]]:
+        # Every text is exactly `length` characters the tokenizer knows (other characters become spaces).
         known = set(tok.chars) if hasattr(tok, "chars") else None
         fixed = ["".join(c if known is None or c in known else " " for c in t)[:args.length].ljust(args.length)
                  for t in texts]
-        return torch.tensor([tok.encode(t) for t in fixed])
+        return [tok.encode(t) for t in fixed]
 
     val = corpus.split("val")
-    reference = decode(RandomWindows(val, args.length, seed=args.seed).next_batch(args.samples))
+    # Windows of tokens, cut to `length` characters (a BPE token spells several)
+    reference = [t[:args.length] for t in decode(RandomWindows(val, args.length, seed=args.seed)
+                                                 .next_batch(args.samples))]
     longer = decode(RandomWindows(val, args.length + 64, seed=args.seed + 1).next_batch(args.samples))
     held_out = [t[:args.length] for t in longer]
     vocabulary = sorted(words)
@@ -112,13 +124,14 @@ def main() -> None:
                                                          for i, t in enumerate(longer)],
         "another kind: Python's docstrings": windows_of(stdlib_prose(), args.samples, args.length, args.seed),
     }
-    ids = {name: encode(texts) for name, texts in rows.items()}
     models = [("AR twin samples", ar)] + ([("diffusion samples", load(args.diffusion))] if args.diffusion else [])
     for name, pipe in models:
+        # `length` tokens spell at least `length` characters (more with BPE); every row is cut to `length`
         result = pipe.sample("", length=args.length, num_samples=args.samples, seed=args.seed)
-        ids[name] = result.tokens[:, -args.length:].cpu()
-        rows[name] = decode(ids[name])
+        rows[name] = [t[:args.length] for t in decode(result.tokens[:, -args.length:].cpu())]
         print(f"{name}: sampled", flush=True)
+    ids = same_length({**{name: encode(texts) for name, texts in rows.items()}, "reference": encode(reference)})
+    reference_ids = ids.pop("reference")
 
     from dlm.eval.text_features import TextEncoder
 
@@ -131,7 +144,7 @@ def main() -> None:
 
         second = HFJudge(resolve_judge(args.independent_judge), tok)
     reference_features = encoder.features(reference)
-    reference_last = twin.features(encode(reference)).numpy()
+    reference_last = twin.features(reference_ids).numpy()
     report_rows = []
     for name, texts in rows.items():
         row = {"name": name, "texts": texts,
@@ -152,6 +165,8 @@ def main() -> None:
               + (f"  {args.independent_judge} {row['gen_ppl_independent']:.1f}" if second else ""), flush=True)
     report = {"command": "python bench/judge_check.py " + shlex.join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
               "machine": describe_cpu(), "settings": vars(args), "word_list_size": len(words),
+              "judged_tokens": int(next(iter(ids.values())).shape[1]),
+              "twin_unit": "char" if tok.kind == "char" else "token",
               "encoder": encoder.describe(), "rows": report_rows, "seconds": round(time.time() - started)}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(args.json), report)
@@ -177,8 +192,11 @@ def markdown(report: dict) -> str:
              f"{s['samples']} texts × {s['length']} characters per row; MAUVE against {s['samples']} other "
              f"held-out windows, whole-text features from {encoder_name(report['encoder'])} "
              "(95 % bootstrap interval) and the AR twin's last-token features; real words from the "
-             f"{report['word_list_size']:,} words of the training split.", "",
-             "| texts | real-word rate | MAUVE, whole text | MAUVE, last token | gen-PPL, AR twin (per char) | "
+             f"{report['word_list_size']:,} words of the training split."
+             + (f" The token figures read each text's first {report['judged_tokens']} tokens."
+                if report.get("twin_unit", "char") != "char" else ""), "",
+             "| texts | real-word rate | MAUVE, whole text | MAUVE, last token | "
+             f"gen-PPL, AR twin (per {report.get('twin_unit', 'char')}) | "
              + ("gen-PPL, SmolLM2 (per token) | " if independent else "") + "unigram entropy |",
              "|---|---:|---:|---:|---:|" + ("---:|" if independent else "") + "---:|"]
     for r in report["rows"]:

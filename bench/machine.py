@@ -59,3 +59,12 @@ def run_header(script: str) -> dict:
 
     return {"command": f"python bench/{script} " + shlex.join(sys.argv[1:]),
             "machine": f"{describe_cpu()}, torch {torch.__version__}", "date": time.strftime("%Y-%m-%d")}
+
+
+def save_report(report: dict, path: str) -> None:
+    """Write a bench's JSON (atomically, its folder made) and say where, with the machine it ran on."""
+    from dlm.io import atomic_write_json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(path), report)
+    print(f"{report['machine']}; written to {path}")

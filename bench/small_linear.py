@@ -19,13 +19,10 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from machine import describe_cpu  # noqa: E402 (bench/ is on the path when run)
-
-from dlm.io import atomic_write_json
+from machine import describe_cpu, save_report  # noqa: E402 (bench/ is on the path when run)
 
 
 def median_us(fn: Callable[[], object], calls: int, repeats: int = 5) -> float:
@@ -78,9 +75,7 @@ def main() -> int:
     report = {"command": "python bench/small_linear.py " + shlex.join(sys.argv[1:]),
               "machine": f"{describe_cpu()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
               "date": time.strftime("%Y-%m-%d"), "unit": "microseconds per call, median of 5", "results": results}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(args.json), report)
-    print(f"{report['machine']}; written to {args.json}")
+    save_report(report, args.json)
     return 0
 
 

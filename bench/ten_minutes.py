@@ -144,19 +144,24 @@ def row_from_run(args: argparse.Namespace) -> dict:
     data = config["data"]  # a BPE run's figure is per character all the same (dlm eval's nats/char)
     tokenizer = "char" if data["tokenizer"] == "char" else f"{data['tokenizer'].upper()} {data['vocab_size']}"
     how = recipe(config) if t["objective"] != "ar" else ""
+    # An eval of an earlier checkpoint than the last (--ckpt RUN/best) is a row of its own
+    evaluated = str(result.get("checkpoint", "")).rsplit("step-", 1)
+    earlier = int(evaluated[1]) if len(evaluated) == 2 and evaluated[1].isdigit() else last["step"]
     return {"cpu_class": args.cpu_class or cpu_class(), "machine": args.machine or describe_cpu(),
             "source": args.source, "date": args.date, "dtype": dtype, "size": f"{m['n_layer']} × {m['d_model']}",
             "objective": t["objective"], **({"block": config["diffusion"]["block_size"]}
                                             if t["objective"] == "bd3" else {}),
             **({"tokenizer": tokenizer} if tokenizer != "char" else {}), **({"recipe": how} if how else {}),
             "steps": last["step"], "tokens": tokens,
-            "tokens_per_s": tokens / last["elapsed_s"], **per_char(result), "note": note}
+            "tokens_per_s": tokens / last["elapsed_s"], **per_char(result), "note": note,
+            **({"evaluated_step": earlier} if earlier != last["step"] else {})}
 
 
 def replace_row(rows: list[dict], row: dict) -> list[dict]:
     """rows with `row` added, in place of the one of the same machine, objective, dtype, date, source,
-    tokenizer and recipe (a character run and a BPE run of the same day are two rows, and so are two recipes)."""
-    key = ("machine", "objective", "dtype", "date", "source", "tokenizer", "recipe")
+    tokenizer, recipe and evaluated checkpoint (a character run and a BPE run of the same day are two rows,
+    and so are two recipes, or a run's last checkpoint and its best)."""
+    key = ("machine", "objective", "dtype", "date", "source", "tokenizer", "recipe", "evaluated_step")
     return [r for r in rows if any(r.get(k) != row.get(k) for k in key)] + [row]
 
 

@@ -9,6 +9,8 @@ random token windows (throughput does not depend on the text).
     python bench/train_throughput.py                       # presets × {bf16, fp32} × {compile, eager}
     python bench/train_throughput.py --presets shakespeare-char --dtypes bf16 --compile yes
     python bench/train_throughput.py --presets shakespeare-char-cpu --objective bd3   # block diffusion
+    python bench/train_throughput.py --presets shakespeare-char-cpu --objective bd3 --vocab 2048 \
+        --batch-size 16 --override model.tie_weights=true --override model.n_layer=3   # the BPE recipe
 
 Prints a table and writes JSON (default bench/results/train_throughput.json).
 """
@@ -30,7 +32,7 @@ from machine import describe_cpu  # noqa: E402 (bench/ is on the path when run)
 
 
 def worker(preset: str, objective: str, dtype_name: str, compile_setting: str, steps: int, warmup: int,
-           batch_size: int | None, overrides: list[str] | None = None) -> dict:
+           batch_size: int | None, overrides: list[str] | None = None, vocab: int = 0) -> dict:
     import torch
 
     from dlm.config import apply_overrides, parse_t_range
@@ -43,6 +45,9 @@ def worker(preset: str, objective: str, dtype_name: str, compile_setting: str, s
 
     cfg = apply_overrides(get_preset(preset), overrides or [])
     tokenizer = CharTokenizer([chr(c) for c in range(32, 97)])  # 65 characters, like Tiny Shakespeare
+    if vocab:  # a BPE run's vocabulary size (the speed depends on the size alone)
+        n_special = tokenizer.vocab_size - 65
+        tokenizer = CharTokenizer([chr(c) for c in range(256, 256 + vocab - n_special)])
     cfg.model.vocab_size, cfg.model.causal = tokenizer.vocab_size, objective == "ar"
     if objective != "bd3":  # the next-token clean copy is block diffusion's alone
         cfg.model.clean_causal, cfg.diffusion.clean_ar_weight = False, 0.0
@@ -119,6 +124,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     parser.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
+    parser.add_argument("--vocab", type=int, default=0,
+                        help="vocabulary size (default: 65 characters and dlm's specials; 2048: the BPE recipe's)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="config overrides for every preset (e.g. model.n_layer=6)")
     parser.add_argument("--json", default="bench/results/train_throughput.json")
@@ -128,7 +135,7 @@ def main() -> None:
     if args.worker:
         preset, dtype, comp = args.worker.split(",")
         print(json.dumps(worker(preset, args.objective, dtype, comp, args.steps, args.warmup, args.batch_size,
-                                args.override)))
+                                args.override, args.vocab)))
         return
 
     results = []
@@ -141,7 +148,7 @@ def main() -> None:
                        args.objective, "--steps", str(args.steps), "--warmup", str(args.warmup)]
                 if args.batch_size:
                     cmd += ["--batch-size", str(args.batch_size)]
-                cmd += [f"--override={o}" for o in args.override]
+                cmd += [f"--override={o}" for o in args.override] + ["--vocab", str(args.vocab)]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode != 0:
                     print(f"{preset} {dtype} compile={comp} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)

@@ -131,6 +131,10 @@ class TrainConfig:
     """Steps between checkpoints (one is also saved whenever the run stops)."""
     keep_last: int = 2
     """Checkpoints kept in RUN/checkpoints (older ones are deleted)."""
+    keep_best: bool = True
+    """Also keep the checkpoint of the lowest quick validation loss (one is saved when a validation improves
+    on it; RUN/best.json names it, `--ckpt RUN/best` reads it): a run that overfits keeps its best weights,
+    as Hugging Face's load_best_model_at_end does."""
     ema_decay: float = 0.999
     """EMA of the weights (0 = off); the average is used for validation, eval and sampling. Its warm-up,
     min(decay, (1 + t)/(10 + t)) at update t, reaches 0.999 only after ~9,000 updates: a shorter run

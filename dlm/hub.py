@@ -18,6 +18,7 @@ commands to sample.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -87,7 +88,8 @@ class DiffusionLM(nn.Module, _mixin(), library_name="dlm", license="mit",
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+            with quiet_hub_logs():
+                return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:  # offline, no such repo, no access
             raise DlmError(f"{path} is no folder here and could not be fetched from the Hub ({type(e).__name__}); "
                            "check the path, or the network and the repository id") from None
@@ -127,6 +129,21 @@ class DiffusionLM(nn.Module, _mixin(), library_name="dlm", license="mit",
         load_weights(module.model, ckpt, "ema.safetensors" if module.weights == "ema" else WEIGHTS)
         module.tokenizer = run.read_tokenizer()
         return module
+
+
+@contextlib.contextmanager
+def quiet_hub_logs():
+    """huggingface_hub's own warnings off while it fetches: offline, it logs each retry ("Retrying in 1s")
+    before giving up, and dlm's one-line error says what failed."""
+    from huggingface_hub.utils import logging as hub_logging
+
+    logger = hub_logging.get_logger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(hub_logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def hf_tokenizer_json(tokenizer: Tokenizer) -> dict:

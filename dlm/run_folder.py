@@ -8,13 +8,14 @@
         ema.safetensors      averaged weights, when EMA is on (used by default for eval and sampling)
         trainer_state.pt     optimizer, RNG and loader state (loaded with weights_only=True)
         manifest.json        step and each file's size and sha256, written last
+    RUN/best.json            the checkpoint of the lowest quick validation loss (train.keep_best)
 
 A checkpoint is written under a temporary name and renamed into place when complete, so a
 crash never leaves a torn checkpoint under a real name; one whose files do not match its
-manifest is skipped with a message. Pruning keeps the newest `keep_last` *intact* checkpoints and
-the one just written; it never deletes a damaged one (the user decides) and says so when it
-deletes one newer than the step being saved. A full disk stops the save cleanly, naming the bytes
-needed, with the earlier checkpoints untouched.
+manifest is skipped with a message. Pruning keeps the newest `keep_last` *intact* checkpoints,
+the one just written and the best one (`RUN/best.json`; `--ckpt RUN/best` finds it); it never deletes a
+damaged one (the user decides) and says so when it deletes one newer than the step being saved. A
+full disk stops the save cleanly, naming the bytes needed, with the earlier checkpoints untouched.
 
 One writer per run: a trainer holds `RUN/train.lock` (an flock, released by the kernel however the
 process dies, so `kill -9` never leaves a stale lock) for its whole life. Readers never take it.
@@ -42,6 +43,7 @@ from dlm.io import atomic_write_json, sha256_file
 from dlm.tokenizers import Tokenizer, load_tokenizer
 
 MANIFEST = "manifest.json"
+BEST = "best.json"
 TRAINER_STATE = "trainer_state.pt"
 LOCK = "train.lock"
 
@@ -91,6 +93,32 @@ class RunFolder:
 
     def write_tokenizer(self, tokenizer: Tokenizer) -> None:
         tokenizer.save(self.tokenizer_path)
+
+    @property
+    def best_path(self) -> Path:
+        return self.path / BEST
+
+    def best_record(self) -> dict | None:
+        """{"step", "val_loss", "checkpoint"} of the lowest validation loss so far, or None (none recorded,
+        or a file that does not parse: the newest checkpoint serves instead)."""
+        try:
+            record = json.loads(self.best_path.read_text(encoding="utf-8"))
+            return {"step": int(record["step"]), "val_loss": float(record["val_loss"]),
+                    "checkpoint": str(record["checkpoint"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def mark_best(self, step: int, val_loss: float) -> None:
+        """Name checkpoint `step` (already saved) the best: pruning keeps it until a better one is marked."""
+        atomic_write_json(self.best_path, {"step": step, "val_loss": val_loss,
+                                           "checkpoint": f"step-{step:08d}"})
+
+    def best_checkpoint(self) -> Path | None:
+        """The checkpoint best.json names, when it is there."""
+        record = self.best_record()
+        if record is None or not (self.checkpoints_dir / record["checkpoint"]).is_dir():
+            return None
+        return self.checkpoints_dir / record["checkpoint"]
 
     def checkpoints(self) -> list[Path]:
         """Checkpoint folders, oldest first (complete or not)."""
@@ -173,12 +201,12 @@ class RunFolder:
         return final
 
     def prune(self, keep_last: int, just_written: Path) -> list[Path]:
-        """Delete intact checkpoints beyond the newest `keep_last` (by step), never `just_written`
-        and never a damaged one. Returns what was deleted."""
+        """Delete intact checkpoints beyond the newest `keep_last` (by step), never `just_written`, the
+        best one or a damaged one. Returns what was deleted."""
         if keep_last <= 0:
             return []
         intact = [c for c in self.checkpoints() if self.checkpoint_problem(c) is None]
-        doomed = [c for c in intact[:-keep_last] if c != just_written]
+        doomed = [c for c in intact[:-keep_last] if c not in (just_written, self.best_checkpoint())]
         for ckpt in doomed:
             if ckpt.name > just_written.name:
                 print(f"dlm: deleting checkpoint {ckpt.name}, newer than the {just_written.name} just saved, "
@@ -310,8 +338,11 @@ def weights_readable(ckpt: Path, name: str = "model.safetensors") -> str | None:
 
 
 def locate_checkpoint(path: str | Path) -> tuple[RunFolder, Path]:
-    """(run, checkpoint folder) for a run folder (its newest intact checkpoint) or a checkpoint folder."""
+    """(run, checkpoint folder) for a run folder (its newest intact checkpoint), RUN/best (the checkpoint of
+    its lowest validation loss) or a checkpoint folder."""
     path = Path(path)
+    if not path.exists() and path.name == "best" and RunFolder(path.parent).has_config():
+        return locate_best(RunFolder(path.parent))
     if not path.exists():
         raise DlmError(f"checkpoint {path} not found; pass the --out folder of a training run")
     if (path / MANIFEST).is_file():
@@ -356,3 +387,21 @@ def load_trainer_state(ckpt: Path) -> dict:
     except Exception as e:  # unpickling errors come in many types; all mean the same here
         raise DlmError(f"cannot read {ckpt / TRAINER_STATE} ({type(e).__name__}); "
                        "the checkpoint is corrupted — resume from an older one") from None
+
+
+def locate_best(run: RunFolder) -> tuple[RunFolder, Path]:
+    """(run, its best checkpoint), or a one-line error naming why there is none."""
+    record = run.best_record()
+    if record is None:
+        raise DlmError(f"run {run.path} records no best checkpoint ({run.best_path} is missing or unreadable: "
+                       "it trained with train.keep_best=false or before dlm kept one); pass the run folder "
+                       "for its newest checkpoint")
+    ckpt = run.checkpoints_dir / record["checkpoint"]
+    if not ckpt.is_dir():
+        raise DlmError(f"the best checkpoint of run {run.path}, {record['checkpoint']}, is gone; pass the run "
+                       "folder for its newest checkpoint")
+    problem = verify_checkpoint(ckpt)
+    if problem:
+        raise DlmError(f"the best checkpoint of run {run.path}, {ckpt.name}, is damaged: {problem}; pass the run "
+                       "folder for its newest checkpoint")
+    return run, ckpt

@@ -143,6 +143,12 @@ def test_ten_minutes_rows_of_a_bpe_run_are_per_character_and_say_their_tokenizer
     label = "bf16, BPE 1024 tokens, tied embeddings, clean-copy input mask 0.15 | – | 1.500 (800) |"
     assert label in ten.readme_table([r, tied])
     assert label not in ten.readme_table([r, dict(tied, readme=False)])  # superseded: results.md only
+    # the run's best checkpoint evaluated (--ckpt RUN/best) is a row beside its last one's
+    best_eval = dict(add_per_char(dict(result, tokens=1000), 2400), checkpoint=str(run / "checkpoints/step-00000500"))
+    (tmp_path / "best.json").write_text(json.dumps(best_eval))
+    best = ten.row_from_run(argparse.Namespace(**{**vars(args), "eval": str(tmp_path / "best.json")}))
+    assert best["evaluated_step"] == 500 and "evaluated_step" not in tied
+    assert ten.replace_row([tied], best) == [tied, best]
     cfg["model"]["tie_weights"], cfg["train"]["ar_input_mask"] = False, 0.0
     # results written before dlm eval counted characters were all character runs: per token is per char
     (tmp_path / "eval.json").write_text(json.dumps(dict(result, tokens=1000)))

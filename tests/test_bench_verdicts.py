@@ -278,3 +278,18 @@ def test_block_diffusion_bench_states_likelihoods_per_character(bench) -> None:
            "window_standard_error_per_char": 0.0167}
     assert bd.per_char(bpe, "nats_per_token") == 1.52 and bd.per_char(bpe, "window_standard_error") == 0.0167
     assert bd.per_char({"nats_per_token": 1.61}, "nats_per_token") == 1.61  # a character run from before
+
+
+def test_judge_check_cuts_every_row_to_the_shortest_texts_tokens(bench) -> None:
+    """BPE texts of one length in characters differ in tokens; the judges read one (N, T) tensor."""
+    judge_check = bench("judge_check")
+    cut = judge_check.same_length({"held-out": [[1, 2, 3, 4], [5, 6, 7]], "samples": [[8, 9, 10, 11, 12]]})
+    assert cut["held-out"].tolist() == [[1, 2, 3], [5, 6, 7]]
+    assert cut["samples"].tolist() == [[8, 9, 10]]
+
+
+def test_cross_entropy_bench_times_two_spellings_that_agree(bench) -> None:
+    cross_entropy = bench("cross_entropy")
+    ms = cross_entropy.time_spellings(2, 8, 30, 16, torch.float32, repeats=1)
+    assert set(ms) == set(cross_entropy.SPELLINGS) and all(v > 0 for v in ms.values())
+    assert cross_entropy.parse_rows("16x512") == (16, 512)

@@ -18,7 +18,7 @@ from dlm.model import Transformer
 from dlm.presets import tiny
 from dlm.run_folder import RunFolder, load_trainer_state
 from dlm.runtime import pick_inference_dtype
-from dlm.train.trainer import train
+from dlm.train.trainer import TrainResult, train
 
 
 def tiny_config(corpus: Path, max_steps: int = 20, **train_fields) -> RunConfig:
@@ -109,9 +109,47 @@ def test_exact_resume(corpus_file: Path, tmp_path: Path, optimizer: str) -> None
 
 def test_keep_last(corpus_file: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    train(tiny_config(corpus_file, 20, ckpt_interval=5, keep_last=1), run, quiet=True)
+    train(tiny_config(corpus_file, 20, ckpt_interval=5, keep_last=1, keep_best=False), run, quiet=True)
     assert [c.name for c in RunFolder(run).checkpoints()] == ["step-00000020"]
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+    assert not (run / "best.json").exists()
+
+
+def test_keep_best_keeps_the_lowest_validation_through_pruning_and_resume(
+        corpus_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that overfits: validation falls, then rises. The checkpoint of its lowest loss is saved though
+    it falls between checkpoints, survives keep_last=1, is what RUN/best loads, and a resume remembers it."""
+    import dlm.train.trainer as trainer
+    from dlm.cli.train import stopped_message
+
+    readings = iter([3.0, 2.0, 2.5, 2.7, 2.6, 1.5])
+    monkeypatch.setattr(trainer, "validate", lambda state, setup: next(readings))
+    run = tmp_path / "run"
+    cfg = tiny_config(corpus_file, 20, eval_interval=5, ckpt_interval=20, keep_last=1)
+    result = train(cfg, run, quiet=True)
+    assert RunFolder(run).best_record() == {"step": 10, "val_loss": 2.0, "checkpoint": "step-00000010"}
+    assert [c.name for c in RunFolder(run).checkpoints()] == ["step-00000010", "step-00000020"]
+    assert dlm.load(run / "best").checkpoint.name == "step-00000010"
+    assert dlm.load(run).checkpoint.name == "step-00000020"
+    assert "lowest validation loss, 2.0000 nats/token, was at step 10" in stopped_message(result)
+    assert f"--ckpt {run}/best" in stopped_message(result)
+
+    cfg.train.max_steps = 30  # 2.6 at step 25 does not beat the 2.0 the resumed run remembers; 1.5 at 30 does
+    train(cfg, run, resume=True, quiet=True)
+    assert RunFolder(run).best_record()["step"] == 30
+    assert [c.name for c in RunFolder(run).checkpoints()] == ["step-00000030"]  # the old best pruned at last
+    assert "lowest" not in stopped_message(TrainResult(run, 30, 0.0, 1.5, "max_steps", cfg))
+
+
+def test_best_without_a_record_or_with_its_checkpoint_gone_is_a_one_line_error(corpus_file: Path,
+                                                                               tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(corpus_file, 10, keep_best=False), run, quiet=True)
+    with pytest.raises(DlmError, match=r"records no best checkpoint .*pass the run folder"):
+        dlm.load(run / "best")
+    RunFolder(run).mark_best(5, 1.0)  # names a checkpoint that was never saved
+    with pytest.raises(DlmError, match=r"step-00000005, is gone"):
+        dlm.load(run / "best")
 
 
 def test_truncated_checkpoint_is_skipped(corpus_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

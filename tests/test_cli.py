@@ -168,13 +168,18 @@ def test_speculative_decoding_is_refused_for_an_ar_run(tiny_twins: dict[str, Pat
 
 
 def test_a_hub_id_that_cannot_be_fetched(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline, huggingface_hub logs each retry before it gives up; dlm's one line is all the user sees."""
     import huggingface_hub
+    import huggingface_hub.hub_mixin
     from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.utils import logging as hub_logging
 
     def offline(*args, **kwargs):
+        hub_logging.get_logger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
         raise LocalEntryNotFoundError("no connection")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    monkeypatch.setattr(huggingface_hub.hub_mixin, "hf_hub_download", offline)  # config.json comes first
     assert main(["sample", "--ckpt", "nobody/no-such-model", "--length", "8"]) == 2
     assert_one_line_error(capsys, "nobody/no-such-model", "could not be fetched from the Hub")
 

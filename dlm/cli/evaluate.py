@@ -250,7 +250,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="likelihood on a split: NELBO bound (diffusion) or exact NLL (AR)")
-    p.add_argument("--ckpt", required=True, help="run folder (or one checkpoint folder inside it)")
+    p.add_argument("--ckpt", required=True, help="run folder (its newest checkpoint), RUN/best (its lowest "
+                   "validation loss) or a checkpoint folder")
     p.add_argument("--data", help="corpus to score (default: the run's); encoded with the run's tokenizer")
     p.add_argument("--split", default="val", choices=("val", "train"))
     p.add_argument("--json", help="also write the figures and settings to this JSON file")

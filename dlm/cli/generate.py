@@ -99,7 +99,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("sample", help="generate text from a trained run", epilog=EPILOG_SAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="run folder (or one checkpoint folder inside it)")
+    p.add_argument("--ckpt", required=True, help="run folder (its newest checkpoint), RUN/best (its lowest "
+                   "validation loss) or a checkpoint folder")
     p.add_argument("--prompt", action="append", default=None,
                    help="text the sample starts with (never changed); repeat for a batch of prompts")
     p.add_argument("--template", help="infilling: text with [MASK] or [MASK*N] gaps to fill, kept verbatim elsewhere")

@@ -25,7 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     pipes = {}
     for path in [args.ckpt, *(args.ar or [])]:
         pipe = load(path, device=args.device, dtype=args.dtype)
-        name = Path(path).name
+        name = Path(path).name if Path(path).name != "best" else f"{Path(path).parent.name}-best"  # RUN/best
         pipes[name if name not in pipes else str(path)] = pipe
     api_key = args.api_key or os.environ.get("DLM_API_KEY") or None
     if args.host not in LOOPBACK and not api_key:

@@ -94,8 +94,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path("runs") / f"{cfg.preset or 'run'}-{cfg.train.objective}"
     result = train(cfg, run_dir, resume=resume, quiet=args.quiet, fresh_optimizer=args.fresh_optimizer)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
-        print(f"dlm: stopped at step {result.step} ({result.stopped_by}); run saved in {result.run_dir}")
+        print(stopped_message(result))
     return 0
+
+
+def stopped_message(result) -> str:
+    """Where the run stopped and where it is; and its best checkpoint, when that is an earlier one."""
+    from dlm.run_folder import RunFolder
+
+    text = f"dlm: stopped at step {result.step} ({result.stopped_by}); run saved in {result.run_dir}"
+    best = RunFolder(result.run_dir).best_record()
+    if best is not None and best["step"] < result.step:
+        text += (f"; its lowest validation loss, {best['val_loss']:.4f} nats/token, was at step {best['step']} "
+                 f"(--ckpt {result.run_dir}/best)")
+    return text
 
 
 def train_in(out: Path, args: argparse.Namespace, fresh, flags: dict[str, str], extra: list[str] = ()) -> int:
@@ -112,7 +124,7 @@ def train_in(out: Path, args: argparse.Namespace, fresh, flags: dict[str, str], 
     overrides += [f"{key}={getattr(args, flag)}" for flag, key in flags.items() if getattr(args, flag) is not None]
     cfg = apply_overrides(cfg, [*overrides, *extra])
     result = train(cfg, out, resume=resume, quiet=args.quiet)
-    print(f"dlm: stopped at step {result.step} ({result.stopped_by}); run saved in {result.run_dir}")
+    print(stopped_message(result))
     return 0
 
 

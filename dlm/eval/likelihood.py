@@ -38,6 +38,7 @@ import torch
 from dlm.diffusion.schedules import Linear
 from dlm.objectives.autoregressive import ar_loss
 from dlm.objectives.block_diffusion import bd3_loss
+from dlm.objectives.cross_entropy import token_cross_entropy
 from dlm.objectives.mdlm import mdlm_loss
 from dlm.progress import Progress
 from dlm.runtime import autocast
@@ -101,8 +102,7 @@ def block_pattern_nll(model: torch.nn.Module, windows: torch.Tensor, special: Sp
             with autocast(device, dtype):
                 logits = block_diffusion_logits(model, z.reshape(b, c * L), x, block).float()  # (b, c·L, V)
             logits[..., special.mask] = float("-inf")
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x.repeat(1, c),
-                                                    reduction="none").view(b, c, L)
+            nll = token_cross_entropy(logits, x.repeat(1, c)).view(b, c, L)
             sums = (nll * masked).view(b, c, L // block, block).sum(2)  # (b, c, B)
             table[i:i + b, first:first + c] = sums.double().cpu().numpy()
             bar.update(b * c)
@@ -359,7 +359,7 @@ def clean_copy_nll(model: torch.nn.Module, windows: torch.Tensor, special: Speci
             with autocast(device, dtype):
                 logits = model(x, attn_mask=causal)[:, :-1].float()
             logits[..., [special.mask, special.pad, special.bos]] = float("-inf")
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
+            nll = token_cross_entropy(logits, x[:, 1:])
             per_window.append(nll.double().mean(1).cpu().numpy())
     scores = np.concatenate(per_window)
     mean = float(scores.mean())

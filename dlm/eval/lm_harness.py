@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from dlm.errors import DlmError
+from dlm.objectives.cross_entropy import token_cross_entropy
 
 try:
     from lm_eval.api.model import LM
@@ -203,7 +204,7 @@ class DlmLM(LM):
             if pipe.is_autoregressive:
                 inputs = torch.cat((torch.full_like(x[:, :1], special.bos), x[:, :-1]), dim=1)
                 logits = pipe.model(inputs).float()
-                nll = F.cross_entropy(logits.transpose(1, 2), x, reduction="none")[scored]
+                nll = token_cross_entropy(logits, x)[scored]
                 greedy = bool((logits.argmax(-1)[scored] == x[scored]).all())
                 return -float(nll.sum()), 0.0, greedy
             sums = self._nelbo_samples(x, ~scored, seed)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from dlm.objectives.cross_entropy import token_cross_entropy
 from dlm.objectives.output import LossOutput
 
 
@@ -25,7 +25,7 @@ def ar_loss(model: nn.Module, x: torch.Tensor, bos_id: int, token_weight: torch.
         hide[:, 0] = False  # the [BOS]
         inputs = inputs.masked_fill(hide, mask_id)
     logits = model(inputs).float()
-    nll = F.cross_entropy(logits.transpose(1, 2), x, reduction="none")  # (B, L)
+    nll = token_cross_entropy(logits, x)  # (B, L)
     if token_weight is not None:
         nll = nll * token_weight
     per_seq = nll.mean(1)

@@ -36,11 +36,11 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from dlm.diffusion.process import sample_t
 from dlm.diffusion.schedules import Schedule
 from dlm.model.block_attention import block_diffusion_mask, block_layout, check_block_size
+from dlm.objectives.cross_entropy import token_cross_entropy
 from dlm.objectives.mdlm import T_MIN, loss_weight
 from dlm.objectives.output import LossOutput
 
@@ -92,10 +92,10 @@ def _token_nll(model: nn.Module, x: torch.Tensor, masked: torch.Tensor, mask_id:
     logits = block_diffusion_logits(model, z, x if clean is None else clean, block, clean_rows=clean_rows).float()
     noisy = logits[:, :kL]
     noisy[..., mask_id] = float("-inf")
-    nll = F.cross_entropy(noisy.transpose(1, 2), target, reduction="none")
+    nll = token_cross_entropy(noisy, target)
     if not clean_rows:
         return nll, None
-    return nll, F.cross_entropy(logits[:, kL:-1].transpose(1, 2), x[:, 1:], reduction="none")
+    return nll, token_cross_entropy(logits[:, kL:-1], x[:, 1:])
 
 
 def _hidden_clean(model: nn.Module, x: torch.Tensor, mask_id: int, share: float,

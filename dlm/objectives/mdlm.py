@@ -36,10 +36,10 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from dlm.diffusion.process import corrupt_tokens, mask_tokens, sample_prompt, sample_t
 from dlm.diffusion.schedules import Schedule
+from dlm.objectives.cross_entropy import token_cross_entropy
 from dlm.objectives.output import LossOutput
 
 # Noise levels below T_MIN are raised to it (the weight −α'/(1−α) explodes as t → 0 while almost
@@ -57,7 +57,7 @@ def token_nll(model: nn.Module, x: torch.Tensor, z: torch.Tensor, t: torch.Tenso
     """(B, T) −log p_θ(x | z_t) at every position (SUBS: the [MASK] logit is −inf)."""
     logits = model(z, t=t).float()  # (B, T, V)
     logits[..., mask_id] = float("-inf")
-    return F.cross_entropy(logits.transpose(1, 2), x, reduction="none")  # (B, T)
+    return token_cross_entropy(logits, x)  # (B, T)
 
 
 def masked_nll(model: nn.Module, x: torch.Tensor, z: torch.Tensor, masked: torch.Tensor,

@@ -300,6 +300,15 @@ def validate(state: TrainState, setup: TrainSetup) -> float:
                               setup.micro_batch, tc.eval_batches, setup.device, setup.dtype)
 
 
+def improves(val_loss: float, best_val: float, setup: TrainSetup) -> bool:
+    """Whether this validation beats the best so far, agreed by every rank (each saves, under FSDP)."""
+    better = val_loss < best_val
+    if setup.dist.enabled:
+        flag = torch.tensor([float(better)], device=setup.device)
+        better = bool(all_reduce_sum(flag, setup.dist).item() > 0)
+    return better
+
+
 def save(state: TrainState, setup: TrainSetup) -> None:
     """A checkpoint of the current step (a collective under FSDP; only the main rank writes)."""
     payload = state.checkpoint_payload(setup.dist.is_main)
@@ -359,6 +368,8 @@ def _train(setup: TrainSetup, point: ResumePoint, on_validate: Callable[[int, fl
     state.started_at = time.time()
     window_loss, window_tokens, window_start = torch.zeros((), device=setup.device), 0, time.time()
     last_loss, val_loss, stopped_by, bad_steps = float("nan"), None, "max_steps", []
+    best = setup.run.best_record() if point.checkpoint is not None else None  # a resumed run's best so far
+    best_val = best["val_loss"] if best is not None else float("inf")
     # With a time budget the step count is not the limit: show steps and the time left instead.
     bar = Progress(total=None if tc.max_time > 0 else tc.max_steps, initial=state.step, enabled=not quiet,
                    desc="train", unit="step", file=sys.stderr)  # a bar on a terminal, lines in a log
@@ -395,7 +406,7 @@ def _train(setup: TrainSetup, point: ResumePoint, on_validate: Callable[[int, fl
 
             out_of_time, signalled = stop_decision(state, setup, stop)
             finishing = state.step == tc.max_steps or out_of_time or signalled
-            pruned = False
+            pruned = improved = False
             if state.step % tc.eval_interval == 0 or finishing:
                 val_loss = validate(state, setup)
                 logger.log({"step": state.step, "val_loss": val_loss, "elapsed_s": state.elapsed()})
@@ -403,8 +414,14 @@ def _train(setup: TrainSetup, point: ResumePoint, on_validate: Callable[[int, fl
                     bar.write(f"step {state.step}: train {last_loss:.4f}  val {val_loss:.4f} nats/token"
                               f"{' (EMA weights)' if state.ema is not None else ''}")
                 pruned = on_validate is not None and not finishing and bool(on_validate(state.step, val_loss))
-            if state.step % tc.ckpt_interval == 0 or finishing or pruned:
+                improved = tc.keep_best and improves(val_loss, best_val, setup)
+            if state.step % tc.ckpt_interval == 0 or finishing or pruned or improved:
                 save(state, setup)
+            if improved:
+                best_val = val_loss
+                if dist.is_main:  # the best before it is now only as safe as any other old checkpoint
+                    setup.run.mark_best(state.step, val_loss)
+                    setup.run.prune(tc.keep_last, setup.run.best_checkpoint())
             if pruned:
                 stopped_by = "pruned"
                 break
