@@ -139,6 +139,13 @@ def test_keep_best_keeps_the_lowest_validation_through_pruning_and_resume(
     assert RunFolder(run).best_record()["step"] == 30
     assert [c.name for c in RunFolder(run).checkpoints()] == ["step-00000030"]  # the old best pruned at last
     assert "lowest" not in stopped_message(TrainResult(run, 30, 0.0, 1.5, "max_steps", cfg))
+    # a fine-tune can start from the best checkpoint: its config and tokenizer come from the run
+    from dlm.train.data_source import base_tokenizer
+    from dlm.train.finetune import finetune_config
+
+    tuned = finetune_config(run / "best", str(corpus_file), chat=False)
+    assert tuned.preset == "finetune:run"
+    assert base_tokenizer(tuned).to_json() == RunFolder(run).read_tokenizer().to_json()
 
 
 def test_best_without_a_record_or_with_its_checkpoint_gone_is_a_one_line_error(corpus_file: Path,

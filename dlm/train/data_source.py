@@ -14,7 +14,7 @@ from dlm.data.chat_loader import ChatBatches
 from dlm.data.loader import RandomWindows
 from dlm.data.shards import PreparedCorpus, prepare_corpus
 from dlm.errors import DlmError
-from dlm.run_folder import RunFolder
+from dlm.run_folder import locate_checkpoint
 from dlm.tokenizers import Tokenizer
 
 
@@ -52,8 +52,9 @@ class TrainingData:
 
 def base_tokenizer(cfg: RunConfig) -> Tokenizer | None:
     """A fine-tune's base tokenizer, or a `transformers` backbone's own; None: build one from the corpus."""
-    if cfg.finetune.base:
-        return RunFolder(cfg.finetune.base).read_tokenizer()
+    if cfg.finetune.base:  # a run folder, RUN/best or one checkpoint folder
+        run, _ = locate_checkpoint(cfg.finetune.base)
+        return run.read_tokenizer()
     if cfg.model.backbone:
         from dlm.model.hf_backbone import backbone_path, is_causal_lm, read_backbone_config
         from dlm.tokenizers.hf import HFModelTokenizer

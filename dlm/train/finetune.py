@@ -26,7 +26,7 @@ def finetune_config(base: str | Path, data: str, chat: bool) -> RunConfig:
     """The base run's config, retargeted: its model and objective, the new data, a fine-tuning recipe."""
     run, _ = locate_checkpoint(base)
     cfg = copy.deepcopy(run.read_config())
-    cfg.preset = f"finetune:{Path(base).name}"
+    cfg.preset = f"finetune:{run.path.name}"
     cfg.finetune.base, cfg.finetune.chat, cfg.data.source = str(base), chat, data
     t = cfg.train
     # A gentle recipe: a tenth of a typical pre-training peak, short warmup, fixed step count.
