@@ -177,7 +177,8 @@ def register(sub) -> None:
                        "conversations — and only the assistant replies are noised and scored. Resumable like "
                        "dlm train (--resume, or simply run it again).", epilog=EPILOG_FINETUNE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", required=True, help="the trained run to start from (diffusion or AR twin)")
+    p.add_argument("--base", required=True, help="the trained run to start from (diffusion or AR twin; its newest "
+                   "checkpoint, or RUN/best for its lowest validation loss)")
     p.add_argument("--data", help="conversations or text: a JSONL file, a play script, a folder, hf:NAME")
     p.add_argument("--chat", action="store_true", help="chat fine-tuning: chat tokens, response-only loss")
     p.add_argument("--out", help="the new run folder (default runs/BASE-chat or runs/BASE-ft)")

@@ -422,6 +422,7 @@ def _train(setup: TrainSetup, point: ResumePoint, on_validate: Callable[[int, fl
                 if dist.is_main:  # the best before it is now only as safe as any other old checkpoint
                     setup.run.mark_best(state.step, val_loss)
                     setup.run.prune(tc.keep_last, setup.run.best_checkpoint())
+                barrier(dist)  # no rank runs ahead (and out, tearing down the group) while the main one writes
             if pruned:
                 stopped_by = "pruned"
                 break
