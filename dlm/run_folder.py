@@ -111,7 +111,7 @@ class RunFolder:
     def mark_best(self, step: int, val_loss: float) -> None:
         """Name checkpoint `step` (already saved) the best: pruning keeps it until a better one is marked."""
         atomic_write_json(self.best_path, {"step": step, "val_loss": val_loss,
-                                           "checkpoint": f"step-{step:08d}"})
+                                           "checkpoint": checkpoint_name(step)})
 
     def best_checkpoint(self) -> Path | None:
         """The checkpoint best.json names, when it is there."""
@@ -166,10 +166,10 @@ class RunFolder:
         (loaded with weights_only). A full disk raises DlmError and leaves every earlier checkpoint."""
         root = self.checkpoints_dir
         root.mkdir(parents=True, exist_ok=True)
-        final = root / f"step-{step:08d}"
+        final = root / checkpoint_name(step)
         for stale in root.glob(".tmp-*"):  # left by a killed run (the lock says no one else is writing)
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
+        tmp = root / f".tmp-{final.name}-{os.getpid()}"
         try:
             tmp.mkdir()
             for name, state in weights.items():
@@ -206,7 +206,8 @@ class RunFolder:
         if keep_last <= 0:
             return []
         intact = [c for c in self.checkpoints() if self.checkpoint_problem(c) is None]
-        doomed = [c for c in intact[:-keep_last] if c not in (just_written, self.best_checkpoint())]
+        kept = (just_written, self.best_checkpoint())
+        doomed = [c for c in intact[:-keep_last] if c not in kept]
         for ckpt in doomed:
             if ckpt.name > just_written.name:
                 print(f"dlm: deleting checkpoint {ckpt.name}, newer than the {just_written.name} just saved, "
@@ -286,6 +287,11 @@ def _remove(ckpt: Path) -> None:
     doomed = ckpt.with_name(f".tmp-delete-{ckpt.name}-{os.getpid()}")
     os.replace(ckpt, doomed)
     shutil.rmtree(doomed, ignore_errors=True)
+
+
+def checkpoint_name(step: int) -> str:
+    """The folder name of checkpoint `step` under RUN/checkpoints."""
+    return f"step-{step:08d}"
 
 
 def verify_checkpoint(ckpt: Path) -> str | None:
