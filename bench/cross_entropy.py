@@ -28,8 +28,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from machine import run_header, save_report  # noqa: E402 (bench/ is on the path when run)
+from timing import EveryRow, median_ms_in_turns
 
 from dlm.objectives.cross_entropy import token_cross_entropy
+from dlm.runtime import pin_cpu_vector_width
 
 
 def transposed(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -81,11 +83,15 @@ def time_steps(objective: str, vocab: int, dtype: torch.dtype, repeats: int) -> 
     from dlm.model.config import ModelConfig
     from dlm.model.transformer import Transformer
 
+    torch._dynamo.reset()  # each model compiles afresh (one code object would hit the recompile limit)
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=vocab, n_layer=3, n_head=4, d_model=192, block_size=256, mlp="relu2",
                       tie_weights=True, clean_causal=objective == "bd3", causal=objective == "ar")
     model = Transformer(cfg)
-    compiled = torch.compile(model)
+    pin_cpu_vector_width()
+    # every row through the head, as when these figures were taken (the objectives now skip unscored rows,
+    # bench/scored_rows.py), so both spellings read (B, T, V) logits
+    compiled = EveryRow(torch.compile(model), cfg)
     x = torch.randint(0, vocab - 8, (16, 256))
     schedule, noise = get_schedule("linear"), torch.Generator()
     mask_id, bos_id = vocab - 1, vocab - 2  # stand-ins: the speed depends on the sizes alone
@@ -106,23 +112,14 @@ def time_steps(objective: str, vocab: int, dtype: torch.dtype, repeats: int) -> 
     def patched(fn: Callable) -> None:
         block_diffusion.token_cross_entropy = autoregressive.token_cross_entropy = fn
 
-    losses = {}
+    def with_spelling(fn: Callable) -> Callable[[], float]:
+        return lambda: (patched(fn), one_pass())[1]
+
     try:
-        for name, fn in SPELLINGS.items():
-            patched(fn)
-            losses[name] = [one_pass() for _ in range(3)][-1]  # the first passes compile
-        if max(losses.values()) - min(losses.values()) > 1e-3 * max(losses.values()):
-            raise SystemExit(f"cross_entropy: the two spellings gave different losses {losses} (they must not)")
-        times: dict[str, list[float]] = {name: [] for name in SPELLINGS}
-        for _ in range(repeats):
-            for name, fn in SPELLINGS.items():
-                patched(fn)
-                started = time.perf_counter()
-                one_pass()
-                times[name].append((time.perf_counter() - started) * 1e3)
+        return median_ms_in_turns({name: with_spelling(fn) for name, fn in SPELLINGS.items()}, repeats,
+                                  "cross_entropy")
     finally:
         patched(token_cross_entropy)
-    return {name: statistics.median(ms) for name, ms in times.items()}
 
 
 def parse_rows(text: str) -> tuple[int, int]:

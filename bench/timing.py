@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,12 +11,14 @@ from pathlib import Path
 import torch
 
 from dlm.io import atomic_write_json
-from dlm.runtime import cpu_has_bf16
+from dlm.runtime import cpu_has_bf16, pin_cpu_vector_width
 
 
 def median_seconds(step: Callable[[], None], compiled: bool, repeats: int) -> float:
     """Median wall seconds of `step()` over `repeats` calls, after three untimed ones."""
     torch._dynamo.reset()  # each variant compiles afresh (one code object would hit the recompile limit)
+    if compiled:
+        pin_cpu_vector_width()
     run = torch.compile(step) if compiled else step
     for _ in range(3):  # compilation and first-call allocations
         run()
@@ -25,6 +28,35 @@ def median_seconds(step: Callable[[], None], compiled: bool, repeats: int) -> fl
         run()
         times.append(time.perf_counter() - t)
     return sorted(times)[len(times) // 2]
+
+
+def median_ms_in_turns(passes: dict[str, Callable[[], float]], repeats: int, what: str,
+                       rtol: float = 1e-3) -> dict[str, float]:
+    """Median milliseconds of each named pass, timed in turns (a slow minute of the machine falls on all alike)
+    after three untimed calls of each (compilation). Each pass returns its loss; the bench stops if they
+    differ, as variants that must give the same numbers."""
+    losses = {name: [run() for _ in range(3)][-1] for name, run in passes.items()}
+    if max(losses.values()) - min(losses.values()) > rtol * max(abs(v) for v in losses.values()):
+        raise SystemExit(f"{what}: the variants gave different losses {losses} (they must not)")
+    times: dict[str, list[float]] = {name: [] for name in passes}
+    for _ in range(repeats):
+        for name, run in passes.items():
+            started = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - started) * 1e3)
+    return {name: statistics.median(ms) for name, ms in times.items()}
+
+
+class EveryRow(torch.nn.Module):
+    """A model seen without `rows=`: the objectives then compute logits for every row (dlm.objectives.scored_rows),
+    as they did before the output head skipped the unscored ones."""
+
+    def __init__(self, model: torch.nn.Module, cfg):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.model(*args, **kwargs)
 
 
 def write_report(path: str, rows: list[dict], **settings) -> None:

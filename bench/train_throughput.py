@@ -39,7 +39,7 @@ def worker(preset: str, objective: str, dtype_name: str, compile_setting: str, s
     from dlm.model import Transformer
     from dlm.objectives import make_objective
     from dlm.presets import get_preset
-    from dlm.runtime import autocast, pick_device, pick_dtype, should_compile
+    from dlm.runtime import autocast, compile_model, pick_device, pick_dtype
     from dlm.tokenizers import CharTokenizer
     from dlm.train.optim import build_optimizer
 
@@ -65,7 +65,7 @@ def worker(preset: str, objective: str, dtype_name: str, compile_setting: str, s
                              block_size=dc.block_size, t_range=parse_t_range(dc.t_range),
                              noisy_copies=dc.noisy_copies, clean_ar_weight=dc.clean_ar_weight,
                              block_noise=dc.block_noise)
-    compiled = torch.compile(model) if should_compile(compile_setting, device) else model
+    compiled = compile_model(model, compile_setting, device)
     noise = torch.Generator().manual_seed(0)
     x = torch.randint(0, tokenizer.n_real_tokens, (batch, cfg.model.block_size), device=device)
 

@@ -87,10 +87,16 @@ class DiffusionLM(nn.Module, _mixin(), library_name="dlm", license="mit",
                            "repository id (user/name)")
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+        offline = not hub_host_resolves()
+        if offline:  # the local Hugging Face cache only, at once
+            kwargs["local_files_only"] = True
         try:
             with quiet_hub_logs():
                 return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:  # offline, no such repo, no access
+            if offline:
+                raise DlmError(f"{path} is no folder here and not in the local Hugging Face cache, and the Hub "
+                               "cannot be reached (no network); check the path, or connect and retry") from None
             raise DlmError(f"{path} is no folder here and could not be fetched from the Hub ({type(e).__name__}); "
                            "check the path, or the network and the repository id") from None
 
@@ -129,6 +135,29 @@ class DiffusionLM(nn.Module, _mixin(), library_name="dlm", license="mit",
         load_weights(module.model, ckpt, "ema.safetensors" if module.weights == "ema" else WEIGHTS)
         module.tokenizer = run.read_tokenizer()
         return module
+
+
+def hub_host_resolves() -> bool:
+    """False when the Hub's host name does not resolve, as on a machine without a network: huggingface_hub
+    would then retry each file five times over about 23 s before reading its cache. True when unsure: under
+    HF_HUB_OFFLINE (huggingface_hub answers at once itself) or a proxy (which resolves names for us)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    proxies = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(name) for name in proxies):
+        return True
+    host = urlparse(constants.ENDPOINT).hostname
+    if not host:
+        return True
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
 
 
 @contextlib.contextmanager

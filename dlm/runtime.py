@@ -66,7 +66,25 @@ def compile_model(model: torch.nn.Module, setting: str, device: torch.device) ->
     if not should_compile(setting, device):
         return model
     quiet_cuda_probe()
+    if device.type == "cpu":
+        pin_cpu_vector_width()
     return torch.compile(model)  # type: ignore[return-value]
+
+
+def pin_cpu_vector_width() -> None:
+    """Make the vector width of compiled CPU code part of the key of torch's compiled-code cache.
+
+    Inductor writes C++ for the vector width it picks (AVX-512's 16 floats, AVX2's 8; ATEN_CPU_CAPABILITY
+    chooses too) but, in torch 2.13, keys its on-disk cache without it: code written for one width and
+    read back under another either corrupts the heap (abort: "malloc(): corrupted top size") or silently
+    computes wrong numbers, as when dlm's AVX2 simulation (docs/benchmarks.md) follows a plain run.
+    Setting the width explicitly puts it in the key, whatever chose it; it is the width inductor would
+    pick anyway (tests/test_runtime.py)."""
+    import torch._inductor.config as inductor_config
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    if inductor_config.cpp.simdlen is None:
+        inductor_config.cpp.simdlen = pick_vec_isa().bit_width()  # 0: no vector code (ATEN_CPU_CAPABILITY=default)
 
 
 def quiet_cuda_probe() -> None:

@@ -293,3 +293,19 @@ def test_cross_entropy_bench_times_two_spellings_that_agree(bench) -> None:
     ms = cross_entropy.time_spellings(2, 8, 30, 16, torch.float32, repeats=1)
     assert set(ms) == set(cross_entropy.SPELLINGS) and all(v > 0 for v in ms.values())
     assert cross_entropy.parse_rows("16x512") == (16, 512)
+
+
+def test_variants_timed_in_turns_must_agree(bench) -> None:
+    """bench/timing.py's A/B (cross_entropy.py, scored_rows.py): medians of each variant, or a stop when the
+    variants' losses differ."""
+    timing = bench("timing")
+    calls: list[str] = []
+
+    def variant(name: str, loss: float):
+        return lambda: (calls.append(name), loss)[1]
+
+    ms = timing.median_ms_in_turns({"a": variant("a", 2.0), "b": variant("b", 2.0001)}, repeats=2, what="test")
+    assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
+    assert calls[-4:] == ["a", "b", "a", "b"]  # in turns
+    with pytest.raises(SystemExit, match="different losses"):
+        timing.median_ms_in_turns({"a": variant("a", 2.0), "b": variant("b", 2.1)}, repeats=1, what="test")

@@ -180,8 +180,53 @@ def test_a_hub_id_that_cannot_be_fetched(capsys: pytest.CaptureFixture, monkeypa
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     monkeypatch.setattr(huggingface_hub.hub_mixin, "hf_hub_download", offline)  # config.json comes first
+    monkeypatch.setattr("dlm.hub.hub_host_resolves", lambda: True)  # a network, but the fetch fails
     assert main(["sample", "--ckpt", "nobody/no-such-model", "--length", "8"]) == 2
     assert_one_line_error(capsys, "nobody/no-such-model", "could not be fetched from the Hub")
+
+
+def no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+    def fail(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", fail)
+
+
+def test_without_a_network_a_hub_id_is_read_from_the_cache_at_once(
+        trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the Hub's name does not resolve, huggingface_hub retried each file for ~23 s before reading its
+    cache; dlm reads the cache straight away, and says so in one line when the model is not there."""
+    import huggingface_hub.hub_mixin
+    from huggingface_hub import constants
+
+    from dlm.hub import export_run
+
+    no_dns(monkeypatch)
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    fetched = []
+    real_download = huggingface_hub.hub_mixin.hf_hub_download
+
+    def download(*args, **kwargs):
+        fetched.append(kwargs.get("local_files_only"))
+        return real_download(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub.hub_mixin, "hf_hub_download", download)
+    assert main(["sample", "--ckpt", "nobody/no-such-model", "--length", "8"]) == 2
+    assert_one_line_error(capsys, "nobody/no-such-model", "not in the local Hugging Face cache", "no network")
+    assert fetched == [True]
+    # the Hub cache's layout: refs/main names a snapshot folder holding the repository's files
+    snapshot = cache / "models--someone--shakespeare" / "snapshots" / ("0" * 40)
+    export_run(trained_run, snapshot)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    assert main(["sample", "--ckpt", "someone/shakespeare", "--length", "8", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.strip()
 
 
 def test_prompt_with_unknown_character(trained_run: Path, capsys: pytest.CaptureFixture) -> None:

@@ -81,6 +81,7 @@ def block_pattern_nll(model: torch.nn.Module, windows: torch.Tensor, special: Sp
     for batch_size ÷ patterns windows at a time."""
     from dlm.model.block_attention import check_block_size
     from dlm.objectives.block_diffusion import block_diffusion_logits
+    from dlm.objectives.scored_rows import as_rows_argument, flat_rows, spread, takes_rows
 
     model.eval()
     N, L = windows.shape
@@ -99,10 +100,16 @@ def block_pattern_nll(model: torch.nn.Module, windows: torch.Tensor, special: Sp
         for first, masked in zip(range(0, P, chunk), masks, strict=True):
             c = len(masked)
             z = x[:, None].masked_fill(masked[None], special.mask)  # (b, c, L)
+            target = x.repeat(1, c)  # (b, c·L)
+            index = flat_rows(masked[None].expand(b, c, L).reshape(b, c * L))
+            rows = as_rows_argument(index) if takes_rows(model) else None  # the head on masked rows only
             with autocast(device, dtype):
-                logits = block_diffusion_logits(model, z.reshape(b, c * L), x, block).float()  # (b, c·L, V)
+                logits = block_diffusion_logits(model, z.reshape(b, c * L), x, block, rows=rows).float()
             logits[..., special.mask] = float("-inf")
-            nll = token_cross_entropy(logits, x.repeat(1, c)).view(b, c, L)
+            if rows is None:  # (b, c·L, V)
+                nll = token_cross_entropy(logits, target).view(b, c, L)
+            else:  # (N, V)
+                nll = spread(token_cross_entropy(logits, target.flatten()[index]), index, target.shape).view(b, c, L)
             sums = (nll * masked).view(b, c, L // block, block).sum(2)  # (b, c, B)
             table[i:i + b, first:first + c] = sums.double().cpu().numpy()
             bar.update(b * c)

@@ -62,16 +62,25 @@ class BlockDiffusionLayout:
     _biases: dict = field(default_factory=dict, repr=False)
 
     def biases(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(clean → clean, noisy → clean) additive biases, (L, L): 0 where allowed, −inf elsewhere."""
+        """(clean → clean, noisy → clean) additive biases, (L, L): 0 where allowed, −inf elsewhere.
+
+        Kept per device and dtype in eager code. Compiled code builds them in its graph instead (a few
+        element-wise ops on L × L): filling the cache there made torch.compile guard on it and compile the
+        whole model a second time at the next call, ~15 s of a 10-minute CPU run."""
         key = (str(device), dtype)
+        if torch.compiler.is_compiling():
+            return self._build_biases(device, dtype)
         if key not in self._biases:
-            ids = torch.arange(self.length, device=device) // self.block
-            q, k = ids[:, None], ids[None, :]
-            blocked = torch.tensor(float("-inf"), device=device, dtype=dtype)
-            zero = torch.tensor(0.0, device=device, dtype=dtype)
-            clean = clean_visible(self.length, self.block, self.clean_causal, device)
-            self._biases[key] = (torch.where(clean, zero, blocked), torch.where(k < q, zero, blocked))
+            self._biases[key] = self._build_biases(device, dtype)
         return self._biases[key]
+
+    def _build_biases(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.arange(self.length, device=device) // self.block
+        q, k = ids[:, None], ids[None, :]
+        blocked = torch.tensor(float("-inf"), device=device, dtype=dtype)
+        zero = torch.tensor(0.0, device=device, dtype=dtype)
+        clean = clean_visible(self.length, self.block, self.clean_causal, device)
+        return torch.where(clean, zero, blocked), torch.where(k < q, zero, blocked)
 
 
 @functools.lru_cache(maxsize=64)

@@ -241,7 +241,7 @@ class Transformer(nn.Module):
     def forward(self, idx: torch.Tensor, t: torch.Tensor | None = None,
                 cache: KVCache | None = None, return_hidden: bool = False,
                 positions: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
-                queries: int | None = None) -> torch.Tensor:
+                queries: int | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
         """idx: (B, T) token ids; t: (B,) noise levels (used only with time conditioning).
 
         positions: (B, T) RoPE positions per row (default: consecutive, from the cache's write
@@ -251,7 +251,10 @@ class Transformer(nn.Module):
         training input (dlm.model.block_attention), for which only the noisy half's rows come back.
         queries: only the first `queries` rows' outputs are wanted: the last layer reads every row's key and
         value (and stores them in the cache) but computes only those rows (self-speculative decoding).
-        Returns logits (B, T, V), or the final normalised hidden states (B, T, D) with `return_hidden`.
+        rows: (N,) flat indices into the (B·T) output rows: only those go through the output head, which over
+        a BPE vocabulary is a large share of a pass; training scores masked positions only (dlm.objectives).
+        Returns logits (B, T, V), or (N, V) with `rows`; the final normalised hidden states instead with
+        `return_hidden`.
         """
         B, T = idx.shape
         start, end = cache.span(T) if cache is not None else (0, T)
@@ -286,6 +289,8 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.advance(T)
         hidden = self.norm(x)
+        if rows is not None:
+            hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
         if return_hidden:
             return hidden
         if self.fp32_logits and hidden.dtype != torch.float32:

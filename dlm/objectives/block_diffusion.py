@@ -40,17 +40,17 @@ import torch.nn as nn
 from dlm.diffusion.process import sample_t
 from dlm.diffusion.schedules import Schedule
 from dlm.model.block_attention import block_diffusion_mask, block_layout, check_block_size
+from dlm.model.wrappers import unwrapped
 from dlm.objectives.cross_entropy import token_cross_entropy
 from dlm.objectives.mdlm import T_MIN, loss_weight
 from dlm.objectives.output import LossOutput
+from dlm.objectives.scored_rows import as_rows_argument, flat_rows, spread, takes_rows
 
 
 def reads_clean_causally(model: nn.Module) -> bool:
     """Whether the model reads finished blocks token-causally (ModelConfig.clean_causal), looking through
     the wrappers training puts around it (torch.compile's, DDP's): they do not pass `cfg` on."""
-    while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch._dynamo.eval_frame.OptimizedModule)):
-        model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model._orig_mod
-    return bool(getattr(getattr(model, "cfg", None), "clean_causal", False))
+    return bool(getattr(getattr(unwrapped(model), "cfg", None), "clean_causal", False))
 
 
 def sample_block_t(batch: int, n_blocks: int, device: torch.device | str = "cpu",
@@ -64,10 +64,12 @@ def sample_block_t(batch: int, n_blocks: int, device: torch.device | str = "cpu"
 
 
 def block_diffusion_logits(model: nn.Module, z: torch.Tensor, x: torch.Tensor, block: int,
-                           dense: bool = False, clean_rows: bool = False) -> torch.Tensor:
+                           dense: bool = False, clean_rows: bool = False,
+                           rows: torch.Tensor | None = None) -> torch.Tensor:
     """(B, kL, V) logits of the noisy copies z = [z_1 … z_k] (B, kL) given the clean copy x (B, L), in one
     forward pass; (B, (k+1)L, V) with `clean_rows`, the clean copy's own rows last. `dense`: through the
-    dense mask of `block_diffusion_mask` (the reference the tests compare with)."""
+    dense mask of `block_diffusion_mask` (the reference the tests compare with). `rows` (dlm's Transformer,
+    not dense): (N,) flat indices into those B·kL or B·(k+1)L rows; only their logits, (N, V), come back."""
     B, L = x.shape
     copies = z.shape[1] // L
     positions = torch.arange(L, device=x.device).repeat(copies + 1)[None]  # every copy at 0..L−1
@@ -76,6 +78,9 @@ def block_diffusion_logits(model: nn.Module, z: torch.Tensor, x: torch.Tensor, b
         mask = block_diffusion_mask(L, block, x.device, copies, clean_causal)
     else:
         mask = block_layout(L, block, copies, clean_causal, clean_rows)  # part by part, same softmax
+    if rows is not None:
+        assert not dense, "rows index the part-by-part layout's output"
+        return model(torch.cat((z, x), dim=1), positions=positions, attn_mask=mask, rows=rows)
     logits = model(torch.cat((z, x), dim=1), positions=positions, attn_mask=mask)
     return logits if clean_rows else logits[:, :copies * L]
 
@@ -85,10 +90,16 @@ def _token_nll(model: nn.Module, x: torch.Tensor, masked: torch.Tensor, mask_id:
     """(B, kL) −log p_θ(x | z) at every position of k noisy copies, z = x repeated k times with `masked`
     (B, kL) positions [MASK]ed (SUBS); with `clean_rows` also (B, L − 1) −log p_θ(x_{i+1} | x_≤i), the
     clean copy read as a next-token model (a clean_causal model's), else None. `clean`: the clean
-    copy's inputs when they differ from x (training's `clean_input_mask`); the targets stay x."""
+    copy's inputs when they differ from x (training's `clean_input_mask`); the targets stay x. Unmasked
+    noisy positions, which every caller multiplies by 0, may come back as 0: the output head then skips
+    their rows (dlm.objectives.scored_rows)."""
     kL = masked.shape[1]
     target = x.repeat(1, kL // x.shape[1])
     z = torch.where(masked, torch.full_like(target, mask_id), target)
+    if takes_rows(model):
+        scored = _scored_rows_nll(model, x, z, target, masked, mask_id, block, clean_rows, clean)
+        if scored is not None:
+            return scored
     logits = block_diffusion_logits(model, z, x if clean is None else clean, block, clean_rows=clean_rows).float()
     noisy = logits[:, :kL]
     noisy[..., mask_id] = float("-inf")
@@ -96,6 +107,33 @@ def _token_nll(model: nn.Module, x: torch.Tensor, masked: torch.Tensor, mask_id:
     if not clean_rows:
         return nll, None
     return nll, token_cross_entropy(logits[:, kL:-1], x[:, 1:])
+
+
+def _scored_rows_nll(model: nn.Module, x: torch.Tensor, z: torch.Tensor, target: torch.Tensor,
+                     masked: torch.Tensor, mask_id: int, block: int, clean_rows: bool,
+                     clean: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """_token_nll through the head on the masked noisy rows (and the clean rows 0 … L − 2 with `clean_rows`)
+    only; None when fewer than two rows are masked (then every row is computed)."""
+    B, L = x.shape
+    kL = masked.shape[1]
+    width = kL + L if clean_rows else kL  # rows of the model's output per sequence
+    noisy = flat_rows(masked)  # into (B, kL)
+    index = noisy + (noisy // kL) * (width - kL)  # the same rows, into (B, width)
+    if clean_rows:
+        next_rows = (torch.arange(B, device=x.device)[:, None] * width + kL
+                     + torch.arange(L - 1, device=x.device)).flatten()
+        index = torch.cat((index, next_rows))
+    rows = as_rows_argument(index)
+    if rows is None:
+        return None
+    logits = block_diffusion_logits(model, z, x if clean is None else clean, block, clean_rows=clean_rows,
+                                    rows=rows).float()  # (N, V): the masked noisy rows, then the clean ones
+    n = noisy.numel()
+    logits[:n, mask_id] = float("-inf")
+    nll = spread(token_cross_entropy(logits[:n], target.flatten()[noisy]), noisy, masked.shape)
+    if not clean_rows:
+        return nll, None
+    return nll, token_cross_entropy(logits[n:], x[:, 1:].flatten()).view(B, L - 1)
 
 
 def _hidden_clean(model: nn.Module, x: torch.Tensor, mask_id: int, share: float,

@@ -41,6 +41,7 @@ from dlm.diffusion.process import corrupt_tokens, mask_tokens, sample_prompt, sa
 from dlm.diffusion.schedules import Schedule
 from dlm.objectives.cross_entropy import token_cross_entropy
 from dlm.objectives.output import LossOutput
+from dlm.objectives.scored_rows import as_rows_argument, flat_rows, spread, takes_rows
 
 # Noise levels below T_MIN are raised to it (the weight −α'/(1−α) explodes as t → 0 while almost
 # nothing is masked). This replaces the integrand on [0, T_MIN) by its value at T_MIN; as the
@@ -62,8 +63,15 @@ def token_nll(model: nn.Module, x: torch.Tensor, z: torch.Tensor, t: torch.Tenso
 
 def masked_nll(model: nn.Module, x: torch.Tensor, z: torch.Tensor, masked: torch.Tensor,
                t: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """(B, T) −log p_θ(x | z_t) at masked positions, 0 elsewhere (SUBS: the [MASK] logit is −inf)."""
-    return token_nll(model, x, z, t, mask_id) * masked
+    """(B, T) −log p_θ(x | z_t) at masked positions, 0 elsewhere (SUBS: the [MASK] logit is −inf); the
+    output head computes the masked rows only where the model allows it (dlm.objectives.scored_rows)."""
+    index = flat_rows(masked)
+    rows = as_rows_argument(index) if takes_rows(model) else None
+    if rows is None:
+        return token_nll(model, x, z, t, mask_id) * masked
+    logits = model(z, t=t, rows=rows).float()  # (N, V)
+    logits[:, mask_id] = float("-inf")
+    return spread(token_cross_entropy(logits, x.flatten()[index]), index, x.shape)
 
 
 def loss_weight(schedule: Schedule, t: torch.Tensor, weighting: str = "elbo", cap: float | None = None) -> torch.Tensor:
@@ -109,7 +117,8 @@ def mdlm_loss(model: nn.Module, x: torch.Tensor, schedule: Schedule, mask_id: in
         assert real_ids is not None, "edit corruption draws from real_ids; pass them"
         z, _ = corrupt_tokens(z, masked, edit_prob, real_ids, generator, keep=prompt)
     weight = loss_weight(schedule, t, weighting, weight_cap)  # (B,)
-    nll = token_nll(model, x, z, t, mask_id)  # (B, L)
+    # (B, L); the edit term reads every position, the bound the masked ones only
+    nll = token_nll(model, x, z, t, mask_id) if edit_prob > 0 else masked_nll(model, x, z, masked, t, mask_id)
     scored = masked if token_weight is None else masked * token_weight  # (B, L)
     per_seq = ((nll * scored).sum(1) * weight) / L
     if edit_prob > 0:  # keep-or-fix term at every visible, non-prompt position
