@@ -28,17 +28,11 @@ def one_variant(variant: str, vocab: int, dtype: str, passes: int) -> dict:
     import time
 
     import torch
+    from timing import recipe_model, recipe_pass
 
-    from dlm.diffusion.schedules import get_schedule
-    from dlm.model.config import ModelConfig
-    from dlm.model.transformer import Transformer
-    from dlm.objectives.block_diffusion import bd3_loss
     from dlm.runtime import pin_cpu_vector_width
 
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=vocab, n_layer=3, n_head=4, d_model=192, block_size=256, tie_weights=True,
-                      clean_causal=True)
-    model = Transformer(cfg)
+    model = recipe_model(vocab, "bd3")
     pin_cpu_vector_width()
     if variant == "regional":
         for block in model.blocks:
@@ -47,16 +41,11 @@ def one_variant(variant: str, vocab: int, dtype: str, passes: int) -> dict:
     else:
         net = torch.compile(model)
     x = torch.randint(0, vocab - 8, (16, 256))
-    noise, schedule = torch.Generator(), get_schedule("linear")
+    noise, precision = torch.Generator(), torch.bfloat16 if dtype == "bf16" else torch.float32
     seconds = []
     for _ in range(passes):
         started = time.perf_counter()
-        noise.manual_seed(0)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            out = bd3_loss(net, x, schedule, vocab - 1, 4, generator=noise, clean_ar_weight=1.0,
-                           clean_input_mask=0.15, count_masking=True)
-        (out.nll_sum / out.n_tokens).backward()
-        model.zero_grad(set_to_none=True)
+        recipe_pass(net, model, x, "bd3", precision, noise)
         seconds.append(time.perf_counter() - started)
     rest = sorted(seconds[3:])
     return {"variant": variant, "vocab": vocab, "seconds": seconds, "steady_s": rest[len(rest) // 2]}

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from machine import run_header, save_report  # noqa: E402 (bench/ is on the path when run)
-from timing import EveryRow, median_ms_in_turns
+from timing import EveryRow, median_ms_in_turns, recipe_model, recipe_pass
 
 from dlm.objectives.cross_entropy import token_cross_entropy
 from dlm.runtime import pin_cpu_vector_width
@@ -79,35 +79,18 @@ def time_steps(objective: str, vocab: int, dtype: torch.dtype, repeats: int) -> 
     `objective` with each spelling patched into dlm's objectives, in turns."""
     import dlm.objectives.autoregressive as autoregressive
     import dlm.objectives.block_diffusion as block_diffusion
-    from dlm.diffusion.schedules import get_schedule
-    from dlm.model.config import ModelConfig
-    from dlm.model.transformer import Transformer
 
     torch._dynamo.reset()  # each model compiles afresh (one code object would hit the recompile limit)
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=vocab, n_layer=3, n_head=4, d_model=192, block_size=256, mlp="relu2",
-                      tie_weights=True, clean_causal=objective == "bd3", causal=objective == "ar")
-    model = Transformer(cfg)
+    model = recipe_model(vocab, objective)
     pin_cpu_vector_width()
     # every row through the head, as when these figures were taken (the objectives now skip unscored rows,
     # bench/scored_rows.py), so both spellings read (B, T, V) logits
-    compiled = EveryRow(torch.compile(model), cfg)
+    compiled = EveryRow(torch.compile(model), model.cfg)
     x = torch.randint(0, vocab - 8, (16, 256))
-    schedule, noise = get_schedule("linear"), torch.Generator()
-    mask_id, bos_id = vocab - 1, vocab - 2  # stand-ins: the speed depends on the sizes alone
+    noise = torch.Generator()
 
     def one_pass() -> float:
-        noise.manual_seed(0)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            if objective == "bd3":  # the README's recipe: count noise, a next-token clean copy, its input mask
-                out = block_diffusion.bd3_loss(compiled, x, schedule, mask_id, 4, generator=noise, clean_ar_weight=1.0,
-                                               clean_input_mask=0.15, count_masking=True)
-            else:
-                out = autoregressive.ar_loss(compiled, x, bos_id, input_mask=0.15, mask_id=mask_id, generator=noise)
-        loss = out.nll_sum / out.n_tokens
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return recipe_pass(compiled, model, x, objective, dtype, noise)
 
     def patched(fn: Callable) -> None:
         block_diffusion.token_cross_entropy = autoregressive.token_cross_entropy = fn

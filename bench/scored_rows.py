@@ -17,7 +17,7 @@ import argparse
 
 import torch
 from machine import run_header, save_report  # noqa: E402 (bench/ is on the path when run)
-from timing import EveryRow, median_ms_in_turns
+from timing import EveryRow, median_ms_in_turns, recipe_model, recipe_pass
 
 from dlm.runtime import pin_cpu_vector_width
 
@@ -26,37 +26,14 @@ OBJECTIVES = ("bd3", "mdlm")
 
 def time_pass(objective: str, vocab: int, dtype: torch.dtype, batch: int, repeats: int) -> dict[str, float]:
     """Median milliseconds of a training pass with every row and with the scored rows through the head."""
-    from dlm.diffusion.schedules import get_schedule
-    from dlm.model.config import ModelConfig
-    from dlm.model.transformer import Transformer
-    from dlm.objectives.block_diffusion import bd3_loss
-    from dlm.objectives.mdlm import mdlm_loss
-
     torch._dynamo.reset()  # each model compiles afresh (one code object would hit the recompile limit)
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=vocab, n_layer=3, n_head=4, d_model=192, block_size=256, mlp="relu2",
-                      tie_weights=True, clean_causal=objective == "bd3")
-    model = Transformer(cfg)
+    model = recipe_model(vocab, objective)
     pin_cpu_vector_width()
     compiled = torch.compile(model)
     x = torch.randint(0, vocab - 8, (batch, 256))
-    schedule, noise, mask_id = get_schedule("linear"), torch.Generator(), vocab - 1
-
-    def one_pass(net: torch.nn.Module) -> float:
-        noise.manual_seed(0)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            if objective == "bd3":  # the README's recipe: count noise, a next-token clean copy, its input mask
-                out = bd3_loss(net, x, schedule, mask_id, 4, generator=noise, clean_ar_weight=1.0,
-                               clean_input_mask=0.15, count_masking=True)
-            else:
-                out = mdlm_loss(net, x, schedule, mask_id, generator=noise, weighting="clipped")
-        loss = out.nll_sum / out.n_tokens
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        return float(loss.detach())
-
-    every_row = EveryRow(compiled, cfg)
-    return median_ms_in_turns({"every row": lambda: one_pass(every_row), "scored rows": lambda: one_pass(compiled)},
+    noise, every_row = torch.Generator(), EveryRow(compiled, model.cfg)
+    return median_ms_in_turns({"every row": lambda: recipe_pass(every_row, model, x, objective, dtype, noise),
+                               "scored rows": lambda: recipe_pass(compiled, model, x, objective, dtype, noise)},
                               repeats, "scored_rows")
 
 

@@ -47,6 +47,43 @@ def median_ms_in_turns(passes: dict[str, Callable[[], float]], repeats: int, wha
     return {name: statistics.median(ms) for name, ms in times.items()}
 
 
+def recipe_model(vocab: int, objective: str) -> torch.nn.Module:
+    """The README's 3 × 192 model (tied embeddings) for `objective` (bd3, mdlm or ar), seeded, uncompiled."""
+    from dlm.model.config import ModelConfig
+    from dlm.model.transformer import Transformer
+
+    torch.manual_seed(0)
+    return Transformer(ModelConfig(vocab_size=vocab, n_layer=3, n_head=4, d_model=192, block_size=256, mlp="relu2",
+                                   tie_weights=True, clean_causal=objective == "bd3", causal=objective == "ar"))
+
+
+def recipe_pass(net: torch.nn.Module, model: torch.nn.Module, x: torch.Tensor, objective: str, dtype: torch.dtype,
+                noise: torch.Generator) -> float:
+    """One training pass (forward and backward, no optimizer) of `net` (the model, compiled or wrapped) under the
+    README's recipe for `objective`, with the same noise every call; returns the loss. The last token ids stand in
+    for [MASK] and [BOS]: the speed depends on the sizes alone."""
+    from dlm.diffusion.schedules import Linear
+    from dlm.objectives.autoregressive import ar_loss
+    from dlm.objectives.block_diffusion import bd3_loss
+    from dlm.objectives.mdlm import mdlm_loss
+
+    vocab = model.cfg.vocab_size
+    mask_id, bos_id = vocab - 1, vocab - 2
+    noise.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        if objective == "bd3":  # count noise, a next-token clean copy, its input mask
+            out = bd3_loss(net, x, Linear(), mask_id, 4, generator=noise, clean_ar_weight=1.0, clean_input_mask=0.15,
+                           count_masking=True)
+        elif objective == "mdlm":
+            out = mdlm_loss(net, x, Linear(), mask_id, generator=noise, weighting="clipped")
+        else:
+            out = ar_loss(net, x, bos_id, input_mask=0.15, mask_id=mask_id, generator=noise)
+    loss = out.nll_sum / out.n_tokens
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
 class EveryRow(torch.nn.Module):
     """A model seen without `rows=`: the objectives then compute logits for every row (dlm.objectives.scored_rows),
     as they did before the output head skipped the unscored ones."""

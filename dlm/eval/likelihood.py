@@ -84,6 +84,7 @@ def block_pattern_nll(model: torch.nn.Module, windows: torch.Tensor, special: Sp
     from dlm.objectives.scored_rows import as_rows_argument, flat_rows, spread, takes_rows
 
     model.eval()
+    head_on_masked_rows = takes_rows(model)
     N, L = windows.shape
     check_block_size(L, block)
     patterns = mask_patterns(block) if patterns is None else patterns
@@ -101,8 +102,10 @@ def block_pattern_nll(model: torch.nn.Module, windows: torch.Tensor, special: Sp
             c = len(masked)
             z = x[:, None].masked_fill(masked[None], special.mask)  # (b, c, L)
             target = x.repeat(1, c)  # (b, c·L)
-            index = flat_rows(masked[None].expand(b, c, L).reshape(b, c * L))
-            rows = as_rows_argument(index) if takes_rows(model) else None  # the head on masked rows only
+            rows = None
+            if head_on_masked_rows:  # the head on the masked rows only
+                index = flat_rows(masked[None].expand(b, c, L).reshape(b, c * L))
+                rows = as_rows_argument(index)
             with autocast(device, dtype):
                 logits = block_diffusion_logits(model, z.reshape(b, c * L), x, block, rows=rows).float()
             logits[..., special.mask] = float("-inf")

@@ -65,8 +65,8 @@ def masked_nll(model: nn.Module, x: torch.Tensor, z: torch.Tensor, masked: torch
                t: torch.Tensor, mask_id: int) -> torch.Tensor:
     """(B, T) −log p_θ(x | z_t) at masked positions, 0 elsewhere (SUBS: the [MASK] logit is −inf); the
     output head computes the masked rows only where the model allows it (dlm.objectives.scored_rows)."""
-    index = flat_rows(masked)
-    rows = as_rows_argument(index) if takes_rows(model) else None
+    index = flat_rows(masked) if takes_rows(model) else None
+    rows = None if index is None else as_rows_argument(index)
     if rows is None:
         return token_nll(model, x, z, t, mask_id) * masked
     logits = model(z, t=t, rows=rows).float()  # (N, V)

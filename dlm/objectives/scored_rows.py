@@ -22,7 +22,8 @@ def takes_rows(model: nn.Module) -> bool:
 
 
 def flat_rows(selected: torch.Tensor) -> torch.Tensor:
-    """(N,) flat indices of the True entries of `selected`, in row-major order."""
+    """(N,) flat indices of the True entries of `selected`, in row-major order (on a GPU, a wait for the device:
+    N sizes the result; one per loss, small beside the head's products it saves)."""
     return selected.flatten().nonzero().squeeze(1)
 
 
