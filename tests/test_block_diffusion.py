@@ -373,6 +373,28 @@ def test_the_partwise_attention_equals_the_dense_mask(block: int) -> None:
     assert torch.allclose(fast, dense, atol=1e-5)
 
 
+@pytest.mark.parametrize("block,clean_causal", [(1, True), (4, True), (4, False), (16, False), (64, True)])
+def test_attention_split_in_row_bands_equals_the_dense_mask_with_its_gradients(block: int, clean_causal: bool) -> None:
+    """Windows of 128 split the two L × L parts in two bands of rows (row_bands); the noisy and the clean rows'
+    logits and every gradient match the dense mask's."""
+    from dlm.model.block_attention import row_bands
+
+    L = 128
+    assert row_bands(L, block, 1) == 2
+    net, x = model(L=L, clean_causal=clean_causal), data(B=2, L=L)
+    z = x.masked_fill(torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) < 0.5, MASK)
+    target = torch.randint(0, V, (2, 2 * L), generator=torch.Generator().manual_seed(3))
+    results = []
+    for dense in (False, True):
+        net.zero_grad()
+        logits = block_diffusion_logits(net, z, x, block, dense=dense, clean_rows=True)
+        torch.nn.functional.cross_entropy(logits.transpose(1, 2), target).backward()
+        results.append((logits.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}))
+    (banded, banded_grads), (dense_logits, dense_grads) = results
+    assert torch.allclose(banded, dense_logits, atol=1e-5)
+    assert all(torch.allclose(banded_grads[n], dense_grads[n], atol=1e-5) for n in dense_grads)
+
+
 def test_a_block_model_writes_past_its_context_and_exports(tmp_path: Path, corpus_file: Path) -> None:
     cfg = tiny()
     cfg.data.source = str(corpus_file)

@@ -3,9 +3,12 @@
 The mask (`block_diffusion_mask`, the dense reference) has three non-empty parts: clean → clean (block-causal,
 L × L), noisy → clean (earlier blocks only, L × L) and noisy → noisy (each block with itself: L/B
 blocks of B × B). Computing only those parts takes about half the work and memory of a dense
-(2L)² attention with three quarters of it masked (bench/block_diffusion_attention.py), and the
-result is the same softmax: a noisy query's weights are normalised over its clean and its own-block
-keys together.
+(2L)² attention with three quarters of it masked, and the result is the same softmax: a noisy query's
+weights are normalised over its clean and its own-block keys together.
+
+Both L × L parts are lower-triangular by blocks, so their queries are also split in `row_bands` bands:
+the band of rows [iL/T, (i+1)L/T) can only see clean keys before (i+1)L/T, and skips the rest. With
+T = 2 the two parts cost 3/4 of their square (bench/attention.py --block-diffusion).
 """
 
 from __future__ import annotations
@@ -91,34 +94,58 @@ def block_layout(length: int, block: int, copies: int = 1, clean_causal: bool = 
     return BlockDiffusionLayout(length, block, copies, clean_causal, clean_rows)
 
 
+def row_bands(length: int, block: int, copies: int) -> int:
+    """How many bands of query rows the two L × L parts are split into: 2 where each band is whole blocks
+    and long enough for its matmuls to stay efficient, else 1. One noisy copy only (copies share rows)."""
+    half = length // 2
+    return 2 if copies == 1 and length % 2 == 0 and half % block == 0 and half >= 64 else 1
+
+
 def block_diffusion_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockDiffusionLayout,
-                              dropout: float = 0.0) -> torch.Tensor:
+                              dropout: float = 0.0, bands: int | None = None) -> torch.Tensor:
     """q: (B, H, (k+1)L, Hd), rows [noisy z_1 … z_k | clean x], or (B, H, kL, Hd), the noisy rows alone
-    (the last layer, whose clean outputs nothing reads); k, v: (B, H, (k+1)L, Hd). Returns one row per query."""
-    B, H, _, Hd = q.shape
-    L, Bk, C = layout.length, layout.block, layout.copies
-    n = L // Bk
-    scale = Hd ** -0.5
+    (the last layer, whose clean outputs nothing reads); k, v: (B, H, (k+1)L, Hd). Returns one row per query.
+    `bands`: bands of query rows (default `row_bands`'; each a whole number of blocks, one noisy copy)."""
+    L, C = layout.length, layout.copies
     qn, qc = q[:, :, :C * L], q[:, :, C * L:]  # the C noisy copies stacked along the rows: 4-D matmuls only
     kn, kc = k[:, :, :C * L], k[:, :, C * L:]
     vn, vc = v[:, :, :C * L], v[:, :, C * L:]
     clean_bias, past_bias = layout.biases(q.device, q.dtype)
     if C > 1:
         past_bias = past_bias.repeat(C, 1)  # (CL, L): every copy's rows see the same clean blocks
+    bands = bands or row_bands(L, layout.block, C)
+    band = L // bands
+    if bands > 1 and (C > 1 or band * bands != L or band % layout.block):
+        raise ValueError(f"{bands} bands of rows need one noisy copy and bands of whole blocks of {layout.block}")
+    noisy, clean = [], []
+    for i in range(bands):  # rows of band i see clean keys before `seen` only
+        rows = slice(i * band, (i + 1) * band) if bands > 1 else slice(None)  # one band: every copy's rows
+        seen = (i + 1) * band
+        kc_seen, vc_seen = kc[:, :, :seen], vc[:, :, :seen]
+        noisy.append(_noisy_rows(qn[:, :, rows], kn[:, :, rows], vn[:, :, rows], kc_seen, vc_seen,
+                                 past_bias[rows, :seen], layout.block, dropout))
+        if qc.shape[2]:
+            clean.append(_clean_rows(qc[:, :, rows], kc_seen, vc_seen, clean_bias[rows, :seen], dropout))
+    return torch.cat(noisy + clean, dim=2) if len(noisy) + len(clean) > 1 else noisy[0]
 
-    # noisy → [clean blocks before its own | its own noisy block], one softmax over both
-    to_past = (qn @ kc.transpose(-1, -2)) * scale + past_bias  # (B, H, CL, L)
-    qb, kb, vb = (t.reshape(B, H, C * n, Bk, Hd) for t in (qn, kn, vn))
-    to_own = ((qb @ kb.transpose(-1, -2)) * scale).reshape(B, H, C * L, Bk)  # (B, H, CL, Bk)
+
+def _noisy_rows(qn: torch.Tensor, kn: torch.Tensor, vn: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
+                past_bias: torch.Tensor, block: int, dropout: float) -> torch.Tensor:
+    """Noisy rows → [clean blocks before their own | their own noisy block], one softmax over both."""
+    B, H, R, Hd = qn.shape
+    n, scale, seen = R // block, Hd ** -0.5, kc.shape[2]
+    to_past = (qn @ kc.transpose(-1, -2)) * scale + past_bias  # (B, H, R, seen)
+    qb, kb, vb = (t.reshape(B, H, n, block, Hd) for t in (qn, kn, vn))
+    to_own = ((qb @ kb.transpose(-1, -2)) * scale).reshape(B, H, R, block)  # (B, H, R, block)
     weights = torch.cat((to_past, to_own), dim=-1).softmax(-1)
     if dropout:
         weights = F.dropout(weights, dropout)
-    own = weights[..., L:].reshape(B, H, C * n, Bk, Bk) @ vb  # (B, H, Cn, Bk, Hd)
-    noisy_out = weights[..., :L] @ vc + own.reshape(B, H, C * L, Hd)
-    if qc.shape[2] == 0:
-        return noisy_out
+    own = weights[..., seen:].reshape(B, H, n, block, block) @ vb  # (B, H, n, block, Hd)
+    return weights[..., :seen] @ vc + own.reshape(B, H, R, Hd)
 
-    # clean → clean, block-causal
-    weights = ((qc @ kc.transpose(-1, -2)) * scale + clean_bias).softmax(-1)
-    clean_out = (F.dropout(weights, dropout) if dropout else weights) @ vc
-    return torch.cat((noisy_out, clean_out), dim=2)
+
+def _clean_rows(qc: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, clean_bias: torch.Tensor,
+                dropout: float) -> torch.Tensor:
+    """Clean rows → the clean keys they may see (block-causal or token-causal, by the bias)."""
+    weights = ((qc @ kc.transpose(-1, -2)) * qc.shape[-1] ** -0.5 + clean_bias).softmax(-1)
+    return (F.dropout(weights, dropout) if dropout else weights) @ vc
