@@ -2,11 +2,13 @@
 
 A fresh model is compiled and its training passes (forward and backward of the README's block-diffusion recipe, 3 ×
 192, 16 windows of 256 tokens, no optimizer) are timed one by one: the first holds the compile, a later one that is
-as slow holds a second compile, the median of the rest is the steady pass. `--regional` compiles each transformer
-block instead of the whole model (the blocks share one compiled graph: a shorter compile, maybe a slower pass).
-Each variant runs in its own process with its own empty cache folder.
+as slow holds a second compile, the median of the rest is the steady pass. `regional` compiles each transformer
+block instead of the whole model (the blocks share one compiled graph: a shorter compile, maybe a slower pass);
+`eager` does not compile. Each variant runs in its own process with its own empty cache folder and its own empty
+temporary folder (inductor keeps its precompiled C++ headers there, outside the cache folder: a user's first run
+builds them too).
 
-    python bench/cold_start.py --vocab 2048 --dtype fp32 --variants whole regional
+    python bench/cold_start.py --vocab 2048 --dtype fp32 --variants whole regional eager
 
 Prints seconds and writes JSON (default bench/results/cold_start.json).
 """
@@ -38,6 +40,8 @@ def one_variant(variant: str, vocab: int, dtype: str, passes: int) -> dict:
         for block in model.blocks:
             block.compile()
         net = model
+    elif variant == "eager":
+        net = model
     else:
         net = torch.compile(model)
     x = torch.randint(0, vocab - 8, (16, 256))
@@ -55,7 +59,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vocab", type=int, default=2048, help="70: characters; 2048: the BPE recipe")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    parser.add_argument("--variants", nargs="+", choices=("whole", "regional"), default=["whole"])
+    parser.add_argument("--variants", nargs="+", choices=("whole", "regional", "eager"), default=["whole"])
     parser.add_argument("--passes", type=int, default=12, help="passes timed (at least 5)")
     parser.add_argument("--json", default="bench/results/cold_start.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -70,7 +74,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as cache:
             out = subprocess.run([sys.executable, __file__, "--child", variant, "--vocab", str(args.vocab),
                                   "--dtype", args.dtype, "--passes", str(args.passes)],
-                                 env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}, capture_output=True, text=True)
+                                 env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": os.path.join(cache, "inductor"),
+                                      "TMPDIR": cache}, capture_output=True, text=True)
         if out.returncode:
             raise SystemExit(f"cold_start: the {variant} run failed:\n{out.stderr[-2000:]}")
         row = json.loads(out.stdout.strip().splitlines()[-1])

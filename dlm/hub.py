@@ -30,7 +30,7 @@ from dlm.config import RunConfig
 from dlm.errors import DlmError
 from dlm.io import atomic_write_json, atomic_write_text
 from dlm.model.hf_backbone import build_model
-from dlm.run_folder import MANIFEST, clone_state, load_weights, locate_checkpoint
+from dlm.run_folder import MANIFEST, clone_state, load_weights, locate_checkpoint, names_best_of_run
 from dlm.tokenizers import Tokenizer, load_tokenizer
 
 WEIGHTS = "model.safetensors"
@@ -74,7 +74,8 @@ class DiffusionLM(nn.Module, _mixin(), library_name="dlm", license="mit",
         """An export folder or Hub repo id (the mixin's way), or a training run folder / one checkpoint
         folder read directly. `weights` is for runs: 'auto' (EMA when kept), 'ema' or 'raw'."""
         path = Path(pretrained_model_name_or_path)
-        if path.is_dir() and ((path / "checkpoints").is_dir() or (path / MANIFEST).is_file()):
+        is_run = path.is_dir() and ((path / "checkpoints").is_dir() or (path / MANIFEST).is_file())
+        if is_run or names_best_of_run(path):
             return cls._from_run(path, weights)
         is_export = path.is_dir() and (path / WEIGHTS).is_file() and (path / "config.json").is_file()
         if path.exists() and not is_export:

@@ -343,11 +343,18 @@ def weights_readable(ckpt: Path, name: str = "model.safetensors") -> str | None:
     return None
 
 
+def names_best_of_run(path: str | Path) -> bool:
+    """RUN/best: a run folder's best checkpoint (RUN/best.json), though no folder of that name exists. From the
+    run's parent, `run/best` reads like a Hub id (user/name); it is the local run's."""
+    path = Path(path)
+    return not path.exists() and path.name == "best" and RunFolder(path.parent).has_config()
+
+
 def locate_checkpoint(path: str | Path) -> tuple[RunFolder, Path]:
     """(run, checkpoint folder) for a run folder (its newest intact checkpoint), RUN/best (the checkpoint of
     its lowest validation loss) or a checkpoint folder."""
     path = Path(path)
-    if not path.exists() and path.name == "best" and RunFolder(path.parent).has_config():
+    if names_best_of_run(path):
         return locate_best(RunFolder(path.parent))
     if not path.exists():
         raise DlmError(f"checkpoint {path} not found; pass the --out folder of a training run")

@@ -148,6 +148,24 @@ def test_keep_best_keeps_the_lowest_validation_through_pruning_and_resume(
     assert base_tokenizer(tuned).to_json() == RunFolder(run).read_tokenizer().to_json()
 
 
+def test_run_slash_best_from_the_runs_parent_is_the_local_run_not_a_hub_id(
+        corpus_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--ckpt run/best` typed in the folder that holds `run` has the shape of a Hub id (user/name); it is read
+    as the local run's best checkpoint, by dlm.load, DiffusionLM.from_pretrained and the CLI, with no Hub call."""
+    import dlm.hub
+    from dlm.cli import main
+    from dlm.hub import DiffusionLM
+
+    run = tmp_path / "run"
+    train(tiny_config(corpus_file, 10, eval_interval=5, ckpt_interval=5), run, quiet=True)
+    best = RunFolder(run).best_record()["checkpoint"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(dlm.hub, "hub_host_resolves", lambda: pytest.fail("run/best was taken for a Hub id"))
+    assert dlm.load("run/best").checkpoint.name == best
+    assert isinstance(DiffusionLM.from_pretrained("run/best"), DiffusionLM)
+    assert main(["sample", "--ckpt", "run/best", "--length", "8", "--steps", "4"]) in (0, None)
+
+
 def test_best_without_a_record_or_with_its_checkpoint_gone_is_a_one_line_error(corpus_file: Path,
                                                                                tmp_path: Path) -> None:
     run = tmp_path / "run"

@@ -105,7 +105,8 @@ def block_diffusion_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               dropout: float = 0.0, bands: int | None = None) -> torch.Tensor:
     """q: (B, H, (k+1)L, Hd), rows [noisy z_1 … z_k | clean x], or (B, H, kL, Hd), the noisy rows alone
     (the last layer, whose clean outputs nothing reads); k, v: (B, H, (k+1)L, Hd). Returns one row per query.
-    `bands`: bands of query rows (default `row_bands`'; each a whole number of blocks, one noisy copy)."""
+    `bands`: how many bands of query rows (default: what `row_bands` picks; more than one needs bands of whole
+    blocks and one noisy copy)."""
     L, C = layout.length, layout.copies
     qn, qc = q[:, :, :C * L], q[:, :, C * L:]  # the C noisy copies stacked along the rows: 4-D matmuls only
     kn, kc = k[:, :, :C * L], k[:, :, C * L:]
