@@ -30,7 +30,7 @@ from dlm.config import RunConfig
 from dlm.errors import DlmError
 from dlm.io import atomic_write_json, atomic_write_text
 from dlm.model.hf_backbone import build_model
-from dlm.run_folder import MANIFEST, clone_state, load_weights, locate_checkpoint, names_best_of_run
+from dlm.run_folder import MANIFEST, clone_state, is_hub_repo_id, load_weights, locate_checkpoint, names_best_of_run
 from dlm.tokenizers import Tokenizer, load_tokenizer
 
 WEIGHTS = "model.safetensors"
@@ -82,8 +82,7 @@ class DiffusionLM(nn.Module, _mixin(), library_name="dlm", license="mit",
             raise DlmError(f"{path} is neither a training run (config.json, checkpoints/) nor an export "
                            f"(config.json, {WEIGHTS}); pass a run's --out folder, or export one with "
                            "dlm export RUN --hub OUT")
-        parts = str(pretrained_model_name_or_path).split("/")
-        if not is_export and not (len(parts) == 2 and all(parts) and not parts[0].startswith(".")):
+        if not is_export and not is_hub_repo_id(path):
             raise DlmError(f"{path} not found; pass a run folder, an export (dlm export RUN --hub OUT) or a Hub "
                            "repository id (user/name)")
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError

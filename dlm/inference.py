@@ -19,7 +19,7 @@ from dlm.config import RunConfig
 from dlm.data.chat import ChatTemplate, check_conversation
 from dlm.errors import DlmError
 from dlm.model.hf_backbone import build_model
-from dlm.run_folder import load_weights, locate_checkpoint, names_best_of_run
+from dlm.run_folder import is_hub_repo_id, load_weights, locate_checkpoint
 from dlm.runtime import autocast, pick_device, pick_inference_dtype
 from dlm.sampling.autoregressive import ARDecoder
 from dlm.sampling.canvas import Canvas, build_canvas
@@ -438,9 +438,7 @@ def is_hub_export(path: str | Path) -> bool:
     if path.is_dir():
         return ((path / "model.safetensors").is_file() and (path / "config.json").is_file()
                 and not (path / "manifest.json").is_file() and not (path / "checkpoints").is_dir())
-    parts = str(path).split("/")
-    return (not path.exists() and len(parts) == 2 and all(parts) and not str(path).startswith(".")
-            and not names_best_of_run(path))
+    return is_hub_repo_id(path)
 
 
 def load(path: str | Path, device: str = "auto", dtype: str = "auto", weights: str = "auto") -> Pipeline:

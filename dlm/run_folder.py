@@ -350,6 +350,13 @@ def names_best_of_run(path: str | Path) -> bool:
     return not path.exists() and path.name == "best" and RunFolder(path.parent).has_config()
 
 
+def is_hub_repo_id(path: str | Path) -> bool:
+    """A name of the Hub's shape, user/name, that is nothing here (not even a local RUN/best)."""
+    parts = str(path).split("/")
+    return (len(parts) == 2 and all(parts) and not parts[0].startswith(".") and not Path(path).exists()
+            and not names_best_of_run(path))
+
+
 def locate_checkpoint(path: str | Path) -> tuple[RunFolder, Path]:
     """(run, checkpoint folder) for a run folder (its newest intact checkpoint), RUN/best (the checkpoint of
     its lowest validation loss) or a checkpoint folder."""

@@ -81,7 +81,7 @@ def block_pattern_nll(model: torch.nn.Module, windows: torch.Tensor, special: Sp
     for batch_size ÷ patterns windows at a time."""
     from dlm.model.block_attention import check_block_size
     from dlm.objectives.block_diffusion import block_diffusion_logits
-    from dlm.objectives.scored_rows import as_rows_argument, flat_rows, spread, takes_rows
+    from dlm.objectives.scored_rows import as_rows_argument, flat_rows, rows_nll, takes_rows
 
     model.eval()
     head_on_masked_rows = takes_rows(model)
@@ -112,7 +112,7 @@ def block_pattern_nll(model: torch.nn.Module, windows: torch.Tensor, special: Sp
             if rows is None:  # (b, c·L, V)
                 nll = token_cross_entropy(logits, target).view(b, c, L)
             else:  # (N, V)
-                nll = spread(token_cross_entropy(logits, target.flatten()[index]), index, target.shape).view(b, c, L)
+                nll = rows_nll(logits, target, index).view(b, c, L)
             sums = (nll * masked).view(b, c, L // block, block).sum(2)  # (b, c, B)
             table[i:i + b, first:first + c] = sums.double().cpu().numpy()
             bar.update(b * c)

@@ -44,7 +44,7 @@ from dlm.model.wrappers import unwrapped
 from dlm.objectives.cross_entropy import token_cross_entropy
 from dlm.objectives.mdlm import T_MIN, loss_weight
 from dlm.objectives.output import LossOutput
-from dlm.objectives.scored_rows import as_rows_argument, flat_rows, spread, takes_rows
+from dlm.objectives.scored_rows import as_rows_argument, flat_rows, rows_nll, takes_rows
 
 
 def reads_clean_causally(model: nn.Module) -> bool:
@@ -130,7 +130,7 @@ def _scored_rows_nll(model: nn.Module, x: torch.Tensor, z: torch.Tensor, target:
                                     rows=rows).float()  # (N, V): the masked noisy rows, then the clean ones
     n = noisy.numel()
     logits[:n, mask_id] = float("-inf")
-    nll = spread(token_cross_entropy(logits[:n], target.flatten()[noisy]), noisy, masked.shape)
+    nll = rows_nll(logits[:n], target, noisy)
     if not clean_rows:
         return nll, None
     return nll, token_cross_entropy(logits[n:], x[:, 1:].flatten()).view(B, L - 1)

@@ -41,7 +41,7 @@ from dlm.diffusion.process import corrupt_tokens, mask_tokens, sample_prompt, sa
 from dlm.diffusion.schedules import Schedule
 from dlm.objectives.cross_entropy import token_cross_entropy
 from dlm.objectives.output import LossOutput
-from dlm.objectives.scored_rows import as_rows_argument, flat_rows, spread, takes_rows
+from dlm.objectives.scored_rows import as_rows_argument, flat_rows, rows_nll, takes_rows
 
 # Noise levels below T_MIN are raised to it (the weight −α'/(1−α) explodes as t → 0 while almost
 # nothing is masked). This replaces the integrand on [0, T_MIN) by its value at T_MIN; as the
@@ -71,7 +71,7 @@ def masked_nll(model: nn.Module, x: torch.Tensor, z: torch.Tensor, masked: torch
         return token_nll(model, x, z, t, mask_id) * masked
     logits = model(z, t=t, rows=rows).float()  # (N, V)
     logits[:, mask_id] = float("-inf")
-    return spread(token_cross_entropy(logits, x.flatten()[index]), index, x.shape)
+    return rows_nll(logits, x, index)
 
 
 def loss_weight(schedule: Schedule, t: torch.Tensor, weighting: str = "elbo", cap: float | None = None) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from dlm.model.transformer import Transformer
 from dlm.model.wrappers import unwrapped
+from dlm.objectives.cross_entropy import token_cross_entropy
 
 
 def takes_rows(model: nn.Module) -> bool:
@@ -41,3 +42,8 @@ def as_rows_argument(index: torch.Tensor) -> torch.Tensor | None:
 def spread(values: torch.Tensor, index: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """A tensor of `shape`, `values` (N,) at the flat `index` (N,) and 0 elsewhere (differentiable)."""
     return values.new_zeros(shape.numel()).index_copy(0, index, values).view(shape)
+
+
+def rows_nll(logits: torch.Tensor, target: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """−log p of `target` (any shape) at its flat `index` (N,), from those rows' `logits` (N, V); 0 elsewhere."""
+    return spread(token_cross_entropy(logits, target.flatten()[index]), index, target.shape)
