@@ -45,6 +45,15 @@ PROBE_EFFICIENCY = {"float32": 1.4, "bfloat16": 1.85}
 # that falls below the 4 × 192 row, 3 × 192 reached the lower bound in 10 minutes (docs/block-diffusion-notebook.md,
 # "eighth session").
 STEP_COST = {"bd3": 2.0}
+# A short budget: the tokens it buys train a block model for only a few hundred steps. That is an AVX2-only CPU
+# in fp32 (held to AVX2, an AMD EPYC bought 1.3–2.1M in 10 minutes, and a real AVX2 machine trains about a third
+# slower); a CPU with bf16 units buys ~4M, an Intel Xeon in fp32 ~2.3M. Paired runs of that length (3 × 192, fp32;
+# docs/block-diffusion-notebook.md, "eighth session") did better with more, smaller steps for the same tokens
+# (batch 8: −0.017 and −0.037 nats/char with BPE tokens, −0.046 with characters, with the floor below) and a cosine
+# that ends at 0.3 of the peak (the EMA then does the annealing: −0.012 at 420 steps); at ~1,200 steps with
+# characters the higher floor cost 0.006, so longer budgets keep the preset's settings.
+SHORT_BUDGET_TOKENS = 2.0e6
+SHORT_BUDGET_EXTRA: dict[str, list[str]] = {"bd3": ["train.batch_size=8", "train.min_lr_ratio=0.3"]}
 # The fields SIZE_TABLE sets (model.n_layer, model.d_model): when key=value sets all of them, the
 # probe's answer would be discarded, so it does not run.
 SIZE_FIELDS = tuple(dict.fromkeys(item.split("=")[0] for _, _, row in SIZE_TABLE for item in row))
@@ -66,15 +75,22 @@ class SizeChoice:
         efficiency = PROBE_EFFICIENCY.get(self.dtype, 1.0) / STEP_COST.get(self.objective, 1.0)
         return self.tokens_per_s * self.budget_s * efficiency
 
+    @property
+    def short(self) -> bool:
+        """A budget of a few hundred steps, for an objective with settings measured for one."""
+        return self.objective in SHORT_BUDGET_EXTRA and self.tokens < SHORT_BUDGET_TOKENS
+
     def reason(self, dtype: str) -> str:
         settings = " ".join(self.overrides) or "the preset as it is"
         cost = STEP_COST.get(self.objective)
         cost_note = f" (a {self.objective} step costs ~{cost:g}× the probe's)" if cost else ""
+        short_note = (f"; a short budget (under {SHORT_BUDGET_TOKENS / 1e6:.1f}M tokens): more, smaller steps and a "
+                      "higher floor for the learning rate (docs/training.md, 'A short budget')") if self.short else ""
         return (f"budget probe: {self.tokens_per_s:,.0f} tokens/s ({dtype}, measured in {self.probe_s:.1f} s) → "
                 f"~{self.tokens / 1e6:.1f}M tokens of the 4×256 model in {self.budget_s:,.0f} s{cost_note} → "
                 f"size {self.name} "
                 f"({settings}), the best measured for such a budget (docs/study.md, 'Size for the budget "
-                "(equal tokens)')")
+                f"(equal tokens)'){short_note}")
 
 
 def choose_size(tokens_per_s: float, budget_s: float, dtype: str = "float32", objective: str = "mdlm") -> SizeChoice:
@@ -86,6 +102,8 @@ def choose_size(tokens_per_s: float, budget_s: float, dtype: str = "float32", ob
             choice.name, choice.overrides = row_name, list(row_overrides)
     if objective == "ar":
         choice.overrides += AR_EXTRA.get(choice.name, [])
+    if choice.short:
+        choice.overrides += SHORT_BUDGET_EXTRA[objective]
     return choice
 
 

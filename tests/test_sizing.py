@@ -53,6 +53,25 @@ def test_a_block_diffusion_run_is_sized_for_the_fewer_tokens_its_steps_buy() -> 
     assert "step costs" not in mdlm.reason("float32")
 
 
+def test_a_short_budget_gives_a_block_run_smaller_steps_and_a_higher_floor() -> None:
+    from dlm.config import apply_overrides
+    from dlm.presets import get_preset
+
+    speed_for = lambda tokens: tokens / 600 / sizing.PROBE_EFFICIENCY["float32"] * sizing.STEP_COST["bd3"]  # noqa: E731
+    short = sizing.choose_size(speed_for(sizing.SHORT_BUDGET_TOKENS * 0.9), 600, objective="bd3")
+    enough = sizing.choose_size(speed_for(sizing.SHORT_BUDGET_TOKENS * 1.1), 600, objective="bd3")
+    assert short.short and not enough.short and short.name == enough.name
+    assert short.overrides == enough.overrides + sizing.SHORT_BUDGET_EXTRA["bd3"]
+    assert "a short budget" in short.reason("float32") and "short budget" not in enough.reason("float32")
+    # Measured for block runs only: MDLM and the twin keep their settings on the same machine.
+    for objective in ("mdlm", "ar"):
+        assert not sizing.choose_size(short.tokens_per_s, 600, objective=objective).short
+    # The settings are valid, and change the batch and the floor of the default preset.
+    cfg = apply_overrides(get_preset("shakespeare-char-cpu"), short.overrides)
+    cfg.validate()
+    assert (cfg.train.batch_size, cfg.train.min_lr_ratio) == (8, 0.3)
+
+
 def test_train_without_a_preset_probes_and_records_why(tmp_path: Path, corpus_file: Path, monkeypatch,
                                                        capsys: pytest.CaptureFixture) -> None:
     low = sizing.SIZE_TABLE[0]
@@ -71,6 +90,7 @@ def test_train_without_a_preset_probes_and_records_why(tmp_path: Path, corpus_fi
     assert config["train"]["auto_size"] == first.removeprefix("dlm: ")
     assert "model.n_layer=3" in low[2] and config["model"]["n_layer"] == 3  # the probe's row
     assert config["model"]["d_model"] == 32  # the user's key=value wins
+    assert "a short budget" in first and config["train"]["batch_size"] == 8  # so slow a machine: few steps
     # An explicit preset: no probe.
     assert main(["train", "--preset", "tiny", "--data", str(corpus_file), "--out", str(tmp_path / "b"),
                  "--max-steps", "2", "--quiet"]) == 0
