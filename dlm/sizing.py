@@ -46,8 +46,8 @@ PROBE_EFFICIENCY = {"float32": 1.4, "bfloat16": 1.85}
 # "eighth session").
 STEP_COST = {"bd3": 2.0}
 # A short budget: the tokens it buys train a block model for only a few hundred steps. That is an AVX2-only CPU
-# in fp32 (held to AVX2, an AMD EPYC bought 1.3–2.1M in 10 minutes, and a real AVX2 machine trains about a third
-# slower); a CPU with bf16 units buys ~4M, an Intel Xeon in fp32 ~2.3M. Paired runs of that length (3 × 192, fp32;
+# in fp32 (an AMD EPYC held to AVX2, simulated, bought 1.3–2.1M in 10 minutes; a real AVX2 machine trains about a
+# third slower); a CPU with bf16 units buys ~4M, an Intel Xeon in fp32 ~2.3M. Paired runs of that length (3 × 192, fp32;
 # docs/block-diffusion-notebook.md, "eighth session") did better with more, smaller steps for the same tokens
 # (batch 8: −0.017 and −0.037 nats/char with BPE tokens, −0.046 with characters, with the floor below) and a cosine
 # that ends at 0.3 of the peak (the EMA then does the annealing: −0.012 at 420 steps); at ~1,200 steps with
