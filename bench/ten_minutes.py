@@ -73,7 +73,8 @@ def note(row: dict) -> str:
 
 RECIPE = {("model", "tie_weights"): lambda tied: "tied embeddings" if tied else "untied embeddings",
           ("train", "ar_input_mask"): "clean-copy input mask {:g}".format,
-          ("train", "weight_decay"): "weight decay {:g}".format}
+          ("train", "weight_decay"): "weight decay {:g}".format,
+          ("train", "batch_size"): "batch {}".format}
 
 
 def recipe(config: dict) -> str:

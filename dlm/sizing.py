@@ -45,15 +45,23 @@ PROBE_EFFICIENCY = {"float32": 1.4, "bfloat16": 1.85}
 # that falls below the 4 × 192 row, 3 × 192 reached the lower bound in 10 minutes (docs/block-diffusion-notebook.md,
 # "eighth session").
 STEP_COST = {"bd3": 2.0}
+# A block run on a CPU budget takes more, smaller steps: batch 8 instead of the preset's 16, the same tokens in
+# twice the steps (a bf16 step of 8 costs half one of 16). In 10-minute runs on an AMD EPYC (AVX512-BF16, bf16;
+# the probe counted 3.2–4.9M tokens) batch 8 lowered the NELBO in each of two seeds: characters 1.665/1.669 →
+# 1.644/1.664 nats/char, the BPE recipe 1.526/1.527 → 1.517/1.512 (docs/block-diffusion-notebook.md, "2026-12-07
+# (ninth session)"). Budgets of 5M tokens and more (a faster machine, a longer budget, a GPU) were not measured
+# and keep 16.
+SMALL_BATCH_TOKENS = 5.0e6
+SMALL_BATCH_EXTRA: dict[str, list[str]] = {"bd3": ["train.batch_size=8"]}
 # A short budget: the tokens it buys train a block model for only a few hundred steps. That is an AVX2-only CPU
 # in fp32 (an AMD EPYC held to AVX2, simulated, bought 1.3–2.1M in 10 minutes; a real AVX2 machine trains about a
 # third slower); a CPU with bf16 units buys ~4M, an Intel Xeon in fp32 ~2.3M. Paired runs of that length (3 × 192, fp32;
-# docs/block-diffusion-notebook.md, "eighth session") did better with more, smaller steps for the same tokens
-# (batch 8: −0.017 and −0.037 nats/char with BPE tokens, −0.046 with characters, with the floor below) and a cosine
-# that ends at 0.3 of the peak (the EMA then does the annealing: −0.012 at 420 steps); at ~1,200 steps with
-# characters the higher floor cost 0.006, so longer budgets keep the preset's settings.
+# docs/block-diffusion-notebook.md, "eighth session") did better with batch 8 (−0.017 and −0.037 nats/char at equal
+# tokens with BPE tokens, −0.046 with characters, with the floor below) and a cosine that ends at 0.3 of the peak
+# (the EMA then does the annealing: −0.012 at 420 steps); at ~1,200 steps with characters the higher floor cost
+# 0.006, so longer budgets keep the preset's floor.
 SHORT_BUDGET_TOKENS = 2.0e6
-SHORT_BUDGET_EXTRA: dict[str, list[str]] = {"bd3": ["train.batch_size=8", "train.min_lr_ratio=0.3"]}
+SHORT_BUDGET_EXTRA: dict[str, list[str]] = {"bd3": ["train.min_lr_ratio=0.3"]}
 # The fields SIZE_TABLE sets (model.n_layer, model.d_model): when key=value sets all of them, the
 # probe's answer would be discarded, so it does not run.
 SIZE_FIELDS = tuple(dict.fromkeys(item.split("=")[0] for _, _, row in SIZE_TABLE for item in row))
@@ -76,6 +84,11 @@ class SizeChoice:
         return self.tokens_per_s * self.budget_s * efficiency
 
     @property
+    def small_batch(self) -> bool:
+        """A budget of a few thousand steps or fewer, for an objective with a smaller batch measured for one."""
+        return self.objective in SMALL_BATCH_EXTRA and self.tokens < SMALL_BATCH_TOKENS
+
+    @property
     def short(self) -> bool:
         """A budget of a few hundred steps, for an objective with settings measured for one."""
         return self.objective in SHORT_BUDGET_EXTRA and self.tokens < SHORT_BUDGET_TOKENS
@@ -84,13 +97,19 @@ class SizeChoice:
         settings = " ".join(self.overrides) or "the preset as it is"
         cost = STEP_COST.get(self.objective)
         cost_note = f" (a {self.objective} step costs ~{cost:g}× the probe's)" if cost else ""
-        short_note = (f"; a short budget (under {SHORT_BUDGET_TOKENS / 1e6:.1f}M tokens): more, smaller steps and a "
-                      "higher floor for the learning rate (docs/training.md, 'A short budget')") if self.short else ""
+        budget_note = ""
+        if self.small_batch:
+            budget_note = f"; a block run of under {SMALL_BATCH_TOKENS / 1e6:.0f}M tokens: more, smaller steps"
+        if self.short:
+            budget_note += (f"; a short budget (under {SHORT_BUDGET_TOKENS / 1e6:.1f}M tokens): a higher floor for "
+                            "the learning rate")
+        if budget_note:
+            budget_note += " (docs/training.md, 'A short budget')"
         return (f"budget probe: {self.tokens_per_s:,.0f} tokens/s ({dtype}, measured in {self.probe_s:.1f} s) → "
                 f"~{self.tokens / 1e6:.1f}M tokens of the 4×256 model in {self.budget_s:,.0f} s{cost_note} → "
                 f"size {self.name} "
                 f"({settings}), the best measured for such a budget (docs/study.md, 'Size for the budget "
-                f"(equal tokens)'){short_note}")
+                f"(equal tokens)'){budget_note}")
 
 
 def choose_size(tokens_per_s: float, budget_s: float, dtype: str = "float32", objective: str = "mdlm") -> SizeChoice:
@@ -102,6 +121,8 @@ def choose_size(tokens_per_s: float, budget_s: float, dtype: str = "float32", ob
             choice.name, choice.overrides = row_name, list(row_overrides)
     if objective == "ar":
         choice.overrides += AR_EXTRA.get(choice.name, [])
+    if choice.small_batch:
+        choice.overrides += SMALL_BATCH_EXTRA[objective]
     if choice.short:
         choice.overrides += SHORT_BUDGET_EXTRA[objective]
     return choice
@@ -152,13 +173,18 @@ def probe_tokens_per_second(cfg: RunConfig, steps: int = 3, dtype: str | None = 
     return tokens_per_step / per_step, time.perf_counter() - started, str(dtype).removeprefix("torch.")
 
 
+def given_fields(cfg: RunConfig, user_overrides: list[str]) -> set[str]:
+    """The 'section.field' names the user's key=value set."""
+    return {".".join(parse_override(cfg, item)[:2]) for item in user_overrides}
+
+
 def probe_skip_reason(cfg: RunConfig, user_overrides: list[str]) -> str | None:
     """Why the probe would be pointless for this config (None: run it). cfg has the overrides applied."""
     fields = " and ".join(SIZE_FIELDS)
     if cfg.model.backbone:
         return (f"budget probe skipped: model.backbone={cfg.model.backbone} is the network, and the probe sizes "
                 f"dlm's own Transformer (a backbone ignores {fields})")
-    given = {".".join(parse_override(cfg, item)[:2]) for item in user_overrides}
+    given = given_fields(cfg, user_overrides)
     if all(key in given for key in SIZE_FIELDS):
         return (f"budget probe skipped: {fields} are given, and they are all it would choose (the preset runs "
                 "as it is at that size)")
@@ -187,7 +213,13 @@ def auto_size(cfg: RunConfig, user_overrides: list[str]) -> tuple[RunConfig, Siz
         speed, probe_s, dtype = probe_tokens_per_second(cfg)
     choice = choose_size(speed, cfg.train.max_time, dtype, cfg.train.objective)
     choice.probe_s = probe_s
+    given = given_fields(cfg, user_overrides)
+    kept_batch = "train.grad_accum" in given and "train.batch_size" not in given
+    if kept_batch:  # the user's micro-batches divide the preset's batch: keep that batch
+        choice.overrides = [item for item in choice.overrides if not item.startswith("train.batch_size=")]
     reason = choice.reason(dtype)
+    if kept_batch and choice.small_batch:
+        reason += " (not the batch: train.grad_accum is given, for the preset's)"
     if timed:
         choice.overrides.append(f"train.dtype={fastest}")
         others = ", ".join(f"{timed[name][0]:,.0f} in {timed[name][2]}" for name in timed if name != fastest)

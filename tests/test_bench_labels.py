@@ -143,6 +143,12 @@ def test_ten_minutes_rows_of_a_bpe_run_are_per_character_and_say_their_tokenizer
     label = "bf16, BPE 1024 tokens, tied embeddings, clean-copy input mask 0.15 | – | 1.500 (800) |"
     assert label in ten.readme_table([r, tied])
     assert label not in ten.readme_table([r, dict(tied, readme=False)])  # superseded: results.md only
+    # the probe's smaller batch for a block run on a CPU budget is part of the recipe too
+    cfg["train"]["batch_size"] = 8
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert ten.row_from_run(args)["recipe"] == "tied embeddings, clean-copy input mask 0.15, batch 8"
+    cfg["train"]["batch_size"] = get_preset("shakespeare-char-cpu").train.batch_size
+    (run / "config.json").write_text(json.dumps(cfg))
     # the run's best checkpoint evaluated (--ckpt RUN/best) is a row beside its last one's
     best_eval = dict(add_per_char(dict(result, tokens=1000), 2400), checkpoint=str(run / "checkpoints/step-00000500"))
     (tmp_path / "best.json").write_text(json.dumps(best_eval))

@@ -53,17 +53,37 @@ def test_a_block_diffusion_run_is_sized_for_the_fewer_tokens_its_steps_buy() -> 
     assert "step costs" not in mdlm.reason("float32")
 
 
-def test_a_short_budget_gives_a_block_run_smaller_steps_and_a_higher_floor() -> None:
+def bd3_speed_for(tokens: float) -> float:
+    """The fp32 probe speed at which a 600-s block run buys `tokens`."""
+    return tokens / 600 / sizing.PROBE_EFFICIENCY["float32"] * sizing.STEP_COST["bd3"]
+
+
+def test_a_cpu_budget_gives_a_block_run_smaller_steps() -> None:
     from dlm.config import apply_overrides
     from dlm.presets import get_preset
 
-    speed_for = lambda tokens: tokens / 600 / sizing.PROBE_EFFICIENCY["float32"] * sizing.STEP_COST["bd3"]  # noqa: E731
-    short = sizing.choose_size(speed_for(sizing.SHORT_BUDGET_TOKENS * 0.9), 600, objective="bd3")
-    enough = sizing.choose_size(speed_for(sizing.SHORT_BUDGET_TOKENS * 1.1), 600, objective="bd3")
-    assert short.short and not enough.short and short.name == enough.name
+    small = sizing.choose_size(bd3_speed_for(sizing.SMALL_BATCH_TOKENS * 0.9), 600, objective="bd3")
+    large = sizing.choose_size(bd3_speed_for(sizing.SMALL_BATCH_TOKENS * 1.1), 600, objective="bd3")
+    assert small.small_batch and not small.short and not large.small_batch
+    assert small.overrides[-1:] == sizing.SMALL_BATCH_EXTRA["bd3"] and "train.batch_size=8" not in large.overrides
+    assert "more, smaller steps" in small.reason("bfloat16") and "smaller steps" not in large.reason("bfloat16")
+    # Measured for block runs only: MDLM and the twin keep the preset's batch on the same machine.
+    for objective in ("mdlm", "ar"):
+        assert not sizing.choose_size(small.tokens_per_s, 600, objective=objective).small_batch
+    cfg = apply_overrides(get_preset("shakespeare-char-cpu"), small.overrides)
+    cfg.validate()
+    assert (cfg.train.batch_size, cfg.train.min_lr_ratio) == (8, get_preset("shakespeare-char-cpu").train.min_lr_ratio)
+
+
+def test_a_short_budget_gives_a_block_run_a_higher_floor_too() -> None:
+    from dlm.config import apply_overrides
+    from dlm.presets import get_preset
+
+    short = sizing.choose_size(bd3_speed_for(sizing.SHORT_BUDGET_TOKENS * 0.9), 600, objective="bd3")
+    enough = sizing.choose_size(bd3_speed_for(sizing.SHORT_BUDGET_TOKENS * 1.1), 600, objective="bd3")
+    assert short.short and not enough.short and short.name == enough.name and enough.small_batch
     assert short.overrides == enough.overrides + sizing.SHORT_BUDGET_EXTRA["bd3"]
-    assert "a short budget" in short.reason("float32") and "short budget" not in enough.reason("float32")
-    # Measured for block runs only: MDLM and the twin keep their settings on the same machine.
+    assert "a short budget (under" in short.reason("float32") and "short budget (under" not in enough.reason("float32")
     for objective in ("mdlm", "ar"):
         assert not sizing.choose_size(short.tokens_per_s, 600, objective=objective).short
     # The settings are valid, and change the batch and the floor of the default preset.
@@ -91,6 +111,11 @@ def test_train_without_a_preset_probes_and_records_why(tmp_path: Path, corpus_fi
     assert "model.n_layer=3" in low[2] and config["model"]["n_layer"] == 3  # the probe's row
     assert config["model"]["d_model"] == 32  # the user's key=value wins
     assert "a short budget" in first and config["train"]["batch_size"] == 8  # so slow a machine: few steps
+    # Micro-batches the user chose for the preset's batch keep that batch (not an error about batch 8).
+    assert main([*args[:4], str(tmp_path / "accum"), *args[5:], "train.grad_accum=16"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "not the batch: train.grad_accum is given" in first and "train.batch_size=8" not in first
+    assert json.loads((tmp_path / "accum" / "config.json").read_text())["train"]["batch_size"] == 16
     # An explicit preset: no probe.
     assert main(["train", "--preset", "tiny", "--data", str(corpus_file), "--out", str(tmp_path / "b"),
                  "--max-steps", "2", "--quiet"]) == 0
