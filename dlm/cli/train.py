@@ -12,14 +12,16 @@ BD3_DEFAULT_BLOCK = 4
 
 EPILOG_TRAIN = """examples:
   dlm train                                        # default preset on Tiny Shakespeare (block diffusion on a CPU)
-  dlm train --preset shakespeare-char-cpu --max-time 600 --out runs/mdlm
+  dlm train --preset shakespeare-char-cpu --objective mdlm --max-time 600 --out runs/mdlm   # no probe: as it is
   dlm train --objective ar --out runs/ar           # the autoregressive twin
   dlm train --objective bd3 --block-size 4 --out runs/bd3   # block diffusion (BD3-LM)
   dlm train --out runs/mdlm --resume max_steps=20000
   dlm train --data my_corpus/ tokenizer=bpe vocab_size=4096 n_layer=8 lr=6e-4
 
-key=value overrides any config field, dotted (train.lr=3e-4) or bare when unique (lr=3e-4);
-`dlm presets --show NAME` lists every field with its default."""
+With no --preset on a CPU, a few seconds' budget probe picks the model size, the precision and, for a
+block run, the batch that learnt most in such a budget; the run's first line says what it chose and why
+(docs/training.md). key=value overrides any config field (and the probe's choice), dotted (train.lr=3e-4)
+or bare when unique (lr=3e-4); `dlm presets --show NAME` lists every field with its default."""
 
 
 EPILOG_FINETUNE = """examples:
