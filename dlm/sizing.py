@@ -220,6 +220,10 @@ def auto_size(cfg: RunConfig, user_overrides: list[str]) -> tuple[RunConfig, Siz
     reason = choice.reason(dtype)
     if kept_batch and choice.small_batch:
         reason += " (not the batch: train.grad_accum is given, for the preset's)"
+    chosen = {item.split("=")[0] for item in choice.overrides}
+    yours = [item for item in user_overrides if ".".join(parse_override(cfg, item)[:2]) in chosen]
+    if yours:  # the line must not claim a setting the run does not use
+        reason += f"; your key=value wins: {' '.join(yours)}"
     if timed:
         choice.overrides.append(f"train.dtype={fastest}")
         others = ", ".join(f"{timed[name][0]:,.0f} in {timed[name][2]}" for name in timed if name != fastest)

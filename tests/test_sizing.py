@@ -109,7 +109,8 @@ def test_train_without_a_preset_probes_and_records_why(tmp_path: Path, corpus_fi
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["auto_size"] == first.removeprefix("dlm: ")
     assert "model.n_layer=3" in low[2] and config["model"]["n_layer"] == 3  # the probe's row
-    assert config["model"]["d_model"] == 32  # the user's key=value wins
+    assert config["model"]["d_model"] == 32  # the user's key=value wins, and the line says so
+    assert first.endswith("; your key=value wins: model.d_model=32")
     assert "a short budget" in first and config["train"]["batch_size"] == 8  # so slow a machine: few steps
     # Micro-batches the user chose for the preset's batch keep that batch (not an error about batch 8).
     assert main([*args[:4], str(tmp_path / "accum"), *args[5:], "train.grad_accum=16"]) == 0
