@@ -13,7 +13,8 @@ formula, which every ONNX opset has.
 runs the confidence sampler in JavaScript with onnxruntime-web — no model on any server. Serve the
 folder over HTTP (`python -m http.server -d FOLDER`); browsers refuse model files opened from disk.
 onnxruntime-web comes from --ort-dir (its dist folder, copied next to the page) or, without it,
-from the jsDelivr CDN. Character tokenizers only for the page (the tokenizer runs in JavaScript).
+from the jsDelivr CDN. The tokenizer runs in JavaScript: characters, or dlm's byte-level BPE (bpe.js,
+written beside the page, with the vocabulary and merges in config.json).
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ import torch.nn.functional as F
 
 from dlm.errors import DlmError
 from dlm.inference import load
-from dlm.io import atomic_write_json
+from dlm.io import atomic_write_json, atomic_write_text
 
 TOLERANCE = 1e-3
 # What the page needs from onnxruntime-web's dist folder: the script and its single-threaded-capable wasm.
 ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+# Tokenizers the page runs in JavaScript: characters, and byte-level BPE (static/bpe.js).
+PAGE_TOKENIZERS = ("char", "bpe")
 
 
 class LogitsOnly(torch.nn.Module):
@@ -112,14 +115,19 @@ def export_onnx(run: str | Path, out: str | Path, weights: str = "auto", web: bo
               "eos_id": pipe.tokenizer.eos_id, "reserved_ids": pipe.tokenizer.reserved_ids, "source": str(run)}
     if pipe.tokenizer.kind == "char":
         config["vocab"] = list(pipe.tokenizer.itos)
+    elif pipe.tokenizer.kind == "bpe":  # the page's bpe.js encodes with these
+        config["vocab"], config["merges"] = pipe.tokenizer.vocab_and_merges()
     atomic_write_json(out / "config.json", config)
     pipe.tokenizer.save(out / "dlm_tokenizer.json")
     if web:
-        if pipe.tokenizer.kind != "char" or pipe.is_autoregressive:
-            raise DlmError("the browser page samples character-level diffusion runs; this run is "
-                           f"{pipe.tokenizer.kind}{', autoregressive' if pipe.is_autoregressive else ''}")
-        page = resources.files("dlm.serve").joinpath("static/onnx.html").read_text(encoding="utf-8")
-        (out / "index.html").write_text(page, encoding="utf-8")
+        if pipe.tokenizer.kind not in PAGE_TOKENIZERS or pipe.is_autoregressive:
+            what = "autoregressive" if pipe.is_autoregressive else f"tokenized by {pipe.tokenizer.kind}"
+            raise DlmError(f"the browser page samples diffusion runs with character or BPE tokens; this run is {what} "
+                           "(model.onnx is written: drop --web, or export a diffusion run of dlm's tokenizers)")
+        static = resources.files("dlm.serve").joinpath("static")
+        atomic_write_text(out / "index.html", static.joinpath("onnx.html").read_text(encoding="utf-8"))
+        if pipe.tokenizer.kind == "bpe":
+            atomic_write_text(out / "bpe.js", static.joinpath("bpe.js").read_text(encoding="utf-8"))
         if ort_dir is not None:
             ort_dir = Path(ort_dir)
             if not (ort_dir / ORT_FILES[0]).is_file():

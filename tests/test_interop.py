@@ -222,5 +222,6 @@ def test_exports_say_what_they_need(trained, tmp_path: Path, capsys) -> None:
     assert main(["export", str(trained["mdlm"])]) == 2
     assert "say what to export" in capsys.readouterr().err
     assert main(["export", str(trained["ar"]), "--onnx", str(tmp_path / "o"), "--web"]) == 2
-    assert "the browser page samples character-level diffusion runs" in capsys.readouterr().err
+    assert "the browser page samples diffusion runs with character or BPE tokens; this run is autoregressive" \
+        in capsys.readouterr().err
     assert os.path.isfile(tmp_path / "o" / "model.onnx")  # the model itself was written before the refusal

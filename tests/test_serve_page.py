@@ -3,6 +3,7 @@ the AR twin racing beside it; a screenshot saved (to $DLM_SCREENSHOT_DIR when se
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -67,20 +68,20 @@ def ort_web_dist() -> Path | None:
     return next((Path(c) for c in candidates if c and (Path(c) / "ort.wasm.min.js").is_file()), None)
 
 
-@pytest.mark.skipif(ort_web_dist() is None, reason="onnxruntime-web is not installed (npm install onnxruntime-web "
-                    "into .ci-cache, as .ci/run does, or set ORT_WEB_DIST)")
-def test_the_onnx_page_samples_in_the_browser(runs, tmp_path: Path) -> None:  # noqa: F811
+NEEDS_ORT_WEB = pytest.mark.skipif(ort_web_dist() is None, reason="onnxruntime-web is not installed (npm install "
+                                   "onnxruntime-web into .ci-cache, as .ci/run does, or set ORT_WEB_DIST)")
+
+
+def sample_on_the_onnx_page(folder: Path, prompt: str, length: int, steps: int, shot: Path) -> dict[str, str]:
+    """Serve an exported folder as static files (no model on the server), sample once in Chromium, and
+    return the page's text, ids and status."""
     import functools
     import http.server
     import threading
 
-    from dlm.onnx_export import export_onnx
-
-    folder = tmp_path / "web"
-    export_onnx(runs["mdlm"], folder, web=True, ort_dir=ort_web_dist())
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
     handler.log_message = lambda *args: None
-    static = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # files only: no model on the server
+    static = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=static.serve_forever, daemon=True).start()
     try:
         with sync_api.sync_playwright() as playwright:
@@ -88,18 +89,56 @@ def test_the_onnx_page_samples_in_the_browser(runs, tmp_path: Path) -> None:  # 
             page = browser.new_page(viewport={"width": 1000, "height": 520})
             page.goto(f"http://127.0.0.1:{static.server_port}/")
             page.wait_for_selector("#go:not([disabled])", timeout=60_000)
-            page.fill("#prompt", "The ")
-            page.fill("#length", "24")
-            page.fill("#steps", "12")
+            page.fill("#prompt", prompt)
+            page.fill("#length", str(length))
+            page.fill("#steps", str(steps))
             page.click("#go")
-            page.wait_for_selector('#status[data-done="1"]', timeout=60_000)
-            text = page.get_attribute("#canvas", "data-text")
-            assert text.startswith("The ") and len(text) == 4 + 24
-            assert "in this browser" in page.inner_text("#status")
-            shot = tmp_path / "onnx-page.png"
+            page.wait_for_function("() => { const s = document.getElementById('status');"
+                                   "  return s.dataset.done === '1' || s.classList.contains('error'); }",
+                                   timeout=60_000)
+            assert page.get_attribute("#status", "data-done") == "1", page.inner_text("#status")
+            seen = {"text": page.get_attribute("#canvas", "data-text"),
+                    "ids": page.get_attribute("#canvas", "data-ids"),
+                    "status": page.inner_text("#status"), "length_label": page.inner_text("#length-label")}
             page.screenshot(path=str(shot))
             if os.environ.get("DLM_SCREENSHOT_DIR"):
                 shutil.copy(shot, Path(os.environ["DLM_SCREENSHOT_DIR"]) / shot.name)
             browser.close()
     finally:
         static.shutdown()
+    return seen
+
+
+@NEEDS_ORT_WEB
+def test_the_onnx_page_samples_in_the_browser(runs, tmp_path: Path) -> None:  # noqa: F811
+    from dlm.onnx_export import export_onnx
+
+    export_onnx(runs["mdlm"], tmp_path / "web", web=True, ort_dir=ort_web_dist())
+    seen = sample_on_the_onnx_page(tmp_path / "web", "The ", 24, 12, tmp_path / "onnx-page.png")
+    assert seen["text"].startswith("The ") and len(seen["text"]) == 4 + 24
+    assert "in this browser" in seen["status"] and seen["length_label"] == "Length (characters)"
+
+
+@NEEDS_ORT_WEB
+def test_the_onnx_page_encodes_and_spells_bpe_tokens(corpus_file: Path, tmp_path: Path, monkeypatch) -> None:
+    """A block-diffusion run with BPE tokens: the page's JavaScript tokenizer gives the prompt dlm's ids,
+    decodes block by block, and spells the ids it wrote as dlm would."""
+    from dlm.cli import main
+    from dlm.onnx_export import export_onnx
+
+    monkeypatch.setenv("DLM_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "bpe-bd3"
+    assert main(["train", "--preset", "tiny", "--data", str(corpus_file), "--out", str(run), "--max-steps", "20",
+                 "--quiet", "--objective", "bd3", "--block-size", "4", "model.block_size=32",
+                 "data.tokenizer=bpe", "data.vocab_size=320"]) == 0
+    export_onnx(run, tmp_path / "web", web=True, ort_dir=ort_web_dist())
+    assert (tmp_path / "web" / "bpe.js").is_file()
+    prompt, length = "The king's men, ", 12
+    seen = sample_on_the_onnx_page(tmp_path / "web", prompt, length, 6, tmp_path / "onnx-page-bpe.png")
+    tokenizer = dlm.load(run).tokenizer
+    prompt_ids = tokenizer.encode(prompt)
+    ids = json.loads(seen["ids"])
+    assert ids[:len(prompt_ids)] == prompt_ids and len(ids) == len(prompt_ids) + length
+    blocked = {tokenizer.mask_id, tokenizer.pad_id, tokenizer.bos_id}
+    assert seen["text"] == prompt + tokenizer.decode([i for i in ids[len(prompt_ids):] if i not in blocked])
+    assert f"done: {length} tokens (" in seen["status"] and seen["length_label"] == "Length (tokens)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import numpy as np
@@ -78,3 +79,10 @@ class BPETokenizer(Tokenizer):
 
     def to_json(self) -> str:
         return self.hf.to_str()
+
+    def vocab_and_merges(self) -> tuple[list[str], list[list[str]]]:
+        """Each id's token string and the merges in the order they apply: all a byte-level BPE outside Python
+        needs to give the same ids (the ONNX page's bpe.js)."""
+        merges = json.loads(self.hf.to_str())["model"]["merges"]
+        pairs = [merge.split(" ") if isinstance(merge, str) else list(merge) for merge in merges]
+        return [self.hf.id_to_token(i) for i in range(self.vocab_size)], pairs
