@@ -48,7 +48,7 @@ def register(sub) -> None:
     p.add_argument("--private", action="store_true", help="with --push: a private repository")
     p.add_argument("--onnx", metavar="OUT", help="write model.onnx (and the tokenizer) here")
     p.add_argument("--web", action="store_true", help="with --onnx: also a static page that samples in the browser "
-                   "(onnxruntime-web)")
+                   "(onnxruntime-web), for MDLM and block-diffusion runs with character or BPE tokens")
     p.add_argument("--ort-dir", metavar="DIST", help="with --web: onnxruntime-web's dist folder, copied beside the "
                    "page (default: the page loads it from the jsDelivr CDN)")
     p.add_argument("--weights", default="auto", choices=("auto", "ema", "raw"),
