@@ -173,9 +173,9 @@ def probe_tokens_per_second(cfg: RunConfig, steps: int = 3, dtype: str | None = 
     return tokens_per_step / per_step, time.perf_counter() - started, str(dtype).removeprefix("torch.")
 
 
-def given_fields(cfg: RunConfig, user_overrides: list[str]) -> set[str]:
-    """The 'section.field' names the user's key=value set."""
-    return {".".join(parse_override(cfg, item)[:2]) for item in user_overrides}
+def given_fields(cfg: RunConfig, user_overrides: list[str]) -> dict[str, str]:
+    """The 'section.field' names the user's key=value set, each with the item that set it."""
+    return {".".join(parse_override(cfg, item)[:2]): item for item in user_overrides}
 
 
 def probe_skip_reason(cfg: RunConfig, user_overrides: list[str]) -> str | None:
@@ -220,8 +220,7 @@ def auto_size(cfg: RunConfig, user_overrides: list[str]) -> tuple[RunConfig, Siz
     reason = choice.reason(dtype)
     if kept_batch and choice.small_batch:
         reason += " (not the batch: train.grad_accum is given, for the preset's)"
-    chosen = {item.split("=")[0] for item in choice.overrides}
-    yours = [item for item in user_overrides if ".".join(parse_override(cfg, item)[:2]) in chosen]
+    yours = [given[field] for field in (item.split("=")[0] for item in choice.overrides) if field in given]
     if yours:  # the line must not claim a setting the run does not use
         reason += f"; your key=value wins: {' '.join(yours)}"
     if timed:

@@ -83,6 +83,6 @@ class BPETokenizer(Tokenizer):
     def vocab_and_merges(self) -> tuple[list[str], list[list[str]]]:
         """Each id's token string and the merges in the order they apply: all a byte-level BPE outside Python
         needs to give the same ids (the ONNX page's bpe.js)."""
-        merges = json.loads(self.hf.to_str())["model"]["merges"]
+        merges = json.loads(self.to_json())["model"]["merges"]
         pairs = [merge.split(" ") if isinstance(merge, str) else list(merge) for merge in merges]
         return [self.hf.id_to_token(i) for i in range(self.vocab_size)], pairs
